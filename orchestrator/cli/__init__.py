@@ -1,0 +1,1 @@
+"""The `steppe` command line: one module per command group, wired together in `main`."""

@@ -1,0 +1,119 @@
+"""Steppe's exception tree; every error a user can see says what to do about it.
+
+    SteppeError
+    ├── ConfigError                  bad settings or environment
+    ├── InfrastructureError          Redis or PostgreSQL unreachable (CLI exit code 3)
+    │   ├── RedisUnavailableError
+    │   └── DatabaseUnavailableError
+    ├── LauncherError                `steppe dev` could not start or stop a server
+    ├── SpecError                    a workflow document is invalid (CLI exit code 2)
+    │   └── SpecValidationError      carries every problem found, each with file:line:col
+    ├── TemplateError                a `${{ … }}` reference could not be resolved
+    ├── SubmitError                  a submission was refused (unknown handler, bad inputs, …)
+    ├── RunNotFoundError             no run with that id
+    ├── ConflictError                optimistic-concurrency or lease conflict; retry the operation
+    └── StepError                    raised by handlers (re-exported by `workers`)
+        ├── RetryableStepError
+        └── NonRetryableStepError
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class SteppeError(Exception):
+    """Root of every error Steppe raises on purpose."""
+
+    exit_code: int = 1
+
+
+class ConfigError(SteppeError):
+    """A setting or environment variable has an invalid value."""
+
+    exit_code = 2
+
+
+class InfrastructureError(SteppeError):
+    """A server Steppe depends on cannot be reached."""
+
+    exit_code = 3
+
+
+class RedisUnavailableError(InfrastructureError):
+    """Redis cannot be reached at the configured URL."""
+
+
+class DatabaseUnavailableError(InfrastructureError):
+    """PostgreSQL cannot be reached at the configured URL."""
+
+
+class LauncherError(SteppeError):
+    """The embedded development servers could not be started or stopped."""
+
+    exit_code = 3
+
+
+@dataclass(frozen=True)
+class SpecProblem:
+    """One problem in a workflow document, located at file:line:col (1-based)."""
+
+    message: str
+    file: str = "<string>"
+    line: int = 0
+    column: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.message}"
+
+
+class SpecError(SteppeError):
+    """A workflow document cannot be used as written."""
+
+    exit_code = 2
+
+
+class SpecValidationError(SpecError):
+    """Every problem found while loading and validating a workflow document."""
+
+    def __init__(self, problems: list[SpecProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class TemplateError(SteppeError):
+    """A `${{ … }}` reference names something that does not exist."""
+
+    exit_code = 2
+
+
+class SubmitError(SteppeError):
+    """A submission was refused before anything was written."""
+
+    exit_code = 2
+
+
+class RunNotFoundError(SteppeError):
+    """No run has the given id."""
+
+    exit_code = 2
+
+
+class ConflictError(SteppeError):
+    """Another writer changed the same row first; the operation can be retried."""
+
+
+class StepError(SteppeError):
+    """Base of the errors a handler raises to control retries."""
+
+    non_retryable: bool = False
+
+
+class RetryableStepError(StepError):
+    """The step failed but may succeed if attempted again."""
+
+
+class NonRetryableStepError(StepError):
+    """The step failed for good: remaining retries are skipped."""
+
+    non_retryable = True

@@ -1,0 +1,53 @@
+"""Prometheus series exported by coordinators and workers (prefix `steppe_`).
+
+Labels are bounded: queue, handler, workflow name, status, breaker name, hook kind.
+Run ids and step ids never become label values.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+RUNS_SUBMITTED = Counter("steppe_runs_submitted_total", "Runs accepted by the coordinator", ["workflow"])
+RUNS_FINISHED = Counter("steppe_runs_finished_total", "Runs that reached a terminal state", ["workflow", "status"])
+ACTIVE_RUNS = Gauge("steppe_active_runs", "Runs not yet terminal held by this coordinator")
+STEPS = Counter("steppe_steps_total", "Step transitions applied by the coordinator", ["queue", "handler", "status"])
+STEP_DURATION = Histogram(
+    "steppe_step_duration_seconds",
+    "Handler wall-clock time, measured by the worker",
+    ["queue", "handler"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
+)
+RETRIES = Counter("steppe_retries_total", "Step retries scheduled", ["queue", "handler"])
+RECLAIMS = Counter("steppe_reclaims_total", "Messages reclaimed from dead or stalled consumers", ["queue"])
+DUPLICATES = Counter(
+    "steppe_duplicates_suppressed_total", "Results ignored by attempt fencing (late or repeated)", ["kind"]
+)
+QUEUE_DEPTH = Gauge("steppe_queue_depth", "Entries in a queue stream", ["queue"])
+QUEUE_LAG = Gauge("steppe_queue_lag", "Entries not yet delivered to any worker", ["queue"])
+QUEUE_PENDING = Gauge("steppe_queue_pending", "Entries delivered but not yet acknowledged", ["queue"])
+QUEUE_OLDEST_PENDING_AGE = Gauge(
+    "steppe_queue_oldest_pending_age_seconds", "Idle time of the oldest unacknowledged entry", ["queue"]
+)
+DLQ_DEPTH = Gauge("steppe_dlq_depth", "Entries in the dead-letter stream")
+DEAD_LETTERS = Counter("steppe_dead_letters_total", "Messages dead-lettered", ["queue", "reason"])
+BREAKER_STATE = Gauge("steppe_breaker_state", "Circuit breaker state (0 closed, 1 half-open, 2 open)", ["breaker"])
+BREAKER_TRANSITIONS = Counter("steppe_breaker_transitions_total", "Circuit breaker transitions", ["breaker", "to"])
+COMPENSATIONS = Counter("steppe_compensations_total", "Compensation steps finished", ["status"])
+HOOKS = Counter("steppe_hook_executions_total", "Hook executions", ["kind", "status"])
+LIVE_WORKERS = Gauge("steppe_live_workers", "Workers with a live heartbeat")
+WORKER_INFLIGHT = Gauge("steppe_worker_inflight", "Steps executing in this worker")
+COORDINATOR_LOOP = Histogram(
+    "steppe_coordinator_loop_seconds",
+    "Duration of one coordinator loop iteration",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+COORDINATOR_HEARTBEAT = Gauge(
+    "steppe_coordinator_last_loop_timestamp_seconds", "Unix time of the coordinator's last completed loop"
+)
+
+
+def serve_metrics(port: int | None) -> None:
+    """Expose /metrics on 127.0.0.1:`port` unless `port` is None."""
+    if port is not None:
+        start_http_server(port, addr="127.0.0.1")

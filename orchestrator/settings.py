@@ -1,0 +1,128 @@
+"""Configuration for every Steppe process (pydantic-settings, environment prefix `STEPPE_`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from orchestrator.errors import ConfigError, InfrastructureError
+
+# Name of the file in STEPPE_HOME where `steppe dev up` records its servers.
+DEV_STATE_FILE = "servers.json"
+
+
+class RedisSettings(BaseModel):
+    """Redis connection tuning (`STEPPE_REDIS__…`)."""
+
+    # Blocking reads use `block_ms`; the socket timeout must stay above it (redis-py 8
+    # defaults to 5 s, which breaks XREADGROUP BLOCK).
+    socket_timeout: float = 30.0
+    connect_timeout: float = 5.0
+    block_ms: int = 1000
+    server_path: str | None = Field(default=None, description="redis-server binary for `steppe dev`")
+
+
+class DatabaseSettings(BaseModel):
+    """PostgreSQL connection tuning (`STEPPE_DATABASE__…`)."""
+
+    connect_timeout: int = 5
+    pool_size: int = 4
+
+
+class LimitSettings(BaseModel):
+    """Size limits on documents, inputs and outputs (`STEPPE_LIMITS__…`)."""
+
+    document_bytes: int = 16 * 1024 * 1024
+    payload_bytes: int = 1024 * 1024
+
+
+class WorkerSettings(BaseModel):
+    """Worker tuning (`STEPPE_WORKER__…`)."""
+
+    concurrency: int = 16
+    visibility_timeout: float = 30.0
+    heartbeat_interval: float = 5.0
+    max_deliveries: int = 5
+    drain_timeout: float = 30.0
+
+
+class CoordinatorSettings(BaseModel):
+    """Coordinator tuning (`STEPPE_COORDINATOR__…`)."""
+
+    partitions: int = 4
+    lease_ttl: float = 10.0
+    batch_size: int = 500
+    timeout_grace: float = 10.0
+    reconcile_interval: float = 15.0
+
+
+class Settings(BaseSettings):
+    """Settings shared by the CLI, coordinator and workers."""
+
+    model_config = SettingsConfigDict(env_prefix="STEPPE_", env_nested_delimiter="__", extra="ignore")
+
+    redis_url: str | None = None
+    database_url: str | None = None
+    namespace: str = "steppe"
+    home: Path = Path(".steppe")
+    imports: list[str] = Field(default_factory=list)
+
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    coordinator: CoordinatorSettings = Field(default_factory=CoordinatorSettings)
+
+    @property
+    def dev_state_path(self) -> Path:
+        return self.home / DEV_STATE_FILE
+
+    def _dev_state(self) -> dict[str, dict[str, object]]:
+        path = self.dev_state_path
+        if not path.exists():
+            return {}
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{path} is unreadable ({e}); run `steppe dev down` then `steppe dev up`") from e
+        return data if isinstance(data, dict) else {}
+
+    def resolved_redis_url(self) -> str:
+        """The configured Redis URL, else the one `steppe dev up` recorded."""
+        if self.redis_url:
+            return self.redis_url
+        url = self._dev_state().get("redis", {}).get("url")
+        if not url:
+            raise InfrastructureError(
+                "no Redis configured: set STEPPE_REDIS_URL, or run `steppe dev up` to start the "
+                f"embedded servers (STEPPE_HOME={self.home})"
+            )
+        return str(url)
+
+    def resolved_database_url(self) -> str:
+        """The configured PostgreSQL URL (libpq form), else the one `steppe dev up` recorded."""
+        if self.database_url:
+            return normalise_database_url(self.database_url)
+        url = self._dev_state().get("postgres", {}).get("url")
+        if not url:
+            raise InfrastructureError(
+                "no PostgreSQL configured: set STEPPE_DATABASE_URL, or run `steppe dev up` to start "
+                f"the embedded servers (STEPPE_HOME={self.home})"
+            )
+        return str(url)
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept SQLAlchemy-style URLs too; return the libpq form psycopg takes."""
+    for prefix in ("postgresql+psycopg://", "postgresql+psycopg2://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix) :]
+    return url
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The SQLAlchemy form (psycopg 3 driver) of a libpq URL."""
+    return "postgresql+psycopg://" + normalise_database_url(url)[len("postgresql://") :]

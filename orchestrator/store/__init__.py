@@ -1,0 +1,1 @@
+"""PostgreSQL persistence: table definitions, engine set-up and repositories."""

@@ -1,0 +1,155 @@
+"""SQLAlchemy 2 table definitions; Alembic migrations in `migrations/` mirror them.
+
+PostgreSQL is the source of truth. A run is projected into one `workflow_runs` row
+(run-level state as JSONB) plus one `workflow_steps` row per step instance (a
+`for_each` item or swarm replica is its own instance), so applying a result
+touches one small row instead of rewriting a whole run document. Every change
+is also appended to `workflow_events` (gapless `seq` per run); the rows above are
+a projection of that log.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+    }
+)
+
+workflow_runs = Table(
+    "workflow_runs",
+    metadata,
+    Column("run_id", Text, primary_key=True),
+    Column("workflow", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("definition", JSONB, nullable=False),
+    Column("inputs", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("plan", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("state", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("version", Integer, nullable=False, server_default=text("0")),
+    Column("last_seq", BigInteger, nullable=False, server_default=text("0")),
+    Column("idempotency_key", Text, nullable=True),
+    Column("parent_run_id", Text, ForeignKey("workflow_runs.run_id", ondelete="SET NULL"), nullable=True),
+    Column("parent_step", Text, nullable=True),
+    Column("depth", Integer, nullable=False, server_default=text("0")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    UniqueConstraint("idempotency_key"),
+    Index("ix_workflow_runs_status_created_at", "status", "created_at"),
+    Index("ix_workflow_runs_partition_active", "partition", postgresql_where=text("finished_at IS NULL")),
+    Index("ix_workflow_runs_parent_run_id", "parent_run_id"),
+)
+
+workflow_steps = Table(
+    "workflow_steps",
+    metadata,
+    Column("run_id", Text, ForeignKey("workflow_runs.run_id", ondelete="CASCADE"), nullable=False),
+    Column("step_key", Text, nullable=False),
+    Column("step_id", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("attempt", Integer, nullable=False, server_default=text("0")),
+    Column("output", JSONB, nullable=True),
+    Column("error", JSONB, nullable=True),
+    Column("detail", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("due_at", DateTime(timezone=True), nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("run_id", "step_key"),
+    Index("ix_workflow_steps_status", "status", postgresql_where=text("status IN ('dispatched', 'running')")),
+)
+
+workflow_events = Table(
+    "workflow_events",
+    metadata,
+    Column("run_id", Text, ForeignKey("workflow_runs.run_id", ondelete="CASCADE"), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("step_key", Text, nullable=True),
+    Column("attempt", Integer, nullable=True),
+    Column("data", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("run_id", "seq"),
+    Index("ix_workflow_events_type_created_at", "type", "created_at"),
+)
+
+workflow_hooks = Table(
+    "workflow_hooks",
+    metadata,
+    Column("hook_id", BigInteger, primary_key=True, autoincrement=True),
+    Column("name", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("events", JSONB, nullable=False),
+    Column("workflow", Text, nullable=True),
+    Column("handler", Text, nullable=False),
+    Column("with", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    Column("trigger_count", BigInteger, nullable=False, server_default=text("0")),
+    Column("error_count", BigInteger, nullable=False, server_default=text("0")),
+    Column("last_triggered_at", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("name"),
+)
+
+workflow_definitions = Table(
+    "workflow_definitions",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("definition", JSONB, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("dead_letter_id", BigInteger, primary_key=True, autoincrement=True),
+    Column("run_id", Text, nullable=True),
+    Column("step_key", Text, nullable=True),
+    Column("attempt", Integer, nullable=True),
+    Column("queue", Text, nullable=False),
+    Column("stream_id", Text, nullable=False),
+    Column("delivery_count", Integer, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("error", Text, nullable=False),
+    Column("payload", JSONB, nullable=True),
+    Column("raw", Text, nullable=True),
+    Column("status", Text, nullable=False, server_default=text("'dead'")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("replayed_at", DateTime(timezone=True), nullable=True),
+    UniqueConstraint("queue", "stream_id"),
+    Index("ix_dead_letters_created_at", "created_at"),
+    Index("ix_dead_letters_run_id", "run_id"),
+)
+
+coordinator_leases = Table(
+    "coordinator_leases",
+    metadata,
+    Column("partition", Integer, primary_key=True),
+    Column("owner", Text, nullable=True),
+    Column("token", BigInteger, nullable=False, server_default=text("0")),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+)
