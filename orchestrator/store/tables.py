@@ -153,3 +153,17 @@ coordinator_leases = Table(
     Column("token", BigInteger, nullable=False, server_default=text("0")),
     Column("expires_at", DateTime(timezone=True), nullable=True),
 )
+
+# Durable requests (cancel, retry) for the coordinator that owns a run: the CLI never
+# writes run state itself, so that each run keeps a single writer.
+run_commands = Table(
+    "run_commands",
+    metadata,
+    Column("command_id", BigInteger, primary_key=True, autoincrement=True),
+    Column("run_id", Text, ForeignKey("workflow_runs.run_id", ondelete="CASCADE"), nullable=False),
+    Column("command", Text, nullable=False),
+    Column("payload", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("processed_at", DateTime(timezone=True), nullable=True),
+    Index("ix_run_commands_unprocessed", "run_id", postgresql_where=text("processed_at IS NULL")),
+)

@@ -1,0 +1,536 @@
+"""The run engine: pure decision logic that turns results and timers into events and dispatches.
+
+A `RunEngine` owns one run's projection. Every change goes through `_emit`, which appends
+an event and folds it into the projection with `state.apply_event`, so the in-memory
+state is by construction the fold of the log. The coordinator drains `events` (to
+commit), then `outbox` (to publish) and `timers` (to schedule). No I/O happens here.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.errors import TemplateError
+from orchestrator.state import (
+    ACTIVE_STEP_STATUSES,
+    FAILED_STEP_STATUSES,
+    IN_FLIGHT_STEP_STATUSES,
+    TERMINAL_RUN_STATUSES,
+    TERMINAL_STEP_STATUSES,
+    Event,
+    EventType,
+    RunProjection,
+    RunStatus,
+    StepStatus,
+    apply_event,
+    base_step_id,
+    compensation_key,
+    item_key,
+)
+from orchestrator.templates import resolve
+from orchestrator.wire import ResultMessage, StepMessage
+from orchestrator.workflow import CompiledWorkflow, StepDef
+from patterns.retry import RetryPolicy, compute_backoff
+from patterns.saga import compensation_blockers, ready_compensations
+
+# Deferred steps (open circuit breaker) are re-offered after this many seconds.
+DEFER_DELAY = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """A step message to publish once the events that announce it are committed."""
+
+    queue: str
+    priority: str
+    message: StepMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    """Something the coordinator must call back at `due` (unix seconds)."""
+
+    due: float
+    run_id: str
+    step: str
+    attempt: int
+    kind: str  # "retry" | "timeout"
+
+
+class _OutputsView(Mapping[str, Any]):
+    """`steps.ID.output` lookups over the projection without copying it per dispatch."""
+
+    def __init__(self, run: RunProjection) -> None:
+        self._run = run
+
+    def __getitem__(self, step_id: str) -> Any:
+        record = self._run.steps.get(step_id)
+        if record is None or record.status not in (StepStatus.SUCCEEDED, StepStatus.COMPENSATED):
+            raise KeyError(step_id)
+        return {"output": record.output}
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._run.steps)
+
+    def __len__(self) -> int:
+        return len(self._run.steps)
+
+
+class RunEngine:
+    """Decides what happens next in one run."""
+
+    def __init__(
+        self,
+        *,
+        workflow: CompiledWorkflow,
+        projection: RunProjection,
+        inputs: dict[str, Any],
+        partition: int,
+        timeout_grace: float = 10.0,
+        clock: Callable[[], float],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.wf = workflow
+        self.run = projection
+        self.inputs = inputs
+        self.partition = partition
+        self.timeout_grace = timeout_grace
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.events: list[Event] = []
+        self.outbox: list[Dispatch] = []
+        self.timers: list[Timer] = []
+        self.dead_letters: list[dict[str, Any]] = []
+        self._rebuild_indexes()
+
+    # -- indexes -----------------------------------------------------------------------------------
+
+    def _rebuild_indexes(self) -> None:
+        """Derive the counters that make each result O(dependents) instead of O(steps)."""
+        steps = self.run.steps
+        self._waiting: dict[str, int] = {}
+        self._ready: list[str] = []
+        self._open: set[str] = set()
+        self._in_flight: set[str] = set()
+        self._items: dict[str, list[Any]] = {}
+        self._items_left: dict[str, int] = {}
+        self._failing = False
+        for sid in self.wf.order:
+            record = steps.get(sid)
+            status = record.status if record else StepStatus.PENDING
+            if status not in TERMINAL_STEP_STATUSES:
+                self._open.add(sid)
+            if status in FAILED_STEP_STATUSES:
+                self._failing = True
+            if status is StepStatus.PENDING:
+                unmet = sum(1 for n in self.wf.steps[sid].needs if _status(steps, n) is not StepStatus.SUCCEEDED)
+                self._waiting[sid] = unmet
+                if unmet == 0 and self.run.status is RunStatus.RUNNING:
+                    self._ready.append(sid)
+        for key, record in steps.items():
+            if record.status in ACTIVE_STEP_STATUSES:
+                self._in_flight.add(key)
+                if record.status is StepStatus.RETRY_SCHEDULED and record.due_at is not None:
+                    self.timers.append(Timer(record.due_at, self.run.run_id, key, record.attempt, "retry"))
+                elif record.status is StepStatus.RUNNING:
+                    self._arm_timeout(key, record.attempt, float(record.detail.get("started_at") or self.clock()))
+            if "[" in key and record.status is not StepStatus.SUCCEEDED:
+                parent = base_step_id(key)
+                self._items_left[parent] = self._items_left.get(parent, 0) + 1
+        if self.run.state.get("cancel_requested"):
+            self._failing = True
+
+    @property
+    def finished(self) -> bool:
+        return self.run.status in TERMINAL_RUN_STATUSES
+
+    # -- event plumbing -----------------------------------------------------------------------------
+
+    def _emit(self, kind: EventType, step: str | None = None, attempt: int | None = None, **data: Any) -> None:
+        event = Event(seq=self.run.last_seq + 1, type=kind, step=step, attempt=attempt, data=data)
+        apply_event(self.run, event)
+        self.events.append(event)
+
+    def drain(self) -> tuple[list[Event], list[Dispatch], list[Timer], list[dict[str, Any]]]:
+        out = (self.events, self.outbox, self.timers, self.dead_letters)
+        self.events, self.outbox, self.timers, self.dead_letters = [], [], [], []
+        return out
+
+    # -- commands -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.run.status is not RunStatus.PENDING:
+            return
+        self._emit(EventType.RUN_STARTED)
+        self._ready = [sid for sid in self.wf.order if self._waiting.get(sid) == 0]
+        self.advance()
+
+    def request_cancel(self) -> bool:
+        if self.finished or self.run.state.get("cancel_requested"):
+            return False
+        self._emit(EventType.RUN_CANCEL_REQUESTED)
+        self._failing = True
+        self.advance()
+        return True
+
+    def resume(self) -> bool:
+        """Re-run a failed or cancelled run from its failed steps, keeping succeeded outputs."""
+        if self.run.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
+            return False
+        self._emit(EventType.RUN_RESUMED)
+        for key, record in sorted(self.run.steps.items()):
+            if record.status in (StepStatus.FAILED, StepStatus.DEAD_LETTERED, StepStatus.CANCELLED, StepStatus.SKIPPED):
+                if record.status is StepStatus.SKIPPED and record.detail.get("reason") == "when":
+                    continue  # a `when` that was false stays false: the inputs are unchanged
+                self._emit(EventType.STEP_RESET, step=key, attempt=record.attempt)
+        self._rebuild_indexes()
+        self._ready = [sid for sid in self.wf.order if self._waiting.get(sid) == 0]
+        self.advance()
+        return True
+
+    def on_timer(self, timer: Timer) -> None:
+        record = self.run.steps.get(timer.step)
+        if record is None or record.attempt != timer.attempt or self.finished:
+            return
+        if timer.kind == "retry" and record.status is StepStatus.RETRY_SCHEDULED:
+            if self._failing and not timer.step.endswith(":compensate"):
+                self._emit(EventType.STEP_CANCELLED, step=timer.step, attempt=record.attempt)
+                self._in_flight.discard(timer.step)
+                self._after_terminal(timer.step)
+            else:
+                self._redispatch(timer.step)
+        elif timer.kind == "timeout" and record.status is StepStatus.RUNNING:
+            error = {
+                "type": "StepTimeoutError",
+                "message": f"no result within timeout + grace ({self._timeout_of(timer.step):.0f}s"
+                f" + {self.timeout_grace:.0f}s); the attempt is abandoned",
+                "retryable": True,
+            }
+            self._on_failure(timer.step, record.attempt, error)
+        self.advance()
+
+    def on_result(self, msg: ResultMessage) -> bool:
+        """Apply one worker result; False when fenced off as a duplicate or late result."""
+        record = self.run.steps.get(msg.step)
+        if (
+            record is None
+            or record.attempt != msg.attempt
+            or record.status not in IN_FLIGHT_STEP_STATUSES
+            or self.finished
+        ):
+            return False
+        if msg.status == "started":
+            if record.status is StepStatus.RUNNING:
+                return False
+            now = self.clock()
+            self._emit(EventType.STEP_STARTED, step=msg.step, attempt=msg.attempt, worker=msg.worker, at=now)
+            self._arm_timeout(msg.step, msg.attempt, now)
+            return True
+        if msg.status == "succeeded":
+            self._emit(EventType.STEP_SUCCEEDED, step=msg.step, attempt=msg.attempt, output=msg.output)
+            self._in_flight.discard(msg.step)
+            self._on_success(msg.step)
+        elif msg.status == "deferred":
+            due = round(self.clock() + DEFER_DELAY, 3)
+            self._emit(
+                EventType.STEP_RETRY_SCHEDULED, step=msg.step, attempt=msg.attempt, due_at=due, counts=False,
+                error={"type": "CircuitOpenError", "message": msg.error.message if msg.error else "breaker open"},
+            )
+            self.timers.append(Timer(due, self.run.run_id, msg.step, msg.attempt, "retry"))
+        elif msg.status == "cancelled" and self.run.state.get("cancel_requested"):
+            self._emit(EventType.STEP_CANCELLED, step=msg.step, attempt=msg.attempt)
+            self._in_flight.discard(msg.step)
+            self._after_terminal(msg.step)
+        elif msg.status == "dead_lettered":
+            error = _error_dict(msg) | {"retryable": False}
+            self._emit(EventType.STEP_DEAD_LETTERED, step=msg.step, attempt=msg.attempt, error=error)
+            self._in_flight.discard(msg.step)
+            self._on_final_failure(msg.step, error)
+        else:  # failed, or cancelled without a cancel request
+            self._on_failure(msg.step, msg.attempt, _error_dict(msg))
+        self.advance()
+        return True
+
+    # -- transitions ------------------------------------------------------------------------------
+
+    def advance(self) -> None:
+        if self.finished or self.run.status is RunStatus.PENDING:
+            return
+        if self.run.status is RunStatus.COMPENSATING:
+            self._advance_compensation()
+            return
+        if self._failing:
+            self._unwind()
+            return
+        while self._ready and not self._failing:
+            sid = self._ready.pop()
+            if _status(self.run.steps, sid) is StepStatus.PENDING:
+                self._start_step(self.wf.steps[sid])
+        if self._failing:
+            self._unwind()
+        elif not self._open and not self._in_flight:
+            outputs = {sid: self.run.steps[sid].output for sid in self.wf.leaves
+                       if _status(self.run.steps, sid) is StepStatus.SUCCEEDED}
+            self._emit(EventType.RUN_SUCCEEDED, outputs=outputs)
+
+    def _start_step(self, step: StepDef) -> None:
+        try:
+            if step.when is not None and not self._resolve(step.when, None):
+                self._skip(step.id, "when")
+                return
+            if step.for_each is not None:
+                self._fan_out(step)
+                return
+        except TemplateError as e:
+            self._fail_now(step.id, {"type": "TemplateError", "message": str(e), "retryable": False})
+            return
+        self._dispatch(step.id, step, None)
+
+    def _fan_out(self, step: StepDef) -> None:
+        items = self._resolve(step.for_each, None)
+        if not isinstance(items, list):
+            raise TemplateError(f"for_each of step {step.id!r} must resolve to a list, got {type(items).__name__}")
+        self._items[step.id] = items
+        self._emit(EventType.STEP_FANNED_OUT, step=step.id, items=len(items))
+        left = 0
+        for index in range(len(items)):
+            key = item_key(step.id, index)
+            if _status(self.run.steps, key) is StepStatus.SUCCEEDED:
+                continue  # kept from before a resume
+            left += 1
+            self._dispatch(key, step, index)
+        self._items_left[step.id] = left
+        if left == 0:
+            self._complete_fan_out(step.id)
+
+    def _dispatch(self, key: str, step: StepDef, index: int | None) -> None:
+        record = self.run.step(key)
+        attempt = record.attempt + 1
+        handler = step.handler or ""
+        try:
+            item = (step.id, index) if index is not None else None
+            args = self._resolve(step.args, item) if step.templated else step.args
+        except TemplateError as e:
+            self._fail_now(key, {"type": "TemplateError", "message": str(e), "retryable": False})
+            return
+        self._emit(EventType.STEP_DISPATCHED, step=key, attempt=attempt, queue=step.queue, handler=handler)
+        self._in_flight.add(key)
+        message = StepMessage(
+            run=self.run.run_id, step=key, attempt=attempt, handler=handler, partition=self.partition,
+            args=args if isinstance(args, dict) else {"value": args}, timeout=step.timeout,
+            workflow=self.wf.name, inputs=self.inputs, breaker=step.breaker,
+        )
+        self.outbox.append(Dispatch(step.queue, step.priority, message))
+
+    def _redispatch(self, key: str) -> None:
+        sid = base_step_id(key)
+        step = self.wf.steps[sid]
+        if key.endswith(":compensate"):
+            self._dispatch_compensation(sid)
+            return
+        index = int(key[len(sid) + 1 : -1]) if "[" in key else None
+        if index is not None and sid not in self._items:
+            self._items[sid] = self._resolve(step.for_each, None)
+        self._dispatch(key, step, index)
+
+    def _on_success(self, key: str) -> None:
+        sid = base_step_id(key)
+        if key.endswith(":compensate"):
+            self._emit(EventType.STEP_COMPENSATED, step=sid)
+            return
+        if "[" in key:
+            self._items_left[sid] -= 1
+            if self._items_left[sid] == 0:
+                self._complete_fan_out(sid)
+            return
+        self._after_terminal(sid)
+
+    def _complete_fan_out(self, sid: str) -> None:
+        count = int(self.run.steps[sid].detail.get("items") or 0)
+        outputs = [self.run.steps[item_key(sid, i)].output for i in range(count)]
+        self._emit(EventType.STEP_SUCCEEDED, step=sid, output=outputs)
+        self._after_terminal(sid)
+
+    def _after_terminal(self, sid: str) -> None:
+        """Bookkeeping once a step id (not an item or compensation) is terminal."""
+        if "[" in sid or ":" in sid:
+            return
+        self._open.discard(sid)
+        if _status(self.run.steps, sid) is not StepStatus.SUCCEEDED:
+            return
+        for dep in self.wf.steps[sid].dependents:
+            left = self._waiting.get(dep, 0) - 1
+            self._waiting[dep] = left
+            if left == 0:
+                self._ready.append(dep)
+
+    def _skip(self, sid: str, reason: str) -> None:
+        stack = [(sid, reason)]
+        while stack:
+            current, why = stack.pop()
+            if _status(self.run.steps, current) is not StepStatus.PENDING:
+                continue
+            self._emit(EventType.STEP_SKIPPED, step=current, reason=why)
+            self._open.discard(current)
+            stack.extend((dep, f"needs {current}, which was skipped") for dep in self.wf.steps[current].dependents)
+
+    def _on_failure(self, key: str, attempt: int, error: dict[str, Any]) -> None:
+        record = self.run.steps[key]
+        policy = self._policy_of(key)
+        failures = int(record.detail.get("failures", 0)) + 1
+        unwinding = self._failing and not key.endswith(":compensate")
+        if error.get("retryable", True) and failures < policy.max_attempts and not unwinding:
+            due = round(self.clock() + compute_backoff(failures, policy, self.rng), 3)
+            self._emit(EventType.STEP_RETRY_SCHEDULED, step=key, attempt=attempt, due_at=due, error=error)
+            self.timers.append(Timer(due, self.run.run_id, key, attempt, "retry"))
+            return
+        self._emit(EventType.STEP_FAILED, step=key, attempt=attempt, error=error)
+        self._in_flight.discard(key)
+        self._on_final_failure(key, error)
+
+    def _fail_now(self, key: str, error: dict[str, Any]) -> None:
+        record = self.run.step(key)
+        self._emit(EventType.STEP_FAILED, step=key, attempt=record.attempt, error=error)
+        self._in_flight.discard(key)
+        self._on_final_failure(key, error)
+
+    def _on_final_failure(self, key: str, error: dict[str, Any]) -> None:
+        sid = base_step_id(key)
+        if key.endswith(":compensate"):
+            record = self.run.steps[key]
+            self.dead_letters.append(
+                {"run_id": self.run.run_id, "step_key": key, "attempt": record.attempt,
+                 "queue": self._queue_of(key), "reason": "compensation_failed", "error": error}
+            )
+            return
+        if "[" in key:
+            if _status(self.run.steps, sid) not in TERMINAL_STEP_STATUSES:
+                self._emit(EventType.STEP_FAILED, step=sid, error={**error, "item": key})
+                self._after_terminal(sid)
+        else:
+            self._after_terminal(sid)
+        self._failing = True
+
+    # -- failure, cancel and saga -----------------------------------------------------------------
+
+    def _unwind(self) -> None:
+        """Stop dispatching, cancel what has not started, and finish once nothing is in flight."""
+        for sid in self.wf.order:
+            if _status(self.run.steps, sid) is StepStatus.PENDING:
+                self._emit(EventType.STEP_CANCELLED, step=sid)
+                self._open.discard(sid)
+        self._ready.clear()
+        if self._in_flight:
+            return
+        error = self._run_error()
+        if self.wf.on_failure == "compensate":
+            self._emit(EventType.RUN_COMPENSATING, error=error)
+            self._advance_compensation()
+        elif self.run.state.get("cancel_requested"):
+            self._emit(EventType.RUN_CANCELLED, error=error)
+        else:
+            self._emit(EventType.RUN_FAILED, error=error)
+
+    def _run_error(self) -> dict[str, Any] | None:
+        for sid in self.wf.order:
+            record = self.run.steps.get(sid)
+            if record is not None and record.status in FAILED_STEP_STATUSES:
+                return {"step": sid, **(record.error or {})}
+        if self.run.state.get("cancel_requested"):
+            return {"type": "Cancelled", "message": "the run was cancelled"}
+        return None
+
+    def _to_compensate(self) -> list[str]:
+        return [sid for sid in self.wf.order if self.wf.steps[sid].compensate is not None
+                and _status(self.run.steps, sid) in (StepStatus.SUCCEEDED, StepStatus.COMPENSATED)]
+
+    def _advance_compensation(self) -> None:
+        targets = self._to_compensate()
+        blockers = compensation_blockers({s: d.dependents for s, d in self.wf.steps.items()}, targets)
+        started, finished, failed = set(), set(), False
+        for sid in targets:
+            record = self.run.steps.get(compensation_key(sid))
+            if record is not None:
+                started.add(sid)
+                if record.status in TERMINAL_STEP_STATUSES:
+                    finished.add(sid)
+                    failed |= record.status is not StepStatus.SUCCEEDED
+        for sid in ready_compensations(blockers, started, finished):
+            self._dispatch_compensation(sid)
+            started.add(sid)
+        if finished == set(targets):
+            if failed:
+                self._emit(EventType.RUN_COMPENSATION_FAILED, error=self.run.state.get("error"))
+            else:
+                self._emit(EventType.RUN_COMPENSATED)
+
+    def _dispatch_compensation(self, sid: str) -> None:
+        comp = self.wf.steps[sid].compensate
+        assert comp is not None
+        key = compensation_key(sid)
+        record = self.run.step(key)
+        attempt = record.attempt + 1
+        try:
+            args = self._resolve(comp.args, None) if comp.templated else comp.args
+        except TemplateError as e:
+            self._emit(EventType.STEP_DISPATCHED, step=key, attempt=attempt, queue=comp.queue, handler=comp.handler)
+            self._fail_now(key, {"type": "TemplateError", "message": str(e), "retryable": False})
+            return
+        self._emit(EventType.STEP_DISPATCHED, step=key, attempt=attempt, queue=comp.queue, handler=comp.handler)
+        self._in_flight.add(key)
+        message = StepMessage(
+            run=self.run.run_id, step=key, attempt=attempt, handler=comp.handler, partition=self.partition,
+            args=args if isinstance(args, dict) else {"value": args}, timeout=comp.timeout, kind="compensate",
+            workflow=self.wf.name, inputs=self.inputs,
+        )
+        self.outbox.append(Dispatch(comp.queue, "high", message))
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    def _resolve(self, value: Any, item: tuple[str, int] | None) -> Any:
+        context: dict[str, Any] = {
+            "inputs": self.inputs,
+            "steps": _OutputsView(self.run),
+            "run": {"id": self.run.run_id, "workflow": self.wf.name},
+        }
+        if item is not None:
+            step_id, index = item
+            context["item"] = self._items[step_id][index]
+        return resolve(value, context)
+
+    def _policy_of(self, key: str) -> RetryPolicy:
+        step = self.wf.steps[base_step_id(key)]
+        if key.endswith(":compensate") and step.compensate is not None:
+            return step.compensate.retry
+        return step.retry
+
+    def _timeout_of(self, key: str) -> float:
+        step = self.wf.steps[base_step_id(key)]
+        if key.endswith(":compensate") and step.compensate is not None:
+            return step.compensate.timeout
+        return step.timeout
+
+    def _queue_of(self, key: str) -> str:
+        step = self.wf.steps[base_step_id(key)]
+        if key.endswith(":compensate") and step.compensate is not None:
+            return step.compensate.queue
+        return step.queue
+
+    def _arm_timeout(self, key: str, attempt: int, started_at: float) -> None:
+        due = started_at + self._timeout_of(key) + self.timeout_grace
+        self.timers.append(Timer(due, self.run.run_id, key, attempt, "timeout"))
+
+
+def _status(steps: Mapping[str, Any], key: str) -> StepStatus:
+    record = steps.get(key)
+    return record.status if record is not None else StepStatus.PENDING
+
+
+def _error_dict(msg: ResultMessage) -> dict[str, Any]:
+    if msg.error is None:
+        return {"type": "StepError", "message": f"step reported {msg.status}", "retryable": True}
+    return {"type": msg.error.type, "message": msg.error.message, "traceback": msg.error.traceback,
+            "retryable": msg.error.retryable}

@@ -1,0 +1,102 @@
+"""Messages on the Redis streams, encoded as JSON with msgspec (typed, fast, no pickle).
+
+Each stream entry carries one field, ``m``, holding one of these structs. Every struct
+has a ``v`` schema version so that old and new processes can tell each other apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+SCHEMA_VERSION = 1
+FIELD = b"m"
+
+StepKind = Literal["step", "compensate", "hook"]
+ResultStatus = Literal["started", "succeeded", "failed", "cancelled", "dead_lettered", "deferred"]
+ControlKind = Literal["submitted", "cancel", "retry", "wake"]
+
+
+class StepMessage(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
+    """One attempt of one step instance, published on a queue stream."""
+
+    run: str
+    step: str  # step key: the step id, `id[i]` for a for_each item, `id:compensate` for its compensation
+    attempt: int
+    handler: str
+    partition: int
+    args: dict[str, Any] = {}
+    timeout: float = 300.0
+    kind: StepKind = "step"
+    workflow: str = ""
+    inputs: dict[str, Any] = {}
+    breaker: str | None = None
+    v: int = SCHEMA_VERSION
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across attempts and redeliveries of the same step instance."""
+        return f"{self.run}/{self.step}"
+
+
+class StepErrorInfo(msgspec.Struct, omit_defaults=True):
+    """What went wrong in a handler (secrets already redacted)."""
+
+    type: str
+    message: str
+    traceback: str = ""
+    retryable: bool = True
+
+
+class ResultMessage(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
+    """A worker's report about one attempt, published on the run's partition results stream."""
+
+    run: str
+    step: str
+    attempt: int
+    status: ResultStatus
+    worker: str = ""
+    output: Any = None
+    error: StepErrorInfo | None = None
+    duration: float = 0.0
+    deliveries: int = 1
+    stream_id: str = ""
+    queue: str = ""
+    v: int = SCHEMA_VERSION
+
+
+class ControlMessage(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
+    """A wake-up for the coordinator owning a partition; the durable request lives in PostgreSQL."""
+
+    kind: ControlKind
+    run: str = ""
+    v: int = SCHEMA_VERSION
+
+
+_encoder = msgspec.json.Encoder()
+_step_decoder = msgspec.json.Decoder(StepMessage)
+_result_decoder = msgspec.json.Decoder(ResultMessage)
+_control_decoder = msgspec.json.Decoder(ControlMessage)
+
+
+def encode(message: StepMessage | ResultMessage | ControlMessage) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode_step(data: bytes) -> StepMessage:
+    """Decode a step message; raises msgspec.DecodeError / ValidationError on garbage."""
+    return _step_decoder.decode(data)
+
+
+def decode_result(data: bytes) -> ResultMessage:
+    return _result_decoder.decode(data)
+
+
+def decode_control(data: bytes) -> ControlMessage:
+    return _control_decoder.decode(data)
+
+
+def dumps(value: Any) -> bytes:
+    """JSON-encode any JSON-compatible value (used for payload size checks)."""
+    return _encoder.encode(value)
