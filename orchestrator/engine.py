@@ -307,34 +307,61 @@ class RunEngine:
             self._complete_fan_out(step.id)
 
     def _dispatch(self, key: str, step: StepDef, index: int | None) -> None:
-        record = self.run.step(key)
-        attempt = record.attempt + 1
-        handler = step.handler or ""
+        attempt = self.run.step(key).attempt + 1
         try:
-            item = (step.id, index) if index is not None else None
-            args = self._resolve(step.args, item) if step.templated else step.args
+            dispatch = self._message(key, attempt)
         except TemplateError as e:
             self._fail_now(key, {"type": "TemplateError", "message": str(e), "retryable": False})
             return
-        self._emit(EventType.STEP_DISPATCHED, step=key, attempt=attempt, queue=step.queue, handler=handler)
+        self._emit(EventType.STEP_DISPATCHED, step=key, attempt=attempt, queue=dispatch.queue,
+                   handler=dispatch.message.handler)
         self._in_flight.add(key)
+        self.outbox.append(dispatch)
+
+    def _message(self, key: str, attempt: int) -> Dispatch:
+        """The message of one attempt; templates are re-resolved, which is deterministic."""
+        sid = base_step_id(key)
+        step = self.wf.steps[sid]
+        if key.endswith(":compensate"):
+            comp = step.compensate
+            assert comp is not None
+            args = self._resolve(comp.args, None) if comp.templated else comp.args
+            queue, priority, handler, timeout, kind = comp.queue, "high", comp.handler, comp.timeout, "compensate"
+            breaker = None
+        else:
+            item = None
+            if "[" in key:
+                if sid not in self._items:
+                    self._items[sid] = self._resolve(step.for_each, None)
+                item = (sid, int(key[len(sid) + 1 : -1]))
+            args = self._resolve(step.args, item) if step.templated else step.args
+            queue, priority, handler, timeout, kind = step.queue, step.priority, step.handler or "", step.timeout, "step"
+            breaker = step.breaker
         message = StepMessage(
             run=self.run.run_id, step=key, attempt=attempt, handler=handler, partition=self.partition,
-            args=args if isinstance(args, dict) else {"value": args}, timeout=step.timeout,
-            workflow=self.wf.name, inputs=self.inputs, breaker=step.breaker,
+            args=args if isinstance(args, dict) else {"value": args}, timeout=timeout, kind=kind,
+            workflow=self.wf.name, inputs=self.inputs, breaker=breaker,
         )
-        self.outbox.append(Dispatch(step.queue, step.priority, message))
+        return Dispatch(queue, priority, message)
+
+    def in_flight_dispatches(self) -> list[Dispatch]:
+        """Messages of every dispatched or running attempt (to re-publish what Redis lost)."""
+        out = []
+        for key, record in self.run.steps.items():
+            if record.status in IN_FLIGHT_STEP_STATUSES and record.detail.get("items") is None:
+                try:
+                    out.append(self._message(key, record.attempt))
+                except TemplateError:
+                    continue  # cannot happen for an attempt that was dispatched with the same inputs
+        return out
 
     def _redispatch(self, key: str) -> None:
         sid = base_step_id(key)
-        step = self.wf.steps[sid]
         if key.endswith(":compensate"):
             self._dispatch_compensation(sid)
             return
         index = int(key[len(sid) + 1 : -1]) if "[" in key else None
-        if index is not None and sid not in self._items:
-            self._items[sid] = self._resolve(step.for_each, None)
-        self._dispatch(key, step, index)
+        self._dispatch(key, self.wf.steps[sid], index)
 
     def _on_success(self, key: str) -> None:
         sid = base_step_id(key)
@@ -468,25 +495,17 @@ class RunEngine:
                 self._emit(EventType.RUN_COMPENSATED)
 
     def _dispatch_compensation(self, sid: str) -> None:
-        comp = self.wf.steps[sid].compensate
-        assert comp is not None
         key = compensation_key(sid)
-        record = self.run.step(key)
-        attempt = record.attempt + 1
+        attempt = self.run.step(key).attempt + 1
         try:
-            args = self._resolve(comp.args, None) if comp.templated else comp.args
+            dispatch = self._message(key, attempt)
         except TemplateError as e:
-            self._emit(EventType.STEP_DISPATCHED, step=key, attempt=attempt, queue=comp.queue, handler=comp.handler)
             self._fail_now(key, {"type": "TemplateError", "message": str(e), "retryable": False})
             return
-        self._emit(EventType.STEP_DISPATCHED, step=key, attempt=attempt, queue=comp.queue, handler=comp.handler)
+        self._emit(EventType.STEP_DISPATCHED, step=key, attempt=attempt, queue=dispatch.queue,
+                   handler=dispatch.message.handler)
         self._in_flight.add(key)
-        message = StepMessage(
-            run=self.run.run_id, step=key, attempt=attempt, handler=comp.handler, partition=self.partition,
-            args=args if isinstance(args, dict) else {"value": args}, timeout=comp.timeout, kind="compensate",
-            workflow=self.wf.name, inputs=self.inputs,
-        )
-        self.outbox.append(Dispatch(comp.queue, "high", message))
+        self.outbox.append(dispatch)
 
     # -- helpers ------------------------------------------------------------------------------------
 

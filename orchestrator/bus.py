@@ -1,0 +1,114 @@
+"""The Redis side of the coordinator and the CLI: connections, consumer groups, publishing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis
+import structlog
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
+
+from orchestrator.engine import Dispatch
+from orchestrator.errors import RedisUnavailableError
+from orchestrator.keys import COORDINATOR_GROUP, WORKER_GROUP, Keys
+from orchestrator.settings import Settings
+from orchestrator.wire import FIELD, ControlMessage, encode
+
+log = structlog.get_logger(__name__)
+
+# Step messages carry at most this many bytes (the payload limit plus envelope).
+RETRYABLE = (redis.ConnectionError, redis.TimeoutError)
+
+
+def connect(settings: Settings, url: str | None = None) -> redis.Redis:
+    """A client whose socket timeout stays above the BLOCK time of blocking reads."""
+    url = url or settings.resolved_redis_url()
+    socket_timeout = max(settings.redis.socket_timeout, settings.redis.block_ms / 1000 + 5)
+    client = redis.Redis.from_url(
+        url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=settings.redis.connect_timeout,
+        health_check_interval=30,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries=3),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
+    return client
+
+
+def ping(client: redis.Redis, url_hint: str) -> None:
+    try:
+        client.ping()
+    except RETRYABLE as e:
+        raise RedisUnavailableError(
+            f"cannot reach Redis at {url_hint} ({e}); start one with `steppe dev up` or set STEPPE_REDIS_URL"
+        ) from e
+
+
+def check_noeviction(client: redis.Redis) -> str | None:
+    """Return a warning when Redis may evict keys (streams and groups would vanish)."""
+    try:
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+    except redis.ResponseError:  # CONFIG may be disabled by ACLs
+        return None
+    if policy not in (None, "noeviction"):
+        return f"Redis maxmemory-policy is {policy!r}; set it to 'noeviction' or Steppe may lose queued steps"
+    return None
+
+
+def ensure_group(client: redis.Redis, stream: str, group: str) -> None:
+    """Create a consumer group (and its stream) unless it exists."""
+    try:
+        client.xgroup_create(stream, group, id="0", mkstream=True)
+    except redis.ResponseError as e:
+        if "BUSYGROUP" not in str(e):
+            raise
+
+
+def ensure_queue_groups(client: redis.Redis, keys: Keys, queues: Iterable[str]) -> None:
+    for queue in queues:
+        for stream in keys.queue_streams(queue):
+            ensure_group(client, stream, WORKER_GROUP)
+
+
+def ensure_partition_groups(client: redis.Redis, keys: Keys, partitions: Iterable[int]) -> None:
+    for p in partitions:
+        ensure_group(client, keys.results_stream(p), COORDINATOR_GROUP)
+        ensure_group(client, keys.control_stream(p), COORDINATOR_GROUP)
+
+
+def publish(client: redis.Redis, keys: Keys, dispatches: Sequence[Dispatch]) -> None:
+    """XADD every dispatch in one pipeline (no MULTI: each entry stands alone)."""
+    if not dispatches:
+        return
+    pipe = client.pipeline(transaction=False)
+    for d in dispatches:
+        pipe.xadd(keys.queue_stream(d.queue, d.priority), {FIELD: encode(d.message)})
+    pipe.execute()
+
+
+def notify(client: redis.Redis, keys: Keys, partition: int, message: ControlMessage) -> None:
+    """Wake the coordinator owning `partition`; the request itself is already in PostgreSQL."""
+    try:
+        client.xadd(keys.control_stream(partition), {FIELD: encode(message)})
+    except RETRYABLE as e:
+        # The coordinator polls PostgreSQL, so the request is only delayed, not lost.
+        log.warning("control_notify_failed", error=str(e), partition=partition)
+
+
+def live_handlers(client: redis.Redis, keys: Keys) -> dict[str, list[str]]:
+    """Handler name → ids of live workers advertising it."""
+    import orjson
+
+    handlers: dict[str, list[str]] = {}
+    ids = [i.decode() for i in client.zrange(keys.workers, 0, -1)]
+    if not ids:
+        return handlers
+    for worker_id, raw in zip(ids, client.mget([keys.worker(i) for i in ids]), strict=True):
+        if raw is None:
+            continue
+        info: dict[str, Any] = orjson.loads(raw)
+        for name in info.get("handlers", []):
+            handlers.setdefault(name, []).append(worker_id)
+    return handlers

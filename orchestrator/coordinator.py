@@ -1,0 +1,588 @@
+"""The coordinator loop: read results and wake-ups, apply them, commit, then publish.
+
+One iteration:
+
+1. read a batch from the results and control streams of the partitions this coordinator
+   leases (XREADGROUP COUNT n, BLOCK until the next timer);
+2. apply each result to its run's `RunEngine` (fenced by attempt), fire due timers
+   (retries, timeouts), and process durable commands (cancel, retry) from PostgreSQL;
+3. commit every resulting event and projection row in ONE PostgreSQL transaction;
+4. only then publish the dispatches (pipelined XADD) and acknowledge the batch (XACK).
+
+A crash between 3 and 4 leaves steps dispatched in PostgreSQL but absent from Redis;
+the reconciler (`_reconcile`) finds and re-publishes them, and attempt fencing keeps
+any duplicate execution from being applied twice.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import orjson
+import redis
+import structlog
+
+from orchestrator import bus, metrics
+from orchestrator.engine import Dispatch, RunEngine, Timer
+from orchestrator.errors import ConflictError, InfrastructureError
+from orchestrator.keys import COORDINATOR_GROUP, WORKER_GROUP, Keys
+from orchestrator.settings import Settings
+from orchestrator.spec import WorkflowSpec
+from orchestrator.state import TERMINAL_RUN_STATUSES, RunStatus
+from orchestrator.store.leases import LeaseManager
+from orchestrator.store.runs import RunStore, RunWrite, StoredRun
+from orchestrator.wire import FIELD, ResultMessage, decode_control, decode_result, decode_step
+from orchestrator.workflow import CompiledWorkflow, compile_workflow
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class _Tracked:
+    engine: RunEngine
+    version: int
+    workflow: str
+
+
+class Coordinator:
+    """Owns the runs of the partitions it leases and drives them to a terminal state."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        client: redis.Redis,
+        store: RunStore,
+        clock: Callable[[], float] = time.time,
+        coordinator_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.cfg = settings.coordinator
+        self.redis = client
+        self.store = store
+        self.clock = clock
+        self.keys = Keys(settings.namespace)
+        self.id = coordinator_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.leases = LeaseManager(store, owner=self.id, partitions=self.cfg.partitions, ttl=self.cfg.lease_ttl)
+        self.partitions: list[int] = []
+        self.runs: dict[str, _Tracked] = {}
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._timer_seq = itertools.count()
+        self._compiled: dict[bytes, CompiledWorkflow] = {}
+        self._unpublished: list[Dispatch] = []
+        self._replay_pending = True
+        self._epoch = uuid.uuid4().hex
+        self._next_lease = 0.0
+        self._next_reconcile = 0.0
+        self._known_queues: set[str] = set()
+        self.stopping = False
+        self.rng = random.Random()
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        bus.ping(self.redis, "the configured Redis URL")
+        warning = bus.check_noeviction(self.redis)
+        if warning:
+            log.warning("redis_eviction_policy_unsafe", detail=warning)
+        self.leases.ensure_rows()
+        self.redis.set(self.keys.epoch, self._epoch, nx=True)
+        self._epoch = (self.redis.get(self.keys.epoch) or self._epoch.encode()).decode()
+        self._maintain_leases(force=True)
+        log.info("coordinator_started", coordinator=self.id, partitions=self.partitions)
+
+    def stop(self) -> None:
+        try:
+            self.leases.release()
+            self.redis.zrem(self.keys.coordinators, self.id)
+        except (InfrastructureError, redis.RedisError) as e:
+            log.warning("coordinator_release_failed", error=str(e))
+        log.info("coordinator_stopped", coordinator=self.id)
+
+    def run_forever(self) -> None:
+        self.start()
+        backoff = 0.1
+        try:
+            while not self.stopping:
+                try:
+                    self.step()
+                    backoff = 0.1
+                except (InfrastructureError, redis.ConnectionError, redis.TimeoutError) as e:
+                    log.warning("coordinator_infrastructure_error", error=str(e), retry_in=round(backoff, 2))
+                    self._forget_all()
+                    time.sleep(backoff * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not crypto
+                    backoff = min(backoff * 2, 5.0)
+        finally:
+            self.stop()
+
+    # -- one iteration -------------------------------------------------------------------------------
+
+    def step(self, *, block_ms: int | None = None) -> int:
+        """Run one loop iteration; returns the number of stream entries processed."""
+        started = time.perf_counter()
+        now = self.clock()
+        if now >= self._next_lease:
+            self._maintain_leases()
+        if now >= self._next_reconcile:
+            self._reconcile()
+        self._flush_unpublished()
+        entries = self._read(block_ms)
+        touched: set[str] = set()
+        acks: dict[str, list[bytes]] = {}
+        control_runs: set[str] = set()
+        commands = False
+        results: list[ResultMessage] = []
+        for stream, entry_id, raw in entries:
+            acks.setdefault(stream, []).append(entry_id)
+            if stream.endswith(":control"):
+                try:
+                    control = decode_control(raw)
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    log.warning("control_message_undecodable", stream=stream, entry=entry_id.decode())
+                    continue
+                if control.kind == "submitted":
+                    control_runs.add(control.run)
+                else:
+                    commands = True
+            else:
+                try:
+                    results.append(decode_result(raw))
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    log.warning("result_message_undecodable", stream=stream, entry=entry_id.decode())
+        if control_runs:
+            touched |= self._admit(control_runs)
+        processed_commands = self._apply_commands() if commands else []
+        touched |= {c[1] for c in processed_commands}
+        unknown = {r.run for r in results if r.run not in self.runs}
+        if unknown:
+            self._load(unknown)
+        dead_letters: list[dict[str, Any]] = []
+        for result in results:
+            tracked = self.runs.get(result.run)
+            if tracked is None or not tracked.engine.on_result(result):
+                metrics.DUPLICATES.labels(kind=result.status).inc()
+                log.info("result_duplicate_ignored", run_id=result.run, step=result.step, attempt=result.attempt,
+                         status=result.status, worker=result.worker)
+                continue
+            touched.add(result.run)
+            if result.status == "dead_lettered":
+                dead_letters.append(_dead_letter_row(result))
+        touched |= self._fire_timers()
+        self._commit(touched, [c[0] for c in processed_commands], dead_letters)
+        self._ack(acks)
+        elapsed = time.perf_counter() - started
+        metrics.COORDINATOR_LOOP.observe(elapsed)
+        metrics.COORDINATOR_HEARTBEAT.set(time.time())
+        return len(entries)
+
+    def _read(self, block_ms: int | None) -> list[tuple[str, bytes, bytes]]:
+        if not self.partitions:
+            time.sleep(min(1.0, self.cfg.lease_ttl / 3))
+            return []
+        streams: dict[str, str] = {}
+        start_id = "0" if self._replay_pending else ">"
+        for p in self.partitions:
+            streams[self.keys.control_stream(p)] = start_id
+            streams[self.keys.results_stream(p)] = start_id
+        if block_ms is None:
+            block_ms = self.settings.redis.block_ms
+            if self._timers:
+                block_ms = max(1, min(block_ms, int((self._timers[0][0] - self.clock()) * 1000)))
+        reply = self.redis.xreadgroup(
+            COORDINATOR_GROUP, self.id, streams, count=self.cfg.batch_size,
+            block=None if self._replay_pending else block_ms,
+        )
+        out: list[tuple[str, bytes, bytes]] = []
+        drained = True
+        for stream_name, messages in reply or []:
+            name = stream_name.decode() if isinstance(stream_name, bytes) else stream_name
+            if messages:
+                drained = False
+            for entry_id, fields in messages:
+                if fields is None:  # trimmed while pending: nothing to apply
+                    out.append((name, entry_id, b"{}"))
+                    continue
+                out.append((name, entry_id, fields.get(FIELD, b"{}")))
+        if self._replay_pending and drained:
+            self._replay_pending = False
+        return out
+
+    # -- admitting runs and commands ----------------------------------------------------------------
+
+    def _admit(self, run_ids: Iterable[str]) -> set[str]:
+        fresh = [r for r in run_ids if r not in self.runs]
+        self._load(fresh)
+        started: set[str] = set()
+        for run_id in fresh:
+            tracked = self.runs.get(run_id)
+            if tracked is not None and tracked.engine.run.status is RunStatus.PENDING:
+                tracked.engine.start()
+                metrics.RUNS_SUBMITTED.labels(workflow=tracked.workflow).inc()
+                started.add(run_id)
+        return started
+
+    def _load(self, run_ids: Iterable[str]) -> None:
+        wanted = [r for r in run_ids if r not in self.runs]
+        for stored in self.store.load_runs(wanted):
+            if stored.partition not in self.partitions:
+                continue
+            if stored.projection.status in TERMINAL_RUN_STATUSES:
+                continue  # late results of a finished run are duplicates; a retry command re-admits it
+            self._track(stored)
+
+    def _track(self, stored: StoredRun) -> _Tracked | None:
+        try:
+            workflow = self._compile(stored.definition)
+        except Exception as e:  # a stored definition that no longer loads is an operator problem
+            log.error("run_definition_unloadable", run_id=stored.run_id, error=str(e))
+            return None
+        engine = RunEngine(
+            workflow=workflow, projection=stored.projection, inputs=stored.inputs, partition=stored.partition,
+            timeout_grace=self.cfg.timeout_grace, clock=self.clock, rng=self.rng,
+        )
+        tracked = _Tracked(engine=engine, version=stored.version, workflow=stored.workflow)
+        self.runs[stored.run_id] = tracked
+        self._take_timers(engine)
+        return tracked
+
+    def _compile(self, definition: dict[str, Any]) -> CompiledWorkflow:
+        cache_key = orjson.dumps(definition, option=orjson.OPT_SORT_KEYS)
+        compiled = self._compiled.get(cache_key)
+        if compiled is None:
+            compiled = compile_workflow(WorkflowSpec.model_validate(definition))
+            if len(self._compiled) > 1024:
+                self._compiled.clear()
+            self._compiled[cache_key] = compiled
+            self._ensure_queues(compiled.queues)
+        return compiled
+
+    def _ensure_queues(self, queues: Iterable[str]) -> None:
+        new = set(queues) - self._known_queues
+        if new:
+            bus.ensure_queue_groups(self.redis, self.keys, new)
+            self._known_queues |= new
+
+    def _apply_commands(self) -> list[tuple[int, str]]:
+        done: list[tuple[int, str]] = []
+        commands = self.store.pending_commands(self.partitions)
+        if not commands:
+            return done
+        needed = {c["run_id"] for c in commands}
+        for stored in self.store.load_runs([r for r in needed if r not in self.runs]):
+            if stored.partition in self.partitions:
+                self._track(stored)
+        for command in commands:
+            tracked = self.runs.get(command["run_id"])
+            if tracked is not None:
+                engine = tracked.engine
+                if command["command"] == "cancel" and engine.request_cancel():
+                    self.redis.zadd(self.keys.cancelled, {engine.run.run_id: self.clock()})
+                    log.info("run_cancel_requested", run_id=engine.run.run_id)
+                elif command["command"] == "retry" and engine.resume():
+                    self.redis.zrem(self.keys.cancelled, engine.run.run_id)
+                    log.info("run_resumed", run_id=engine.run.run_id)
+            done.append((command["command_id"], command["run_id"]))
+        return done
+
+    # -- timers ---------------------------------------------------------------------------------------
+
+    def _take_timers(self, engine: RunEngine) -> None:
+        for timer in engine.timers:
+            heapq.heappush(self._timers, (timer.due, next(self._timer_seq), timer))
+        engine.timers = []
+
+    def _fire_timers(self) -> set[str]:
+        touched: set[str] = set()
+        now = self.clock()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, timer = heapq.heappop(self._timers)
+            tracked = self.runs.get(timer.run_id)
+            if tracked is not None:
+                before = tracked.engine.run.last_seq
+                tracked.engine.on_timer(timer)
+                if tracked.engine.run.last_seq != before:
+                    touched.add(timer.run_id)
+        return touched
+
+    # -- commit, publish, ack -------------------------------------------------------------------------
+
+    def _commit(self, touched: set[str], commands: list[int], dead_letters: list[dict[str, Any]]) -> None:
+        writes: list[RunWrite] = []
+        outbox: list[Dispatch] = []
+        timers: list[Timer] = []
+        finished: list[_Tracked] = []
+        for run_id in touched:
+            tracked = self.runs.get(run_id)
+            if tracked is None:
+                continue
+            engine = tracked.engine
+            events, dispatches, new_timers, comp_dead = engine.drain()
+            timers.extend(new_timers)
+            if not events:
+                continue
+            run = engine.run
+            keys = {e.step for e in events if e.step is not None}
+            writes.append(RunWrite(
+                run_id=run_id, expected_version=tracked.version, status=run.status, state=run.state,
+                last_seq=run.last_seq, events=events, steps={k: run.steps[k] for k in keys},
+                finished=engine.finished,
+            ))
+            outbox.extend(dispatches)
+            dead_letters.extend(_compensation_dead_letter(d) for d in comp_dead)
+            if engine.finished:
+                finished.append(tracked)
+        if not writes and not commands and not dead_letters:
+            return
+        try:
+            self.store.commit_batch(writes, owner=self.id, partitions=self.partitions,
+                                    processed_commands=commands, dead_letters=dead_letters)
+        except ConflictError as e:
+            log.warning("batch_conflict", error=str(e), runs=len(writes))
+            self._forget_all()
+            self._next_lease = 0.0
+            return
+        except Exception:
+            self._forget_all()
+            raise
+        for w in writes:
+            self.runs[w.run_id].version += 1
+        for timer in timers:
+            heapq.heappush(self._timers, (timer.due, next(self._timer_seq), timer))
+        self._unpublished.extend(outbox)
+        self._flush_unpublished()
+        for tracked in finished:
+            self._on_finished(tracked)
+
+    def _flush_unpublished(self) -> None:
+        if not self._unpublished:
+            return
+        pending, self._unpublished = self._unpublished, []
+        try:
+            bus.publish(self.redis, self.keys, pending)
+        except bus.RETRYABLE:
+            self._unpublished = pending + self._unpublished
+            raise
+
+    def _ack(self, acks: dict[str, list[bytes]]) -> None:
+        if not acks:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, ids in acks.items():
+            pipe.xack(stream, COORDINATOR_GROUP, *ids)
+        pipe.execute()
+
+    def _on_finished(self, tracked: _Tracked) -> None:
+        run = tracked.engine.run
+        metrics.RUNS_FINISHED.labels(workflow=tracked.workflow, status=str(run.status)).inc()
+        log.info("run_finished", run_id=run.run_id, workflow=tracked.workflow, status=str(run.status))
+        self.runs.pop(run.run_id, None)
+
+    def _forget_all(self) -> None:
+        """Drop in-memory state after a failed write; it is reloaded from PostgreSQL."""
+        self.runs.clear()
+        self._timers.clear()
+        self._replay_pending = True
+        self._next_reconcile = 0.0
+
+    # -- leases and reconciliation --------------------------------------------------------------------
+
+    def _maintain_leases(self, *, force: bool = False) -> None:
+        peers = self._heartbeat()
+        held = self.leases.rebalance(self.partitions, peers_hint=peers)
+        gained = sorted(set(held) - set(self.partitions))
+        lost = set(self.partitions) - set(held)
+        self.partitions = held
+        if lost:
+            log.info("partitions_released", partitions=sorted(lost))
+            for run_id in [r for r, t in self.runs.items() if t.engine.partition in lost]:
+                self.runs.pop(run_id, None)
+        if gained or force:
+            bus.ensure_partition_groups(self.redis, self.keys, self.partitions)
+            self._claim_partition_backlog(gained)
+            self._replay_pending = True
+            self._next_reconcile = 0.0
+            log.info("partitions_acquired", partitions=gained)
+        self._next_lease = self.clock() + self.cfg.lease_ttl / 3
+        metrics.ACTIVE_RUNS.set(len(self.runs))
+
+    def _heartbeat(self) -> int:
+        now = self.clock()
+        ttl = self.cfg.lease_ttl
+        info = {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "partitions": self.partitions,
+                "runs": len(self.runs), "heartbeat": now}
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.keys.coordinator(self.id), orjson.dumps(info), ex=max(1, int(ttl * 2)))
+        pipe.zadd(self.keys.coordinators, {self.id: now})
+        pipe.zremrangebyscore(self.keys.coordinators, 0, now - ttl * 2)
+        pipe.zcard(self.keys.coordinators)
+        return int(pipe.execute()[-1])
+
+    def _claim_partition_backlog(self, partitions: Iterable[int]) -> None:
+        """Move entries another (dead) coordinator had read but not acknowledged to us."""
+        for p in partitions:
+            for stream in (self.keys.control_stream(p), self.keys.results_stream(p)):
+                cursor = "0-0"
+                while True:
+                    reply = self.redis.xautoclaim(stream, COORDINATOR_GROUP, self.id, 0, cursor, count=500,
+                                                  justid=True)
+                    cursor = reply[0]
+                    if cursor in (b"0-0", "0-0") or not reply[1]:
+                        break
+
+    def _reconcile(self) -> None:
+        """Recover what a crash or a Redis data loss left behind; see the module docstring."""
+        self._next_reconcile = self.clock() + self.cfg.reconcile_interval
+        if not self.partitions:
+            return
+        epoch = self.redis.get(self.keys.epoch)
+        redis_lost_data = epoch is None or epoch.decode() != self._epoch
+        if redis_lost_data:
+            log.warning("redis_data_loss_detected", action="recreating groups and re-publishing in-flight steps")
+            self.redis.set(self.keys.epoch, self._epoch)
+            bus.ensure_partition_groups(self.redis, self.keys, self.partitions)
+            self._known_queues.clear()
+        active = set(self.store.active_run_ids(self.partitions))
+        newly = active - set(self.runs)
+        before = set(self.runs)
+        self._load(newly)
+        loaded = set(self.runs) - before
+        for tracked in self.runs.values():
+            self._ensure_queues(tracked.engine.wf.queues)
+        touched = set()
+        for run_id in loaded:
+            engine = self.runs[run_id].engine
+            if engine.run.status is RunStatus.PENDING:
+                engine.start()
+                touched.add(run_id)
+        # Re-publish dispatched attempts that Redis holds nowhere (lost or never published).
+        check = loaded if not redis_lost_data else set(self.runs)
+        candidates = [d for run_id in check for d in self.runs[run_id].engine.in_flight_dispatches()]
+        if candidates:
+            present = set() if redis_lost_data else self._attempts_in_redis({d.queue for d in candidates})
+            missing = [d for d in candidates
+                       if (d.message.run, d.message.step, d.message.attempt) not in present]
+            if missing:
+                log.warning("steps_republished", count=len(missing), reason="absent from Redis")
+                self._unpublished.extend(missing)
+        if touched:
+            self._commit(touched, [], [])
+        if self.store.pending_commands(self.partitions):
+            processed = self._apply_commands()
+            self._commit({c[1] for c in processed}, [c[0] for c in processed], [])
+        self._trim_streams()
+        self._queue_metrics()
+
+    def _attempts_in_redis(self, queues: set[str]) -> set[tuple[str, str, int]]:
+        present: set[tuple[str, str, int]] = set()
+        streams = [s for q in queues for s in self.keys.queue_streams(q)]
+        for stream in streams:
+            for _, fields in _scan(self.redis, stream):
+                try:
+                    m = decode_step(fields.get(FIELD, b""))
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    continue
+                present.add((m.run, m.step, m.attempt))
+        for p in self.partitions:
+            for _, fields in _scan(self.redis, self.keys.results_stream(p)):
+                try:
+                    r = decode_result(fields.get(FIELD, b""))
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    continue
+                if r.status != "started":
+                    present.add((r.run, r.step, r.attempt))
+        return present
+
+    def _trim_streams(self) -> None:
+        """Trim acknowledged entries only: never below the oldest pending or undelivered id."""
+        streams = [(s, WORKER_GROUP) for q in self._known_queues for s in self.keys.queue_streams(q)]
+        streams += [(self.keys.results_stream(p), COORDINATOR_GROUP) for p in self.partitions]
+        streams += [(self.keys.control_stream(p), COORDINATOR_GROUP) for p in self.partitions]
+        for stream, group in streams:
+            floor = safe_trim_floor(self.redis, stream, group)
+            if floor:
+                self.redis.xtrim(stream, minid=floor, approximate=False)
+
+    def _queue_metrics(self) -> None:
+        for queue in self._known_queues:
+            depth = lag = pending = 0
+            oldest = 0.0
+            for stream in self.keys.queue_streams(queue):
+                depth += int(self.redis.xlen(stream))
+                for group in self.redis.xinfo_groups(stream):
+                    pending += int(group.get("pending", 0))
+                    lag += int(group.get("lag") or 0)
+                summary = self.redis.xpending_range(stream, WORKER_GROUP, "-", "+", 1)
+                if summary:
+                    oldest = max(oldest, summary[0]["time_since_delivered"] / 1000)
+            metrics.QUEUE_DEPTH.labels(queue=queue).set(depth)
+            metrics.QUEUE_LAG.labels(queue=queue).set(lag)
+            metrics.QUEUE_PENDING.labels(queue=queue).set(pending)
+            metrics.QUEUE_OLDEST_PENDING_AGE.labels(queue=queue).set(oldest)
+        metrics.DLQ_DEPTH.set(int(self.redis.xlen(self.keys.dlq_stream)))
+        metrics.LIVE_WORKERS.set(int(self.redis.zcount(self.keys.workers, self.clock() - 3 * self.settings.worker.heartbeat_interval, "+inf")))
+        metrics.ACTIVE_RUNS.set(len(self.runs))
+
+
+def safe_trim_floor(client: redis.Redis, stream: str, group: str) -> str | None:
+    """The smallest id still needed by `group`: its oldest pending entry, else its next undelivered one."""
+    try:
+        groups = client.xinfo_groups(stream)
+    except redis.ResponseError:
+        return None
+    mine = next((g for g in groups if (g["name"].decode() if isinstance(g["name"], bytes) else g["name"]) == group), None)
+    if mine is None:
+        return None
+    pending = client.xpending(stream, group)
+    if pending and pending.get("pending"):
+        low = pending["min"]
+        return low.decode() if isinstance(low, bytes) else str(low)
+    last = mine["last-delivered-id"]
+    last = last.decode() if isinstance(last, bytes) else str(last)
+    if last == "0-0":
+        return None
+    ms, seq = last.split("-")
+    return f"{ms}-{int(seq) + 1}"
+
+
+def _scan(client: redis.Redis, stream: str, chunk: int = 1000) -> Iterable[tuple[bytes, dict[bytes, bytes]]]:
+    start = "-"
+    while True:
+        entries = client.xrange(stream, min=start, max="+", count=chunk)
+        if not entries:
+            return
+        yield from ((i, f) for i, f in entries if f is not None)
+        if len(entries) < chunk:
+            return
+        last = entries[-1][0].decode()
+        start = "(" + last
+
+
+def _dead_letter_row(result: ResultMessage) -> dict[str, Any]:
+    return {
+        "run_id": result.run, "step_key": result.step, "attempt": result.attempt, "queue": result.queue or "?",
+        "stream_id": result.stream_id or f"{result.run}/{result.step}/{result.attempt}",
+        "delivery_count": result.deliveries, "reason": "max_deliveries" if result.error is None
+        else result.error.type, "error": result.error.message if result.error else "dead-lettered",
+        "payload": None,
+    }
+
+
+def _compensation_dead_letter(d: dict[str, Any]) -> dict[str, Any]:
+    error = d.get("error") or {}
+    return {
+        "run_id": d["run_id"], "step_key": d["step_key"], "attempt": d["attempt"], "queue": d["queue"],
+        "stream_id": f"compensation:{d['run_id']}/{d['step_key']}/{d['attempt']}", "delivery_count": 0,
+        "reason": d["reason"], "error": f"{error.get('type', 'Error')}: {error.get('message', '')}",
+        "payload": None,
+    }
+

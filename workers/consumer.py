@@ -1,0 +1,375 @@
+"""The worker process: read step messages from queue streams, run them, report results.
+
+Reading: one XREADGROUP over the queue's priority streams (high, normal, low) with
+COUNT = free slots; entries are started highest priority first. Reporting: finished
+attempts are batched; each batch is one MULTI/EXEC of result XADDs and XACKs, so a
+result is never acknowledged without being published. Liveness: every heartbeat the
+worker refreshes its registry entry, resets the idle time of its in-flight entries
+(XCLAIM … JUSTID, i.e. extends their lease), cancels steps of cancelled runs, and
+reclaims entries idle past the visibility timeout (XAUTOCLAIM) from dead workers;
+entries delivered more than `max_deliveries` times, undecodable or trimmed ones are
+dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import orjson
+import redis
+import redis.asyncio as aioredis
+import structlog
+
+from orchestrator import metrics
+from orchestrator.keys import WORKER_GROUP, Keys
+from orchestrator.settings import Settings
+from orchestrator.wire import FIELD, ResultMessage, StepErrorInfo, StepMessage, decode_step, encode
+from workers.registry import HandlerRegistry
+from workers.runner import Redactor, StepRunner
+
+log = structlog.get_logger(__name__)
+
+# A still-running attempt is reported as started after this long (fast steps report only once).
+STARTED_AFTER = 0.5
+CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+@dataclass(eq=False)
+class _InFlight:
+    stream: str
+    entry_id: bytes
+    message: StepMessage
+    deliveries: int
+    started: float
+    task: asyncio.Task[None] | None = None
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    reported_started: bool = False
+
+
+class Worker:
+    """A stateless worker: everything it holds can be lost and is recovered by others."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        registry: HandlerRegistry,
+        queues: list[str],
+        concurrency: int | None = None,
+        worker_id: str | None = None,
+        redis_url: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.cfg = settings.worker
+        self.registry = registry
+        self.queues = queues
+        self.concurrency = concurrency or self.cfg.concurrency
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.redis_url = redis_url or settings.resolved_redis_url()
+        self.keys = Keys(settings.namespace)
+        self.streams = [s for q in queues for s in self.keys.queue_streams(q)]
+        self.redactor = Redactor()
+        self.executor = ThreadPoolExecutor(max_workers=self.concurrency + 4, thread_name_prefix="steppe-handler")
+        self.runner = StepRunner(
+            registry=registry, executor=self.executor, worker_id=self.id,
+            payload_limit=settings.limits.payload_bytes, redactor=self.redactor,
+        )
+        self.inflight: dict[tuple[str, bytes], _InFlight] = {}
+        self._outbox: list[tuple[_InFlight | None, ResultMessage | None, dict[str, Any] | None]] = []
+        self._outbox_ready = asyncio.Event()
+        self._slots = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self.processed = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    async def run(self, *, install_signals: bool = True) -> int:
+        socket_timeout = max(self.settings.redis.socket_timeout, self.settings.redis.block_ms / 1000 + 5)
+        self.redis = aioredis.Redis.from_url(
+            self.redis_url, socket_timeout=socket_timeout,
+            socket_connect_timeout=self.settings.redis.connect_timeout, health_check_interval=30,
+        )
+        if install_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+        await self._ensure_groups()
+        await self._heartbeat()
+        log.info("worker_started", worker=self.id, queues=self.queues, concurrency=self.concurrency,
+                 handlers=len(self.registry.names()))
+        tasks = [asyncio.create_task(coro) for coro in (self._read_loop(), self._flush_loop(), self._liveness_loop())]
+        await self._stopping.wait()
+        exit_code = await self._drain(tasks)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        await self.redis.aclose()
+        return exit_code
+
+    def request_stop(self) -> None:
+        if not self._stopping.is_set():
+            log.info("worker_stopping", worker=self.id, in_flight=len(self.inflight))
+            self._stopping.set()
+            self._slots.set()
+
+    async def _drain(self, tasks: list[asyncio.Task[None]]) -> int:
+        """Stop reading, let in-flight steps finish (bounded), publish their results, deregister."""
+        reader, flusher, liveness = tasks
+        reader.cancel()
+        deadline = time.monotonic() + self.cfg.drain_timeout
+        while self.inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        drained = not self.inflight
+        while self._outbox and time.monotonic() < deadline + 5:
+            await asyncio.sleep(0.02)
+        for task in (flusher, liveness):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for entry in list(self.inflight.values()):
+            if entry.task is not None:
+                entry.task.cancel()  # left pending in Redis: reclaimed after the visibility timeout
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zrem(self.keys.workers, self.id)
+            pipe.delete(self.keys.worker(self.id))
+            await pipe.execute()
+        except CONNECTION_ERRORS as e:
+            log.warning("worker_deregister_failed", error=str(e))
+        log.info("worker_stopped", worker=self.id, drained=drained, processed=self.processed,
+                 abandoned=len(self.inflight))
+        return 0
+
+    async def _ensure_groups(self) -> None:
+        for stream in self.streams:
+            try:
+                await self.redis.xgroup_create(stream, WORKER_GROUP, id="0", mkstream=True)
+            except redis.ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            free = self.concurrency - len(self.inflight)
+            if free <= 0:
+                self._slots.clear()
+                await self._slots.wait()
+                continue
+            try:
+                reply = await self.redis.xreadgroup(
+                    WORKER_GROUP, self.id, dict.fromkeys(self.streams, ">"), count=free,
+                    block=self.settings.redis.block_ms,
+                )
+                backoff = 0.1
+            except CONNECTION_ERRORS as e:
+                log.warning("worker_redis_unavailable", error=str(e), retry_in=round(backoff, 2))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            except redis.ResponseError as e:
+                if "NOGROUP" in str(e):  # Redis lost its data: recreate and carry on
+                    await self._ensure_groups()
+                    continue
+                raise
+            if not reply:
+                continue
+            by_stream = {(s.decode() if isinstance(s, bytes) else s): entries for s, entries in reply}
+            for stream in self.streams:  # priority order
+                for entry_id, fields in by_stream.get(stream, []):
+                    self._accept(stream, entry_id, fields, deliveries=1)
+
+    def _accept(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes] | None, *, deliveries: int) -> None:
+        if fields is None:
+            self._dead_letter(stream, entry_id, None, None, deliveries, "TrimmedEntry",
+                              "the entry was deleted from the stream while pending")
+            return
+        raw = fields.get(FIELD, b"")
+        try:
+            message = decode_step(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            self._dead_letter(stream, entry_id, None, raw, deliveries, "UndecodableMessage", str(e))
+            return
+        if deliveries > self.cfg.max_deliveries:
+            self._dead_letter(stream, entry_id, message, raw, deliveries, "MaxDeliveriesExceeded",
+                              f"delivered {deliveries} times (max_deliveries={self.cfg.max_deliveries}); "
+                              "the handler probably crashes or hangs its worker")
+            return
+        entry = _InFlight(stream, entry_id, message, deliveries, time.monotonic())
+        self.inflight[(stream, entry_id)] = entry
+        entry.task = asyncio.create_task(self._execute(entry))
+        metrics.WORKER_INFLIGHT.set(len(self.inflight))
+
+    async def _execute(self, entry: _InFlight) -> None:
+        result = await self.runner.run(entry.message, on_heartbeat=lambda: self._extend([entry]),
+                                       cancelled=entry.cancelled)
+        metrics.STEP_DURATION.labels(queue=self.keys.queue_of_stream(entry.stream),
+                                     handler=entry.message.handler).observe(result.duration)
+        self._outbox.append((entry, result, None))
+        self._outbox_ready.set()
+
+    # -- reporting -----------------------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            while self._outbox:
+                batch, self._outbox = self._outbox, []
+                try:
+                    await self._flush(batch)
+                except CONNECTION_ERRORS as e:
+                    log.warning("worker_flush_failed", error=str(e), results=len(batch))
+                    self._outbox = batch + self._outbox
+                    await asyncio.sleep(0.5)
+
+    async def _flush(self, batch: list[tuple[_InFlight | None, ResultMessage | None, dict[str, Any] | None]]) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        acks: dict[str, list[bytes]] = {}
+        for entry, result, dead in batch:
+            if dead is not None:
+                pipe.xadd(self.keys.dlq_stream, dead)
+            if result is not None:
+                partition = entry.message.partition if entry is not None else 0
+                pipe.xadd(self.keys.results_stream(partition), {FIELD: encode(result)})
+            if entry is not None and result is not None and result.status != "started":
+                acks.setdefault(entry.stream, []).append(entry.entry_id)
+            elif dead is not None:
+                acks.setdefault(dead["stream"], []).append(dead["id"])
+        for stream, ids in acks.items():
+            pipe.xack(stream, WORKER_GROUP, *ids)
+        await pipe.execute()
+        for entry, result, _ in batch:
+            if entry is not None and result is not None and result.status != "started":
+                self.inflight.pop((entry.stream, entry.entry_id), None)
+                self.processed += 1
+        metrics.WORKER_INFLIGHT.set(len(self.inflight))
+        self._slots.set()
+
+    def _dead_letter(
+        self, stream: str, entry_id: bytes, message: StepMessage | None, raw: bytes | None, deliveries: int,
+        reason: str, error: str,
+    ) -> None:
+        queue = self.keys.queue_of_stream(stream)
+        log.warning("step_dead_lettered", stream=stream, entry=entry_id.decode(), reason=reason,
+                    deliveries=deliveries, run_id=message.run if message else None,
+                    step=message.step if message else None)
+        metrics.DEAD_LETTERS.labels(queue=queue, reason=reason).inc()
+        dead = {"stream": stream, "id": entry_id, "queue": queue, "deliveries": deliveries, "reason": reason,
+                "error": self.redactor(error), "m": raw or b"", "worker": self.id}
+        result = None
+        entry = None
+        if message is not None:
+            entry = _InFlight(stream, entry_id, message, deliveries, time.monotonic())
+            result = ResultMessage(
+                run=message.run, step=message.step, attempt=message.attempt, status="dead_lettered",
+                worker=self.id, error=StepErrorInfo(type=reason, message=self.redactor(error), retryable=False),
+                deliveries=deliveries, stream_id=entry_id.decode(), queue=queue,
+            )
+        else:
+            result = ResultMessage(run="", step="", attempt=0, status="dead_lettered", worker=self.id,
+                                   error=StepErrorInfo(type=reason, message=self.redactor(error), retryable=False),
+                                   deliveries=deliveries, stream_id=entry_id.decode(), queue=queue)
+        self._outbox.append((entry, result, dead))
+        self._outbox_ready.set()
+
+    # -- liveness ------------------------------------------------------------------------------------
+
+    async def _liveness_loop(self) -> None:
+        interval = self.cfg.heartbeat_interval
+        while True:
+            await asyncio.sleep(min(interval, 1.0))
+            try:
+                self._report_started()
+                await self._check_cancelled()
+                if time.monotonic() - getattr(self, "_last_beat", 0.0) >= interval:
+                    self._last_beat = time.monotonic()
+                    await self._heartbeat()
+                    self._extend(list(self.inflight.values()))
+                    await self._reclaim()
+            except CONNECTION_ERRORS as e:
+                log.warning("worker_heartbeat_failed", error=str(e))
+
+    def _report_started(self) -> None:
+        now = time.monotonic()
+        for entry in self.inflight.values():
+            if not entry.reported_started and now - entry.started >= STARTED_AFTER:
+                entry.reported_started = True
+                m = entry.message
+                started = ResultMessage(run=m.run, step=m.step, attempt=m.attempt, status="started", worker=self.id)
+                self._outbox.append((entry, started, None))
+                self._outbox_ready.set()
+
+    async def _heartbeat(self) -> None:
+        now = time.time()
+        ttl = max(3 * self.cfg.heartbeat_interval, 2.0)
+        info = {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "queues": self.queues,
+                "concurrency": self.concurrency, "in_flight": len(self.inflight), "processed": self.processed,
+                "handlers": self.registry.names(), "heartbeat": now}
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.keys.worker(self.id), orjson.dumps(info), ex=int(ttl) + 1)
+        pipe.zadd(self.keys.workers, {self.id: now})
+        pipe.zremrangebyscore(self.keys.workers, 0, now - ttl)
+        await pipe.execute()
+
+    def _extend(self, entries: list[_InFlight]) -> None:
+        """Reset the idle time of our in-flight entries so that nobody reclaims them."""
+        by_stream: dict[str, list[bytes]] = {}
+        for e in entries:
+            by_stream.setdefault(e.stream, []).append(e.entry_id)
+        for stream, ids in by_stream.items():
+            asyncio.ensure_future(self._xclaim_justid(stream, ids))  # noqa: RUF006 - fire and forget
+
+    async def _xclaim_justid(self, stream: str, ids: list[bytes]) -> None:
+        try:
+            await self.redis.xclaim(stream, WORKER_GROUP, self.id, 0, ids, justid=True)
+        except CONNECTION_ERRORS as e:
+            log.warning("lease_extension_failed", error=str(e))
+
+    async def _check_cancelled(self) -> None:
+        if not self.inflight:
+            return
+        entries = list(self.inflight.values())
+        scores = await self.redis.zmscore(self.keys.cancelled, [e.message.run for e in entries])
+        for entry, score in zip(entries, scores, strict=True):
+            if score is not None and not entry.cancelled.is_set() and entry.task is not None:
+                entry.cancelled.set()
+                entry.task.cancel()
+
+    async def _reclaim(self) -> None:
+        """Take over entries idle past the visibility timeout (their worker died or hung)."""
+        free = self.concurrency - len(self.inflight)
+        if free <= 0 or self._stopping.is_set():
+            return
+        min_idle = int(self.cfg.visibility_timeout * 1000)
+        for stream in self.streams:
+            reply = await self.redis.xautoclaim(stream, WORKER_GROUP, self.id, min_idle, "0-0", count=free)
+            # Redis 6.2 replies [cursor, entries]; 7.x adds a third element listing deleted ids.
+            claimed = reply[1] if len(reply) > 1 else []
+            if not claimed:
+                continue
+            ids = [entry_id for entry_id, _ in claimed]
+            counts = await self._delivery_counts(stream, ids)
+            metrics.RECLAIMS.labels(queue=self.keys.queue_of_stream(stream)).inc(len(claimed))
+            for entry_id, fields in claimed:
+                log.info("step_reclaimed", stream=stream, entry=entry_id.decode(), deliveries=counts.get(entry_id))
+                self._accept(stream, entry_id, fields, deliveries=counts.get(entry_id, 2))
+            free -= len(claimed)
+            if free <= 0:
+                return
+
+    async def _delivery_counts(self, stream: str, ids: list[bytes]) -> dict[bytes, int]:
+        counts: dict[bytes, int] = {}
+        for entry_id in ids:
+            rows = await self.redis.xpending_range(stream, WORKER_GROUP, entry_id, entry_id, 1)
+            if rows:
+                counts[entry_id] = int(rows[0]["times_delivered"])
+        return counts

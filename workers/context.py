@@ -1,0 +1,41 @@
+"""The `StepContext` passed to every handler."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+
+@dataclass
+class StepContext:
+    """What a handler knows about the attempt it is running."""
+
+    run_id: str
+    step_id: str
+    step_key: str
+    attempt: int
+    workflow: str
+    inputs: dict[str, Any]
+    kind: str = "step"
+    log: Any = field(default_factory=lambda: structlog.get_logger("steppe.handler"))
+    _on_heartbeat: Callable[[], None] | None = field(default=None, repr=False)
+    _cancelled: asyncio.Event | None = field(default=None, repr=False)
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across retries and redeliveries: use it to make side effects idempotent."""
+        return f"{self.run_id}/{self.step_key}"
+
+    def heartbeat(self) -> None:
+        """Extend this step's visibility timeout now (workers also do it periodically)."""
+        if self._on_heartbeat is not None:
+            self._on_heartbeat()
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the run was cancelled; long sync handlers should check it and return."""
+        return self._cancelled is not None and self._cancelled.is_set()
