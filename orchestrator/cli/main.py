@@ -34,9 +34,9 @@ def _root(
 def _register_commands() -> None:
     # Each command module adds its commands to `app`; imported here so that the CLI
     # is the only place that ties the coordinator side and the worker side together.
-    from orchestrator.cli import db, dev
+    from orchestrator.cli import db, dev, processes, runs
 
-    for module in (dev, db):
+    for module in (dev, db, processes, runs):
         module.register(app)
 
 

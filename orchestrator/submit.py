@@ -1,0 +1,107 @@
+"""Submitting runs, and the requests (cancel, retry) that the owning coordinator carries out."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from orchestrator import bus
+from orchestrator.errors import SubmitError
+from orchestrator.keys import Keys
+from orchestrator.planner import plan as make_plan
+from orchestrator.settings import Settings
+from orchestrator.spec import WorkflowSpec, load_workflow, validate_inputs
+from orchestrator.store.leases import partition_of
+from orchestrator.store.runs import RunStore
+from orchestrator.wire import ControlMessage, dumps
+from orchestrator.workflow import compile_workflow
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    run_id: str
+    created: bool
+    workflow: str
+
+
+def new_run_id() -> str:
+    return f"r-{uuid.uuid4().hex[:20]}"
+
+
+class Submitter:
+    """Validates and records runs; the coordinator picks them up from PostgreSQL."""
+
+    def __init__(self, *, settings: Settings, store: RunStore, client: redis.Redis) -> None:
+        self.settings = settings
+        self.store = store
+        self.redis = client
+        self.keys = Keys(settings.namespace)
+
+    def load(self, source: str | bytes, *, filename: str = "<string>") -> WorkflowSpec:
+        return load_workflow(source, filename=filename, limits=self.settings.limits)
+
+    def load_file(self, path: Path) -> WorkflowSpec:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise SubmitError(f"cannot read {path}: {e.strerror}; check the path") from e
+        return self.load(data, filename=str(path))
+
+    def submit(
+        self,
+        spec: WorkflowSpec,
+        *,
+        inputs: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        check_handlers: bool = True,
+        parent_run_id: str | None = None,
+        parent_step: str | None = None,
+        depth: int = 0,
+    ) -> Submitted:
+        values = validate_inputs(spec, inputs or {})
+        size = len(dumps(values))
+        if size > self.settings.limits.payload_bytes:
+            raise SubmitError(
+                f"inputs are {size} bytes, over the {self.settings.limits.payload_bytes}-byte limit; pass large "
+                "data by reference (a URL or object key) instead"
+            )
+        compiled = compile_workflow(spec)
+        if check_handlers:
+            self.check_handlers(compiled.handlers())
+        run_id = new_run_id()
+        partition = partition_of(run_id, self.settings.coordinator.partitions)
+        definition = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+        run_id, created = self.store.create_run(
+            run_id=run_id, workflow=spec.name, partition=partition, definition=definition, inputs=values,
+            plan=make_plan(spec).to_json(), idempotency_key=idempotency_key, parent_run_id=parent_run_id,
+            parent_step=parent_step, depth=depth,
+        )
+        if created:
+            bus.notify(self.redis, self.keys, partition, ControlMessage(kind="submitted", run=run_id))
+        return Submitted(run_id=run_id, created=created, workflow=spec.name)
+
+    def check_handlers(self, needed: set[str]) -> None:
+        live = bus.live_handlers(self.redis, self.keys)
+        missing = sorted(h for h in needed if h not in live)
+        if not missing:
+            return
+        if not live:
+            raise SubmitError(
+                "no live workers advertise handlers, so these cannot be checked: " + ", ".join(missing)
+                + "; start a worker (`steppe worker --import your.module`) or pass --no-handler-check"
+            )
+        raise SubmitError(
+            "unknown handler(s): " + ", ".join(missing) + "; live workers serve: " + ", ".join(sorted(live))
+            + ". Start a worker that imports the module defining them (`steppe worker --import MODULE`), "
+            "or pass --no-handler-check to submit anyway"
+        )
+
+    def request(self, run_id: str, command: str) -> None:
+        """Record a cancel/retry request durably, then wake the owning coordinator."""
+        self.store.add_command(run_id, command)
+        partition = partition_of(run_id, self.settings.coordinator.partitions)
+        bus.notify(self.redis, self.keys, partition, ControlMessage(kind=command, run=run_id))  # type: ignore[arg-type]
