@@ -26,7 +26,7 @@ def connect(settings: Settings, url: str | None = None) -> redis.Redis:
     """A client whose socket timeout stays above the BLOCK time of blocking reads."""
     url = url or settings.resolved_redis_url()
     socket_timeout = max(settings.redis.socket_timeout, settings.redis.block_ms / 1000 + 5)
-    client = redis.Redis.from_url(
+    return redis.Redis.from_url(
         url,
         socket_timeout=socket_timeout,
         socket_connect_timeout=settings.redis.connect_timeout,
@@ -34,7 +34,6 @@ def connect(settings: Settings, url: str | None = None) -> redis.Redis:
         retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries=3),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )
-    return client
 
 
 def ping(client: redis.Redis, url_hint: str) -> None:

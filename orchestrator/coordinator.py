@@ -73,7 +73,9 @@ class Coordinator:
         self.clock = clock
         self.keys = Keys(settings.namespace)
         self.id = coordinator_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.leases = LeaseManager(store, owner=self.id, partitions=self.cfg.partitions, ttl=self.cfg.lease_ttl)
+        self.leases = LeaseManager(
+            store, owner=self.id, partitions=self.cfg.partitions, ttl=self.cfg.lease_ttl
+        )
         self.partitions: list[int] = []
         self.runs: dict[str, _Tracked] = {}
         self._timers: list[tuple[float, int, Timer]] = []
@@ -120,14 +122,14 @@ class Coordinator:
                 except (InfrastructureError, redis.ConnectionError, redis.TimeoutError) as e:
                     log.warning("coordinator_infrastructure_error", error=str(e), retry_in=round(backoff, 2))
                     self._forget_all()
-                    time.sleep(backoff * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not crypto
+                    time.sleep(backoff * random.uniform(0.5, 1.0))
                     backoff = min(backoff * 2, 5.0)
         finally:
             self.stop()
 
     # -- one iteration -------------------------------------------------------------------------------
 
-    def step(self, *, block_ms: int | None = None) -> int:
+    def step(self, *, block_ms: int | None = None) -> int:  # noqa: PLR0912, PLR0915 - the loop reads top to bottom
         """Run one loop iteration; returns the number of stream entries processed."""
         started = time.perf_counter()
         now = self.clock()
@@ -171,8 +173,14 @@ class Coordinator:
             tracked = self.runs.get(result.run)
             if tracked is None or not tracked.engine.on_result(result):
                 metrics.DUPLICATES.labels(kind=result.status).inc()
-                log.info("result_duplicate_ignored", run_id=result.run, step=result.step, attempt=result.attempt,
-                         status=result.status, worker=result.worker)
+                log.info(
+                    "result_duplicate_ignored",
+                    run_id=result.run,
+                    step=result.step,
+                    attempt=result.attempt,
+                    status=result.status,
+                    worker=result.worker,
+                )
                 continue
             touched.add(result.run)
             if result.status == "dead_lettered":
@@ -199,7 +207,10 @@ class Coordinator:
             if self._timers:
                 block_ms = max(1, min(block_ms, int((self._timers[0][0] - self.clock()) * 1000)))
         reply = self.redis.xreadgroup(
-            COORDINATOR_GROUP, self.id, streams, count=self.cfg.batch_size,
+            COORDINATOR_GROUP,
+            self.id,
+            streams,
+            count=self.cfg.batch_size,
             block=None if self._replay_pending else block_ms,
         )
         out: list[tuple[str, bytes, bytes]] = []
@@ -247,8 +258,13 @@ class Coordinator:
             log.error("run_definition_unloadable", run_id=stored.run_id, error=str(e))
             return None
         engine = RunEngine(
-            workflow=workflow, projection=stored.projection, inputs=stored.inputs, partition=stored.partition,
-            timeout_grace=self.cfg.timeout_grace, clock=self.clock, rng=self.rng,
+            workflow=workflow,
+            projection=stored.projection,
+            inputs=stored.inputs,
+            partition=stored.partition,
+            timeout_grace=self.cfg.timeout_grace,
+            clock=self.clock,
+            rng=self.rng,
         )
         tracked = _Tracked(engine=engine, version=stored.version, workflow=stored.workflow)
         self.runs[stored.run_id] = tracked
@@ -332,11 +348,18 @@ class Coordinator:
                 continue
             run = engine.run
             keys = {e.step for e in events if e.step is not None}
-            writes.append(RunWrite(
-                run_id=run_id, expected_version=tracked.version, status=run.status, state=run.state,
-                last_seq=run.last_seq, events=events, steps={k: run.steps[k] for k in keys},
-                finished=engine.finished,
-            ))
+            writes.append(
+                RunWrite(
+                    run_id=run_id,
+                    expected_version=tracked.version,
+                    status=run.status,
+                    state=run.state,
+                    last_seq=run.last_seq,
+                    events=events,
+                    steps={k: run.steps[k] for k in keys},
+                    finished=engine.finished,
+                )
+            )
             outbox.extend(dispatches)
             dead_letters.extend(_compensation_dead_letter(d) for d in comp_dead)
             if engine.finished:
@@ -344,8 +367,13 @@ class Coordinator:
         if not writes and not commands and not dead_letters:
             return
         try:
-            self.store.commit_batch(writes, owner=self.id, partitions=self.partitions,
-                                    processed_commands=commands, dead_letters=dead_letters)
+            self.store.commit_batch(
+                writes,
+                owner=self.id,
+                partitions=self.partitions,
+                processed_commands=commands,
+                dead_letters=dead_letters,
+            )
         except ConflictError as e:
             log.warning("batch_conflict", error=str(e), runs=len(writes))
             self._forget_all()
@@ -418,8 +446,14 @@ class Coordinator:
     def _heartbeat(self) -> int:
         now = self.clock()
         ttl = self.cfg.lease_ttl
-        info = {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "partitions": self.partitions,
-                "runs": len(self.runs), "heartbeat": now}
+        info = {
+            "id": self.id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "partitions": self.partitions,
+            "runs": len(self.runs),
+            "heartbeat": now,
+        }
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(self.keys.coordinator(self.id), orjson.dumps(info), ex=max(1, int(ttl * 2)))
         pipe.zadd(self.keys.coordinators, {self.id: now})
@@ -433,8 +467,9 @@ class Coordinator:
             for stream in (self.keys.control_stream(p), self.keys.results_stream(p)):
                 cursor = "0-0"
                 while True:
-                    reply = self.redis.xautoclaim(stream, COORDINATOR_GROUP, self.id, 0, cursor, count=500,
-                                                  justid=True)
+                    reply = self.redis.xautoclaim(
+                        stream, COORDINATOR_GROUP, self.id, 0, cursor, count=500, justid=True
+                    )
                     cursor = reply[0]
                     if cursor in (b"0-0", "0-0") or not reply[1]:
                         break
@@ -447,7 +482,9 @@ class Coordinator:
         epoch = self.redis.get(self.keys.epoch)
         redis_lost_data = epoch is None or epoch.decode() != self._epoch
         if redis_lost_data:
-            log.warning("redis_data_loss_detected", action="recreating groups and re-publishing in-flight steps")
+            log.warning(
+                "redis_data_loss_detected", action="recreating groups and re-publishing in-flight steps"
+            )
             self.redis.set(self.keys.epoch, self._epoch)
             bus.ensure_partition_groups(self.redis, self.keys, self.partitions)
             self._known_queues.clear()
@@ -469,8 +506,9 @@ class Coordinator:
         candidates = [d for run_id in check for d in self.runs[run_id].engine.in_flight_dispatches()]
         if candidates:
             present = set() if redis_lost_data else self._attempts_in_redis({d.queue for d in candidates})
-            missing = [d for d in candidates
-                       if (d.message.run, d.message.step, d.message.attempt) not in present]
+            missing = [
+                d for d in candidates if (d.message.run, d.message.step, d.message.attempt) not in present
+            ]
             if missing:
                 log.warning("steps_republished", count=len(missing), reason="absent from Redis")
                 self._unpublished.extend(missing)
@@ -529,7 +567,13 @@ class Coordinator:
             metrics.QUEUE_PENDING.labels(queue=queue).set(pending)
             metrics.QUEUE_OLDEST_PENDING_AGE.labels(queue=queue).set(oldest)
         metrics.DLQ_DEPTH.set(int(self.redis.xlen(self.keys.dlq_stream)))
-        metrics.LIVE_WORKERS.set(int(self.redis.zcount(self.keys.workers, self.clock() - 3 * self.settings.worker.heartbeat_interval, "+inf")))
+        metrics.LIVE_WORKERS.set(
+            int(
+                self.redis.zcount(
+                    self.keys.workers, self.clock() - 3 * self.settings.worker.heartbeat_interval, "+inf"
+                )
+            )
+        )
         metrics.ACTIVE_RUNS.set(len(self.runs))
 
 
@@ -539,7 +583,10 @@ def safe_trim_floor(client: redis.Redis, stream: str, group: str) -> str | None:
         groups = client.xinfo_groups(stream)
     except redis.ResponseError:
         return None
-    mine = next((g for g in groups if (g["name"].decode() if isinstance(g["name"], bytes) else g["name"]) == group), None)
+    mine = next(
+        (g for g in groups if (g["name"].decode() if isinstance(g["name"], bytes) else g["name"]) == group),
+        None,
+    )
     if mine is None:
         return None
     pending = client.xpending(stream, group)
@@ -569,10 +616,14 @@ def _scan(client: redis.Redis, stream: str, chunk: int = 1000) -> Iterable[tuple
 
 def _dead_letter_row(result: ResultMessage) -> dict[str, Any]:
     return {
-        "run_id": result.run, "step_key": result.step, "attempt": result.attempt, "queue": result.queue or "?",
+        "run_id": result.run,
+        "step_key": result.step,
+        "attempt": result.attempt,
+        "queue": result.queue or "?",
         "stream_id": result.stream_id or f"{result.run}/{result.step}/{result.attempt}",
-        "delivery_count": result.deliveries, "reason": "max_deliveries" if result.error is None
-        else result.error.type, "error": result.error.message if result.error else "dead-lettered",
+        "delivery_count": result.deliveries,
+        "reason": "max_deliveries" if result.error is None else result.error.type,
+        "error": result.error.message if result.error else "dead-lettered",
         "payload": None,
     }
 
@@ -580,9 +631,13 @@ def _dead_letter_row(result: ResultMessage) -> dict[str, Any]:
 def _compensation_dead_letter(d: dict[str, Any]) -> dict[str, Any]:
     error = d.get("error") or {}
     return {
-        "run_id": d["run_id"], "step_key": d["step_key"], "attempt": d["attempt"], "queue": d["queue"],
-        "stream_id": f"compensation:{d['run_id']}/{d['step_key']}/{d['attempt']}", "delivery_count": 0,
-        "reason": d["reason"], "error": f"{error.get('type', 'Error')}: {error.get('message', '')}",
+        "run_id": d["run_id"],
+        "step_key": d["step_key"],
+        "attempt": d["attempt"],
+        "queue": d["queue"],
+        "stream_id": f"compensation:{d['run_id']}/{d['step_key']}/{d['attempt']}",
+        "delivery_count": 0,
+        "reason": d["reason"],
+        "error": f"{error.get('type', 'Error')}: {error.get('message', '')}",
         "payload": None,
     }
-

@@ -31,7 +31,7 @@ from orchestrator.state import (
     item_key,
 )
 from orchestrator.templates import resolve
-from orchestrator.wire import ResultMessage, StepMessage
+from orchestrator.wire import ResultMessage, StepKind, StepMessage
 from orchestrator.workflow import CompiledWorkflow, StepDef
 from patterns.retry import RetryPolicy, compute_backoff
 from patterns.saga import compensation_blockers, ready_compensations
@@ -126,7 +126,9 @@ class RunEngine:
             if status in FAILED_STEP_STATUSES:
                 self._failing = True
             if status is StepStatus.PENDING:
-                unmet = sum(1 for n in self.wf.steps[sid].needs if _status(steps, n) is not StepStatus.SUCCEEDED)
+                unmet = sum(
+                    1 for n in self.wf.steps[sid].needs if _status(steps, n) is not StepStatus.SUCCEEDED
+                )
                 self._waiting[sid] = unmet
                 if unmet == 0 and self.run.status is RunStatus.RUNNING:
                     self._ready.append(sid)
@@ -136,7 +138,9 @@ class RunEngine:
                 if record.status is StepStatus.RETRY_SCHEDULED and record.due_at is not None:
                     self.timers.append(Timer(record.due_at, self.run.run_id, key, record.attempt, "retry"))
                 elif record.status is StepStatus.RUNNING:
-                    self._arm_timeout(key, record.attempt, float(record.detail.get("started_at") or self.clock()))
+                    self._arm_timeout(
+                        key, record.attempt, float(record.detail.get("started_at") or self.clock())
+                    )
             if "[" in key and record.status is not StepStatus.SUCCEEDED:
                 parent = base_step_id(key)
                 self._items_left[parent] = self._items_left.get(parent, 0) + 1
@@ -149,7 +153,9 @@ class RunEngine:
 
     # -- event plumbing -----------------------------------------------------------------------------
 
-    def _emit(self, kind: EventType, step: str | None = None, attempt: int | None = None, **data: Any) -> None:
+    def _emit(
+        self, kind: EventType, step: str | None = None, attempt: int | None = None, **data: Any
+    ) -> None:
         event = Event(seq=self.run.last_seq + 1, type=kind, step=step, attempt=attempt, data=data)
         apply_event(self.run, event)
         self.events.append(event)
@@ -182,7 +188,12 @@ class RunEngine:
             return False
         self._emit(EventType.RUN_RESUMED)
         for key, record in sorted(self.run.steps.items()):
-            if record.status in (StepStatus.FAILED, StepStatus.DEAD_LETTERED, StepStatus.CANCELLED, StepStatus.SKIPPED):
+            if record.status in (
+                StepStatus.FAILED,
+                StepStatus.DEAD_LETTERED,
+                StepStatus.CANCELLED,
+                StepStatus.SKIPPED,
+            ):
                 if record.status is StepStatus.SKIPPED and record.detail.get("reason") == "when":
                     continue  # a `when` that was false stays false: the inputs are unchanged
                 self._emit(EventType.STEP_RESET, step=key, attempt=record.attempt)
@@ -236,8 +247,15 @@ class RunEngine:
         elif msg.status == "deferred":
             due = round(self.clock() + DEFER_DELAY, 3)
             self._emit(
-                EventType.STEP_RETRY_SCHEDULED, step=msg.step, attempt=msg.attempt, due_at=due, counts=False,
-                error={"type": "CircuitOpenError", "message": msg.error.message if msg.error else "breaker open"},
+                EventType.STEP_RETRY_SCHEDULED,
+                step=msg.step,
+                attempt=msg.attempt,
+                due_at=due,
+                counts=False,
+                error={
+                    "type": "CircuitOpenError",
+                    "message": msg.error.message if msg.error else "breaker open",
+                },
             )
             self.timers.append(Timer(due, self.run.run_id, msg.step, msg.attempt, "retry"))
         elif msg.status == "cancelled" and self.run.state.get("cancel_requested"):
@@ -272,8 +290,11 @@ class RunEngine:
         if self._failing:
             self._unwind()
         elif not self._open and not self._in_flight:
-            outputs = {sid: self.run.steps[sid].output for sid in self.wf.leaves
-                       if _status(self.run.steps, sid) is StepStatus.SUCCEEDED}
+            outputs = {
+                sid: self.run.steps[sid].output
+                for sid in self.wf.leaves
+                if _status(self.run.steps, sid) is StepStatus.SUCCEEDED
+            }
             self._emit(EventType.RUN_SUCCEEDED, outputs=outputs)
 
     def _start_step(self, step: StepDef) -> None:
@@ -292,7 +313,9 @@ class RunEngine:
     def _fan_out(self, step: StepDef) -> None:
         items = self._resolve(step.for_each, None)
         if not isinstance(items, list):
-            raise TemplateError(f"for_each of step {step.id!r} must resolve to a list, got {type(items).__name__}")
+            raise TemplateError(
+                f"for_each of step {step.id!r} must resolve to a list, got {type(items).__name__}"
+            )
         self._items[step.id] = items
         self._emit(EventType.STEP_FANNED_OUT, step=step.id, items=len(items))
         left = 0
@@ -313,8 +336,13 @@ class RunEngine:
         except TemplateError as e:
             self._fail_now(key, {"type": "TemplateError", "message": str(e), "retryable": False})
             return
-        self._emit(EventType.STEP_DISPATCHED, step=key, attempt=attempt, queue=dispatch.queue,
-                   handler=dispatch.message.handler)
+        self._emit(
+            EventType.STEP_DISPATCHED,
+            step=key,
+            attempt=attempt,
+            queue=dispatch.queue,
+            handler=dispatch.message.handler,
+        )
         self._in_flight.add(key)
         self.outbox.append(dispatch)
 
@@ -326,7 +354,8 @@ class RunEngine:
             comp = step.compensate
             assert comp is not None
             args = self._resolve(comp.args, None) if comp.templated else comp.args
-            queue, priority, handler, timeout, kind = comp.queue, "high", comp.handler, comp.timeout, "compensate"
+            queue, priority, handler, timeout = comp.queue, "high", comp.handler, comp.timeout
+            kind: StepKind = "compensate"
             breaker = None
         else:
             item = None
@@ -335,12 +364,21 @@ class RunEngine:
                     self._items[sid] = self._resolve(step.for_each, None)
                 item = (sid, int(key[len(sid) + 1 : -1]))
             args = self._resolve(step.args, item) if step.templated else step.args
-            queue, priority, handler, timeout, kind = step.queue, step.priority, step.handler or "", step.timeout, "step"
+            queue, priority, handler, timeout = step.queue, step.priority, step.handler or "", step.timeout
+            kind = "step"
             breaker = step.breaker
         message = StepMessage(
-            run=self.run.run_id, step=key, attempt=attempt, handler=handler, partition=self.partition,
-            args=args if isinstance(args, dict) else {"value": args}, timeout=timeout, kind=kind,
-            workflow=self.wf.name, inputs=self.inputs, breaker=breaker,
+            run=self.run.run_id,
+            step=key,
+            attempt=attempt,
+            handler=handler,
+            partition=self.partition,
+            args=args if isinstance(args, dict) else {"value": args},
+            timeout=timeout,
+            kind=kind,
+            workflow=self.wf.name,
+            inputs=self.inputs,
+            breaker=breaker,
         )
         return Dispatch(queue, priority, message)
 
@@ -402,7 +440,9 @@ class RunEngine:
                 continue
             self._emit(EventType.STEP_SKIPPED, step=current, reason=why)
             self._open.discard(current)
-            stack.extend((dep, f"needs {current}, which was skipped") for dep in self.wf.steps[current].dependents)
+            stack.extend(
+                (dep, f"needs {current}, which was skipped") for dep in self.wf.steps[current].dependents
+            )
 
     def _on_failure(self, key: str, attempt: int, error: dict[str, Any]) -> None:
         record = self.run.steps[key]
@@ -429,8 +469,14 @@ class RunEngine:
         if key.endswith(":compensate"):
             record = self.run.steps[key]
             self.dead_letters.append(
-                {"run_id": self.run.run_id, "step_key": key, "attempt": record.attempt,
-                 "queue": self._queue_of(key), "reason": "compensation_failed", "error": error}
+                {
+                    "run_id": self.run.run_id,
+                    "step_key": key,
+                    "attempt": record.attempt,
+                    "queue": self._queue_of(key),
+                    "reason": "compensation_failed",
+                    "error": error,
+                }
             )
             return
         if "[" in key:
@@ -471,8 +517,12 @@ class RunEngine:
         return None
 
     def _to_compensate(self) -> list[str]:
-        return [sid for sid in self.wf.order if self.wf.steps[sid].compensate is not None
-                and _status(self.run.steps, sid) in (StepStatus.SUCCEEDED, StepStatus.COMPENSATED)]
+        return [
+            sid
+            for sid in self.wf.order
+            if self.wf.steps[sid].compensate is not None
+            and _status(self.run.steps, sid) in (StepStatus.SUCCEEDED, StepStatus.COMPENSATED)
+        ]
 
     def _advance_compensation(self) -> None:
         targets = self._to_compensate()
@@ -502,8 +552,13 @@ class RunEngine:
         except TemplateError as e:
             self._fail_now(key, {"type": "TemplateError", "message": str(e), "retryable": False})
             return
-        self._emit(EventType.STEP_DISPATCHED, step=key, attempt=attempt, queue=dispatch.queue,
-                   handler=dispatch.message.handler)
+        self._emit(
+            EventType.STEP_DISPATCHED,
+            step=key,
+            attempt=attempt,
+            queue=dispatch.queue,
+            handler=dispatch.message.handler,
+        )
         self._in_flight.add(key)
         self.outbox.append(dispatch)
 
@@ -551,5 +606,9 @@ def _status(steps: Mapping[str, Any], key: str) -> StepStatus:
 def _error_dict(msg: ResultMessage) -> dict[str, Any]:
     if msg.error is None:
         return {"type": "StepError", "message": f"step reported {msg.status}", "retryable": True}
-    return {"type": msg.error.type, "message": msg.error.message, "traceback": msg.error.traceback,
-            "retryable": msg.error.retryable}
+    return {
+        "type": msg.error.type,
+        "message": msg.error.message,
+        "traceback": msg.error.traceback,
+        "retryable": msg.error.retryable,
+    }

@@ -1,20 +1,20 @@
 """Steppe's exception tree; every error a user can see says what to do about it.
 
-    SteppeError
-    ├── ConfigError                  bad settings or environment
-    ├── InfrastructureError          Redis or PostgreSQL unreachable (CLI exit code 3)
-    │   ├── RedisUnavailableError
-    │   └── DatabaseUnavailableError
-    ├── LauncherError                `steppe dev` could not start or stop a server
-    ├── SpecError                    a workflow document is invalid (CLI exit code 2)
-    │   └── SpecValidationError      carries every problem found, each with file:line:col
-    ├── TemplateError                a `${{ … }}` reference could not be resolved
-    ├── SubmitError                  a submission was refused (unknown handler, bad inputs, …)
-    ├── RunNotFoundError             no run with that id
-    ├── ConflictError                optimistic-concurrency or lease conflict; retry the operation
-    └── StepError                    raised by handlers (re-exported by `workers`)
-        ├── RetryableStepError
-        └── NonRetryableStepError
+SteppeError
+├── ConfigError                  bad settings or environment
+├── InfrastructureError          Redis or PostgreSQL unreachable (CLI exit code 3)
+│   ├── RedisUnavailableError
+│   └── DatabaseUnavailableError
+├── LauncherError                `steppe dev` could not start or stop a server
+├── SpecError                    a workflow document is invalid (CLI exit code 2)
+│   └── SpecValidationError      carries every problem found, each with file:line:col
+├── TemplateError                a `${{ … }}` reference could not be resolved
+├── SubmitError                  a submission was refused (unknown handler, bad inputs, …)
+├── RunNotFoundError             no run with that id
+├── ConflictError                optimistic-concurrency or lease conflict; retry the operation
+└── StepError                    raised by handlers (re-exported by `workers`)
+    ├── RetryableStepError
+    └── NonRetryableStepError
 """
 
 from __future__ import annotations

@@ -172,7 +172,7 @@ def compensation_key(step_id: str) -> str:
     return f"{step_id}:compensate"
 
 
-def apply_event(run: RunProjection, event: Event) -> None:
+def apply_event(run: RunProjection, event: Event) -> None:  # noqa: PLR0912, PLR0915 - one branch per event type
     """Fold one event into the projection. Events are facts: no validation happens here."""
     if event.seq != run.last_seq + 1:
         raise ValueError(f"event seq {event.seq} does not follow {run.last_seq} in run {run.run_id}")

@@ -76,9 +76,16 @@ class Submitter:
         partition = partition_of(run_id, self.settings.coordinator.partitions)
         definition = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
         run_id, created = self.store.create_run(
-            run_id=run_id, workflow=spec.name, partition=partition, definition=definition, inputs=values,
-            plan=make_plan(spec).to_json(), idempotency_key=idempotency_key, parent_run_id=parent_run_id,
-            parent_step=parent_step, depth=depth,
+            run_id=run_id,
+            workflow=spec.name,
+            partition=partition,
+            definition=definition,
+            inputs=values,
+            plan=make_plan(spec).to_json(),
+            idempotency_key=idempotency_key,
+            parent_run_id=parent_run_id,
+            parent_step=parent_step,
+            depth=depth,
         )
         if created:
             bus.notify(self.redis, self.keys, partition, ControlMessage(kind="submitted", run=run_id))
@@ -91,11 +98,15 @@ class Submitter:
             return
         if not live:
             raise SubmitError(
-                "no live workers advertise handlers, so these cannot be checked: " + ", ".join(missing)
+                "no live workers advertise handlers, so these cannot be checked: "
+                + ", ".join(missing)
                 + "; start a worker (`steppe worker --import your.module`) or pass --no-handler-check"
             )
         raise SubmitError(
-            "unknown handler(s): " + ", ".join(missing) + "; live workers serve: " + ", ".join(sorted(live))
+            "unknown handler(s): "
+            + ", ".join(missing)
+            + "; live workers serve: "
+            + ", ".join(sorted(live))
             + ". Start a worker that imports the module defining them (`steppe worker --import MODULE`), "
             "or pass --no-handler-check to submit anyway"
         )

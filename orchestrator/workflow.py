@@ -124,7 +124,9 @@ def compile_workflow(spec: Any) -> CompiledWorkflow:
         steps=steps,
         order=order,
         leaves=leaves,
-        queues=frozenset({s.queue for s in steps.values()} | {s.compensate.queue for s in steps.values() if s.compensate}),
+        queues=frozenset(
+            {s.queue for s in steps.values()} | {s.compensate.queue for s in steps.values() if s.compensate}
+        ),
     )
 
 

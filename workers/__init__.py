@@ -1,10 +1,10 @@
 """The worker process and the handler API users write against.
 
-    from workers import handler, StepContext, RetryableStepError, NonRetryableStepError
+from workers import handler, StepContext, RetryableStepError, NonRetryableStepError
 
-    @handler("payments.charge")
-    async def charge(ctx: StepContext, amount: int, currency: str = "EUR") -> dict:
-        return {"id": "ch_1"}
+@handler("payments.charge")
+async def charge(ctx: StepContext, amount: int, currency: str = "EUR") -> dict:
+    return {"id": "ch_1"}
 """
 
 from orchestrator.errors import NonRetryableStepError, RetryableStepError, StepError

@@ -32,7 +32,11 @@ async def sleep(ctx: StepContext, seconds: float = 1.0, **kwargs: Any) -> dict[s
 
 
 async def fail(
-    ctx: StepContext, message: str = "builtin.fail", times: int | None = None, retryable: bool = True, **kwargs: Any
+    ctx: StepContext,
+    message: str = "builtin.fail",
+    times: int | None = None,
+    retryable: bool = True,
+    **kwargs: Any,
 ) -> dict[str, Any]:
     """Fail the first `times` attempts (every attempt when null), then succeed with `{attempts: n}`."""
     if times is None or ctx.attempt <= int(times):
@@ -43,6 +47,10 @@ async def fail(
 
 
 def register_builtins(registry: HandlerRegistry) -> None:
-    for name, func in (("builtin.echo", echo), ("builtin.noop", noop), ("builtin.sleep", sleep),
-                       ("builtin.fail", fail)):
+    for name, func in (
+        ("builtin.echo", echo),
+        ("builtin.noop", noop),
+        ("builtin.sleep", sleep),
+        ("builtin.fail", fail),
+    ):
         registry.register(name, func)

@@ -78,10 +78,15 @@ class Worker:
         self.keys = Keys(settings.namespace)
         self.streams = [s for q in queues for s in self.keys.queue_streams(q)]
         self.redactor = Redactor()
-        self.executor = ThreadPoolExecutor(max_workers=self.concurrency + 4, thread_name_prefix="steppe-handler")
+        self.executor = ThreadPoolExecutor(
+            max_workers=self.concurrency + 4, thread_name_prefix="steppe-handler"
+        )
         self.runner = StepRunner(
-            registry=registry, executor=self.executor, worker_id=self.id,
-            payload_limit=settings.limits.payload_bytes, redactor=self.redactor,
+            registry=registry,
+            executor=self.executor,
+            worker_id=self.id,
+            payload_limit=settings.limits.payload_bytes,
+            redactor=self.redactor,
         )
         self.inflight: dict[tuple[str, bytes], _InFlight] = {}
         self._outbox: list[tuple[_InFlight | None, ResultMessage | None, dict[str, Any] | None]] = []
@@ -95,8 +100,10 @@ class Worker:
     async def run(self, *, install_signals: bool = True) -> int:
         socket_timeout = max(self.settings.redis.socket_timeout, self.settings.redis.block_ms / 1000 + 5)
         self.redis = aioredis.Redis.from_url(
-            self.redis_url, socket_timeout=socket_timeout,
-            socket_connect_timeout=self.settings.redis.connect_timeout, health_check_interval=30,
+            self.redis_url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=self.settings.redis.connect_timeout,
+            health_check_interval=30,
         )
         if install_signals:
             loop = asyncio.get_running_loop()
@@ -104,9 +111,17 @@ class Worker:
                 loop.add_signal_handler(sig, self.request_stop)
         await self._ensure_groups()
         await self._heartbeat()
-        log.info("worker_started", worker=self.id, queues=self.queues, concurrency=self.concurrency,
-                 handlers=len(self.registry.names()))
-        tasks = [asyncio.create_task(coro) for coro in (self._read_loop(), self._flush_loop(), self._liveness_loop())]
+        log.info(
+            "worker_started",
+            worker=self.id,
+            queues=self.queues,
+            concurrency=self.concurrency,
+            handlers=len(self.registry.names()),
+        )
+        tasks = [
+            asyncio.create_task(coro)
+            for coro in (self._read_loop(), self._flush_loop(), self._liveness_loop())
+        ]
         await self._stopping.wait()
         exit_code = await self._drain(tasks)
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -142,8 +157,13 @@ class Worker:
             await pipe.execute()
         except CONNECTION_ERRORS as e:
             log.warning("worker_deregister_failed", error=str(e))
-        log.info("worker_stopped", worker=self.id, drained=drained, processed=self.processed,
-                 abandoned=len(self.inflight))
+        log.info(
+            "worker_stopped",
+            worker=self.id,
+            drained=drained,
+            processed=self.processed,
+            abandoned=len(self.inflight),
+        )
         return 0
 
     async def _ensure_groups(self) -> None:
@@ -166,7 +186,10 @@ class Worker:
                 continue
             try:
                 reply = await self.redis.xreadgroup(
-                    WORKER_GROUP, self.id, dict.fromkeys(self.streams, ">"), count=free,
+                    WORKER_GROUP,
+                    self.id,
+                    dict.fromkeys(self.streams, ">"),
+                    count=free,
                     block=self.settings.redis.block_ms,
                 )
                 backoff = 0.1
@@ -187,10 +210,19 @@ class Worker:
                 for entry_id, fields in by_stream.get(stream, []):
                     self._accept(stream, entry_id, fields, deliveries=1)
 
-    def _accept(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes] | None, *, deliveries: int) -> None:
+    def _accept(
+        self, stream: str, entry_id: bytes, fields: dict[bytes, bytes] | None, *, deliveries: int
+    ) -> None:
         if fields is None:
-            self._dead_letter(stream, entry_id, None, None, deliveries, "TrimmedEntry",
-                              "the entry was deleted from the stream while pending")
+            self._dead_letter(
+                stream,
+                entry_id,
+                None,
+                None,
+                deliveries,
+                "TrimmedEntry",
+                "the entry was deleted from the stream while pending",
+            )
             return
         raw = fields.get(FIELD, b"")
         try:
@@ -199,9 +231,16 @@ class Worker:
             self._dead_letter(stream, entry_id, None, raw, deliveries, "UndecodableMessage", str(e))
             return
         if deliveries > self.cfg.max_deliveries:
-            self._dead_letter(stream, entry_id, message, raw, deliveries, "MaxDeliveriesExceeded",
-                              f"delivered {deliveries} times (max_deliveries={self.cfg.max_deliveries}); "
-                              "the handler probably crashes or hangs its worker")
+            self._dead_letter(
+                stream,
+                entry_id,
+                message,
+                raw,
+                deliveries,
+                "MaxDeliveriesExceeded",
+                f"delivered {deliveries} times (max_deliveries={self.cfg.max_deliveries}); "
+                "the handler probably crashes or hangs its worker",
+            )
             return
         entry = _InFlight(stream, entry_id, message, deliveries, time.monotonic())
         self.inflight[(stream, entry_id)] = entry
@@ -209,10 +248,12 @@ class Worker:
         metrics.WORKER_INFLIGHT.set(len(self.inflight))
 
     async def _execute(self, entry: _InFlight) -> None:
-        result = await self.runner.run(entry.message, on_heartbeat=lambda: self._extend([entry]),
-                                       cancelled=entry.cancelled)
-        metrics.STEP_DURATION.labels(queue=self.keys.queue_of_stream(entry.stream),
-                                     handler=entry.message.handler).observe(result.duration)
+        result = await self.runner.run(
+            entry.message, on_heartbeat=lambda: self._extend([entry]), cancelled=entry.cancelled
+        )
+        metrics.STEP_DURATION.labels(
+            queue=self.keys.queue_of_stream(entry.stream), handler=entry.message.handler
+        ).observe(result.duration)
         self._outbox.append((entry, result, None))
         self._outbox_ready.set()
 
@@ -231,7 +272,9 @@ class Worker:
                     self._outbox = batch + self._outbox
                     await asyncio.sleep(0.5)
 
-    async def _flush(self, batch: list[tuple[_InFlight | None, ResultMessage | None, dict[str, Any] | None]]) -> None:
+    async def _flush(
+        self, batch: list[tuple[_InFlight | None, ResultMessage | None, dict[str, Any] | None]]
+    ) -> None:
         pipe = self.redis.pipeline(transaction=True)
         acks: dict[str, list[bytes]] = {}
         for entry, result, dead in batch:
@@ -255,29 +298,63 @@ class Worker:
         self._slots.set()
 
     def _dead_letter(
-        self, stream: str, entry_id: bytes, message: StepMessage | None, raw: bytes | None, deliveries: int,
-        reason: str, error: str,
+        self,
+        stream: str,
+        entry_id: bytes,
+        message: StepMessage | None,
+        raw: bytes | None,
+        deliveries: int,
+        reason: str,
+        error: str,
     ) -> None:
         queue = self.keys.queue_of_stream(stream)
-        log.warning("step_dead_lettered", stream=stream, entry=entry_id.decode(), reason=reason,
-                    deliveries=deliveries, run_id=message.run if message else None,
-                    step=message.step if message else None)
+        log.warning(
+            "step_dead_lettered",
+            stream=stream,
+            entry=entry_id.decode(),
+            reason=reason,
+            deliveries=deliveries,
+            run_id=message.run if message else None,
+            step=message.step if message else None,
+        )
         metrics.DEAD_LETTERS.labels(queue=queue, reason=reason).inc()
-        dead = {"stream": stream, "id": entry_id, "queue": queue, "deliveries": deliveries, "reason": reason,
-                "error": self.redactor(error), "m": raw or b"", "worker": self.id}
+        dead = {
+            "stream": stream,
+            "id": entry_id,
+            "queue": queue,
+            "deliveries": deliveries,
+            "reason": reason,
+            "error": self.redactor(error),
+            "m": raw or b"",
+            "worker": self.id,
+        }
         result = None
         entry = None
         if message is not None:
             entry = _InFlight(stream, entry_id, message, deliveries, time.monotonic())
             result = ResultMessage(
-                run=message.run, step=message.step, attempt=message.attempt, status="dead_lettered",
-                worker=self.id, error=StepErrorInfo(type=reason, message=self.redactor(error), retryable=False),
-                deliveries=deliveries, stream_id=entry_id.decode(), queue=queue,
+                run=message.run,
+                step=message.step,
+                attempt=message.attempt,
+                status="dead_lettered",
+                worker=self.id,
+                error=StepErrorInfo(type=reason, message=self.redactor(error), retryable=False),
+                deliveries=deliveries,
+                stream_id=entry_id.decode(),
+                queue=queue,
             )
         else:
-            result = ResultMessage(run="", step="", attempt=0, status="dead_lettered", worker=self.id,
-                                   error=StepErrorInfo(type=reason, message=self.redactor(error), retryable=False),
-                                   deliveries=deliveries, stream_id=entry_id.decode(), queue=queue)
+            result = ResultMessage(
+                run="",
+                step="",
+                attempt=0,
+                status="dead_lettered",
+                worker=self.id,
+                error=StepErrorInfo(type=reason, message=self.redactor(error), retryable=False),
+                deliveries=deliveries,
+                stream_id=entry_id.decode(),
+                queue=queue,
+            )
         self._outbox.append((entry, result, dead))
         self._outbox_ready.set()
 
@@ -304,16 +381,26 @@ class Worker:
             if not entry.reported_started and now - entry.started >= STARTED_AFTER:
                 entry.reported_started = True
                 m = entry.message
-                started = ResultMessage(run=m.run, step=m.step, attempt=m.attempt, status="started", worker=self.id)
+                started = ResultMessage(
+                    run=m.run, step=m.step, attempt=m.attempt, status="started", worker=self.id
+                )
                 self._outbox.append((entry, started, None))
                 self._outbox_ready.set()
 
     async def _heartbeat(self) -> None:
         now = time.time()
         ttl = max(3 * self.cfg.heartbeat_interval, 2.0)
-        info = {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "queues": self.queues,
-                "concurrency": self.concurrency, "in_flight": len(self.inflight), "processed": self.processed,
-                "handlers": self.registry.names(), "heartbeat": now}
+        info = {
+            "id": self.id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "queues": self.queues,
+            "concurrency": self.concurrency,
+            "in_flight": len(self.inflight),
+            "processed": self.processed,
+            "handlers": self.registry.names(),
+            "heartbeat": now,
+        }
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(self.keys.worker(self.id), orjson.dumps(info), ex=int(ttl) + 1)
         pipe.zadd(self.keys.workers, {self.id: now})
@@ -360,7 +447,9 @@ class Worker:
             counts = await self._delivery_counts(stream, ids)
             metrics.RECLAIMS.labels(queue=self.keys.queue_of_stream(stream)).inc(len(claimed))
             for entry_id, fields in claimed:
-                log.info("step_reclaimed", stream=stream, entry=entry_id.decode(), deliveries=counts.get(entry_id))
+                log.info(
+                    "step_reclaimed", stream=stream, entry=entry_id.decode(), deliveries=counts.get(entry_id)
+                )
                 self._accept(stream, entry_id, fields, deliveries=counts.get(entry_id, 2))
             free -= len(claimed)
             if free <= 0:

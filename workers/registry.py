@@ -34,7 +34,9 @@ class HandlerRegistry:
             raise ConfigError(f"handler name {name!r} must match {HANDLER_NAME.pattern}")
         existing = self._handlers.get(name)
         if existing is not None and existing.func is not func:
-            raise ConfigError(f"handler {name!r} is registered twice ({existing.func.__module__} and {func.__module__})")
+            raise ConfigError(
+                f"handler {name!r} is registered twice ({existing.func.__module__} and {func.__module__})"
+            )
         self._handlers[name] = Handler(name, func, inspect.iscoroutinefunction(func), inspect.signature(func))
 
     def get(self, name: str) -> Handler | None:
@@ -66,5 +68,7 @@ def import_modules(modules: Iterable[str]) -> None:
         try:
             importlib.import_module(module)
         except ImportError as e:
-            raise ConfigError(f"cannot import handler module {module!r}: {e}; check --import / STEPPE_IMPORTS "
-                              "and that the module is on PYTHONPATH") from e
+            raise ConfigError(
+                f"cannot import handler module {module!r}: {e}; check --import / STEPPE_IMPORTS "
+                "and that the module is on PYTHONPATH"
+            ) from e

@@ -14,10 +14,10 @@ from typing import Any
 
 import msgspec
 import structlog
+from orchestrator.templates import find_references, resolve_secrets
 
 from orchestrator.errors import NonRetryableStepError, StepError, TemplateError
 from orchestrator.state import base_step_id
-from orchestrator.templates import find_references, resolve_secrets
 from orchestrator.wire import ResultMessage, StepErrorInfo, StepMessage, dumps
 from workers.context import StepContext
 from workers.registry import HandlerRegistry
@@ -94,7 +94,7 @@ class StepRunner:
                 message=f"handler {message.handler!r} did not finish within {message.timeout:g}s and was cancelled",
                 retryable=True,
             )
-        except Exception as e:  # noqa: BLE001 - any handler exception becomes a step failure
+        except Exception as e:
             output, status = None, "failed"
             error = StepErrorInfo(
                 type=type(e).__name__,
@@ -103,8 +103,14 @@ class StepRunner:
                 retryable=not (isinstance(e, StepError) and e.non_retryable),
             )
         return ResultMessage(
-            run=message.run, step=message.step, attempt=message.attempt, status=status,  # type: ignore[arg-type]
-            worker=self.worker_id, output=output, error=error, duration=time.perf_counter() - started,
+            run=message.run,
+            step=message.step,
+            attempt=message.attempt,
+            status=status,  # type: ignore[arg-type]
+            worker=self.worker_id,
+            output=output,
+            error=error,
+            duration=time.perf_counter() - started,
         )
 
     async def _call(
@@ -125,21 +131,32 @@ class StepRunner:
             except TemplateError as e:
                 raise NonRetryableStepError(str(e)) from e
         ctx = StepContext(
-            run_id=message.run, step_id=base_step_id(message.step), step_key=message.step, attempt=message.attempt,
-            workflow=message.workflow, inputs=message.inputs, kind=message.kind, log=log,
-            _on_heartbeat=on_heartbeat, _cancelled=cancelled,
+            run_id=message.run,
+            step_id=base_step_id(message.step),
+            step_key=message.step,
+            attempt=message.attempt,
+            workflow=message.workflow,
+            inputs=message.inputs,
+            kind=message.kind,
+            log=log,
+            _on_heartbeat=on_heartbeat,
+            _cancelled=cancelled,
         )
         try:
             entry.signature.bind(ctx, **args)
         except TypeError as e:
-            raise NonRetryableStepError(f"handler {message.handler!r} cannot take these arguments: {e}") from e
+            raise NonRetryableStepError(
+                f"handler {message.handler!r} cannot take these arguments: {e}"
+            ) from e
         if entry.is_async:
             output = await asyncio.wait_for(entry.func(ctx, **args), timeout=message.timeout)
         else:
             loop = asyncio.get_running_loop()
             call = functools.partial(contextvars.copy_context().run, entry.func, ctx, **args)
             # A sync handler that ignores the timeout keeps its thread; the slot is freed anyway.
-            output = await asyncio.wait_for(loop.run_in_executor(self.executor, call), timeout=message.timeout)
+            output = await asyncio.wait_for(
+                loop.run_in_executor(self.executor, call), timeout=message.timeout
+            )
         return self._check_output(message, output)
 
     def _check_output(self, message: StepMessage, output: Any) -> Any:

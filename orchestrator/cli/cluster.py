@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -40,13 +41,23 @@ class LocalCluster:
         return self._log
 
     def start_coordinator(self, *extra: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([*steppe_argv(), "coordinator", *extra], env=self.env, stdout=self._out(),
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [*steppe_argv(), "coordinator", *extra],
+            env=self.env,
+            stdout=self._out(),
+            stderr=subprocess.STDOUT,
+        )
         self.coordinators.append(proc)
         return proc
 
-    def start_worker(self, *, queues: list[str], imports: list[str] = (), concurrency: int | None = None,  # type: ignore[assignment]
-                     extra: list[str] = ()) -> subprocess.Popen[bytes]:  # type: ignore[assignment]
+    def start_worker(
+        self,
+        *,
+        queues: list[str],
+        imports: Sequence[str] = (),
+        concurrency: int | None = None,
+        extra: Sequence[str] = (),
+    ) -> subprocess.Popen[bytes]:
         argv = [*steppe_argv(), "worker", "--queues", ",".join(queues)]
         for module in imports:
             argv += ["--import", module]
@@ -66,7 +77,9 @@ class LocalCluster:
                 return
             dead = [p for p in self.workers if p.poll() is not None]
             if dead:
-                raise InfrastructureError(f"a worker exited with code {dead[0].returncode}; see {self.log_path}")
+                raise InfrastructureError(
+                    f"a worker exited with code {dead[0].returncode}; see {self.log_path}"
+                )
             time.sleep(0.1)
         raise InfrastructureError(f"workers did not start within {timeout:.0f}s; see {self.log_path}")
 

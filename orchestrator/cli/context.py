@@ -36,7 +36,7 @@ def connect(settings: Settings, *, need_redis: bool = True) -> Iterator[Clients]
     store = RunStore(db_url, pool_size=2, connect_timeout=settings.database.connect_timeout)
     store.open()
     try:
-        yield Clients(settings=settings, redis=client, store=store)  # type: ignore[arg-type]
+        yield Clients(settings=settings, redis=client, store=store)
     finally:
         store.close()
         if client is not None:

@@ -40,8 +40,11 @@ def register(app: typer.Typer) -> None:
         settings = load_settings()
         serve_metrics(metrics_port)
         client = bus.connect(settings)
-        store = RunStore(settings.resolved_database_url(), pool_size=settings.database.pool_size,
-                         connect_timeout=settings.database.connect_timeout)
+        store = RunStore(
+            settings.resolved_database_url(),
+            pool_size=settings.database.pool_size,
+            connect_timeout=settings.database.connect_timeout,
+        )
         store.open()
         coord = Coordinator(settings=settings, client=client, store=store)
 
@@ -58,7 +61,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @report_errors
     def worker(
-        queues: list[str] = typer.Option(["default"], "--queues", "-q", help="Queues to serve (comma-separated)"),
+        queues: list[str] = typer.Option(
+            ["default"], "--queues", "-q", help="Queues to serve (comma-separated)"
+        ),
         concurrency: int | None = typer.Option(None, "--concurrency", "-c", help="Steps run at once"),
         imports: list[str] = typer.Option([], "--import", help="Handler module to import (repeatable)"),
         metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve /metrics on this port"),
@@ -73,7 +78,9 @@ def register(app: typer.Typer) -> None:
         register_builtins(default_registry)
         import_modules([*settings.imports, *imports])
         serve_metrics(metrics_port)
-        w = Worker(settings=settings, registry=default_registry, queues=_split(queues), concurrency=concurrency)
+        w = Worker(
+            settings=settings, registry=default_registry, queues=_split(queues), concurrency=concurrency
+        )
         _run_async(w.run())
 
     @app.command("run")
@@ -91,7 +98,10 @@ def register(app: typer.Typer) -> None:
         values = read_inputs(input_, inputs_file)
         _ensure_servers(settings)
         code = 1
-        with connect(settings) as clients, LocalCluster(settings, log_path=settings.home / "run.log") as cluster:
+        with (
+            connect(settings) as clients,
+            LocalCluster(settings, log_path=settings.home / "run.log") as cluster,
+        ):
             submitter = clients.submitter
             spec = submitter.load_file(file)
             queues = sorted(compile_workflow(spec).queues | {"default"})
@@ -100,8 +110,10 @@ def register(app: typer.Typer) -> None:
                 cluster.start_worker(queues=queues, imports=imports)
             cluster.wait_for_workers(clients.redis, workers)
             result = submitter.submit(spec, inputs=values)
-            console.print(f"submitted [bold]{result.run_id}[/] ({result.workflow}) to {workers} worker(s); "
-                          f"logs in {settings.home / 'run.log'}")
+            console.print(
+                f"submitted [bold]{result.run_id}[/] ({result.workflow}) to {workers} worker(s); "
+                f"logs in {settings.home / 'run.log'}"
+            )
             doc = wait_for(clients, result.run_id, live=True, timeout=timeout)
             print_result(doc)
             code = exit_code_for(doc["status"])

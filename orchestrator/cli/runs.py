@@ -20,9 +20,18 @@ from orchestrator.spec import parse_cli_inputs
 from orchestrator.state import TERMINAL_RUN_STATUSES, RunStatus
 
 STATUS_STYLE = {
-    "succeeded": "green", "failed": "red", "dead_lettered": "red", "cancelled": "yellow", "skipped": "dim",
-    "running": "cyan", "dispatched": "blue", "retry_scheduled": "magenta", "compensated": "yellow",
-    "compensating": "yellow", "compensation_failed": "red", "pending": "dim",
+    "succeeded": "green",
+    "failed": "red",
+    "dead_lettered": "red",
+    "cancelled": "yellow",
+    "skipped": "dim",
+    "running": "cyan",
+    "dispatched": "blue",
+    "retry_scheduled": "magenta",
+    "compensated": "yellow",
+    "compensating": "yellow",
+    "compensation_failed": "red",
+    "pending": "dim",
 }
 
 
@@ -45,8 +54,11 @@ def exit_code_for(status: str) -> int:
 
 
 def status_table(doc: dict[str, Any]) -> Table:
-    table = Table(title=f"{doc['workflow']} · {doc['run_id']} · [{STATUS_STYLE.get(doc['status'], '')}]"
-                        f"{doc['status']}[/]", expand=False)
+    table = Table(
+        title=f"{doc['workflow']} · {doc['run_id']} · [{STATUS_STYLE.get(doc['status'], '')}]"
+        f"{doc['status']}[/]",
+        expand=False,
+    )
     table.add_column("step")
     table.add_column("status")
     table.add_column("attempts", justify="right")
@@ -89,8 +101,11 @@ def print_result(doc: dict[str, Any]) -> None:
     if doc.get("outputs") is not None:
         console.print_json(data=doc["outputs"])
     if doc.get("error"):
-        console.print(f"[red]error:[/] {doc['error'].get('step', '')} {doc['error'].get('type', '')}: "
-                      f"{doc['error'].get('message', '')}", highlight=False)
+        console.print(
+            f"[red]error:[/] {doc['error'].get('step', '')} {doc['error'].get('type', '')}: "
+            f"{doc['error'].get('message', '')}",
+            highlight=False,
+        )
 
 
 def register(app: typer.Typer) -> None:
@@ -98,12 +113,16 @@ def register(app: typer.Typer) -> None:
     @report_errors
     def submit(
         file: Path = typer.Argument(..., help="Workflow YAML"),
-        input_: list[str] = typer.Option([], "--input", "-i", help="Input as key=value (JSON values allowed)"),
+        input_: list[str] = typer.Option(
+            [], "--input", "-i", help="Input as key=value (JSON values allowed)"
+        ),
         inputs_file: Path | None = typer.Option(None, "--inputs-file", help="JSON object of inputs"),
         idempotency_key: str | None = typer.Option(None, "--idempotency-key", help="Return the existing run"),
         wait: bool = typer.Option(False, "--wait", help="Wait for the run to finish; exit 0/1 by its status"),
-        as_json: bool = typer.Option(False, "--json", help="Print {\"run_id\": …}"),
-        no_handler_check: bool = typer.Option(False, "--no-handler-check", help="Skip the live-handler check"),
+        as_json: bool = typer.Option(False, "--json", help='Print {"run_id": …}'),
+        no_handler_check: bool = typer.Option(
+            False, "--no-handler-check", help="Skip the live-handler check"
+        ),
     ) -> None:
         """Submit a workflow run."""
         settings = load_settings()
@@ -111,8 +130,9 @@ def register(app: typer.Typer) -> None:
         with connect(settings) as clients:
             submitter = clients.submitter
             spec = submitter.load_file(file)
-            result = submitter.submit(spec, inputs=values, idempotency_key=idempotency_key,
-                                      check_handlers=not no_handler_check)
+            result = submitter.submit(
+                spec, inputs=values, idempotency_key=idempotency_key, check_handlers=not no_handler_check
+            )
             if as_json:
                 typer.echo(json.dumps({"run_id": result.run_id, "created": result.created}))
             else:
@@ -139,7 +159,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     @report_errors
-    def watch(run_id: str, timeout: float | None = typer.Option(None, help="Stop watching after N seconds")) -> None:
+    def watch(
+        run_id: str, timeout: float | None = typer.Option(None, help="Stop watching after N seconds")
+    ) -> None:
         """Live view of a run's steps until it finishes; exits 0/1 by its status."""
         with connect(load_settings(), need_redis=False) as clients:
             doc = wait_for(clients, run_id, live=True, timeout=timeout)
@@ -160,8 +182,14 @@ def register(app: typer.Typer) -> None:
             table.add_column(col, overflow="fold")
         for e in events:
             data = orjson.dumps(e["data"]).decode() if e["data"] else ""
-            table.add_row(str(e["seq"]), e["created_at"].strftime("%H:%M:%S.%f")[:-3], e["type"],
-                          e["step_key"] or "", "" if e["attempt"] is None else str(e["attempt"]), data[:120])
+            table.add_row(
+                str(e["seq"]),
+                e["created_at"].strftime("%H:%M:%S.%f")[:-3],
+                e["type"],
+                e["step_key"] or "",
+                "" if e["attempt"] is None else str(e["attempt"]),
+                data[:120],
+            )
         console.print(table)
 
     @app.command()
@@ -182,9 +210,13 @@ def register(app: typer.Typer) -> None:
         for col in ("run", "workflow", "status", "created", "finished"):
             table.add_column(col)
         for r in rows:
-            table.add_row(r["run_id"], r["workflow"], f"[{STATUS_STYLE.get(r['status'], '')}]{r['status']}[/]",
-                          r["created_at"].strftime("%Y-%m-%d %H:%M:%S"),
-                          r["finished_at"].strftime("%H:%M:%S") if r["finished_at"] else "")
+            table.add_row(
+                r["run_id"],
+                r["workflow"],
+                f"[{STATUS_STYLE.get(r['status'], '')}]{r['status']}[/]",
+                r["created_at"].strftime("%Y-%m-%d %H:%M:%S"),
+                r["finished_at"].strftime("%H:%M:%S") if r["finished_at"] else "",
+            )
         console.print(table)
 
     @app.command()
@@ -220,21 +252,44 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps({"workers": worker_list, "coordinators": coordinators}))
             return
         table = Table(title=f"{len(worker_list)} live worker(s)")
-        for col in ("worker", "host", "pid", "queues", "concurrency", "in flight", "processed", "heartbeat",
-                    "handlers"):
+        for col in (
+            "worker",
+            "host",
+            "pid",
+            "queues",
+            "concurrency",
+            "in flight",
+            "processed",
+            "heartbeat",
+            "handlers",
+        ):
             table.add_column(col, overflow="fold")
         now = time.time()
         for w in worker_list:
-            table.add_row(w["id"], w["host"], str(w["pid"]), ",".join(w["queues"]), str(w["concurrency"]),
-                          str(w["in_flight"]), str(w.get("processed", "")), f"{now - w['heartbeat']:.1f}s ago",
-                          ", ".join(w["handlers"]))
+            table.add_row(
+                w["id"],
+                w["host"],
+                str(w["pid"]),
+                ",".join(w["queues"]),
+                str(w["concurrency"]),
+                str(w["in_flight"]),
+                str(w.get("processed", "")),
+                f"{now - w['heartbeat']:.1f}s ago",
+                ", ".join(w["handlers"]),
+            )
         console.print(table)
         ctable = Table(title=f"{len(coordinators)} live coordinator(s)")
         for col in ("coordinator", "host", "pid", "partitions", "active runs", "heartbeat"):
             ctable.add_column(col)
         for c in coordinators:
-            ctable.add_row(c["id"], c["host"], str(c["pid"]), ",".join(map(str, c["partitions"])), str(c["runs"]),
-                           f"{now - c['heartbeat']:.1f}s ago")
+            ctable.add_row(
+                c["id"],
+                c["host"],
+                str(c["pid"]),
+                ",".join(map(str, c["partitions"])),
+                str(c["runs"]),
+                f"{now - c['heartbeat']:.1f}s ago",
+            )
         console.print(ctable)
 
 

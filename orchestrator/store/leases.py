@@ -83,7 +83,8 @@ class LeaseManager:
     def release(self) -> None:
         with self.store.connection() as conn, conn.transaction():
             conn.execute(
-                "UPDATE coordinator_leases SET owner = NULL, expires_at = NULL WHERE owner = %s", (self.owner,)
+                "UPDATE coordinator_leases SET owner = NULL, expires_at = NULL WHERE owner = %s",
+                (self.owner,),
             )
 
 

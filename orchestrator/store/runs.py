@@ -108,7 +108,7 @@ class RunStore:
     def connection(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
         try:
             with self._pool.connection() as conn:
-                yield conn
+                yield conn  # type: ignore[misc]  # the pool sets row_factory=dict_row
         except psycopg.OperationalError as e:
             raise DatabaseUnavailableError(f"PostgreSQL at {_safe(self.url)} failed: {e}") from e
 
@@ -139,8 +139,19 @@ class RunStore:
                 ON CONFLICT (idempotency_key) DO NOTHING
                 RETURNING run_id
                 """,
-                (run_id, workflow, partition, Jsonb(definition), Jsonb(inputs), Jsonb(plan), Jsonb(state),
-                 idempotency_key, parent_run_id, parent_step, depth),
+                (
+                    run_id,
+                    workflow,
+                    partition,
+                    Jsonb(definition),
+                    Jsonb(inputs),
+                    Jsonb(plan),
+                    Jsonb(state),
+                    idempotency_key,
+                    parent_run_id,
+                    parent_step,
+                    depth,
+                ),
             ).fetchone()
             if row is None:
                 existing = conn.execute(
@@ -194,12 +205,21 @@ class RunStore:
             by_run.setdefault(s["run_id"], {})[s["step_key"]] = _step_from_row(s)
         return [
             StoredRun(
-                run_id=r["run_id"], workflow=r["workflow"], partition=r["partition"], definition=r["definition"],
-                inputs=r["inputs"], version=r["version"], created_at=r["created_at"],
-                parent_run_id=r["parent_run_id"], depth=r["depth"],
+                run_id=r["run_id"],
+                workflow=r["workflow"],
+                partition=r["partition"],
+                definition=r["definition"],
+                inputs=r["inputs"],
+                version=r["version"],
+                created_at=r["created_at"],
+                parent_run_id=r["parent_run_id"],
+                depth=r["depth"],
                 projection=RunProjection(
-                    run_id=r["run_id"], status=RunStatus(r["status"]), state=r["state"],
-                    steps=by_run.get(r["run_id"], {}), last_seq=r["last_seq"],
+                    run_id=r["run_id"],
+                    status=RunStatus(r["status"]),
+                    state=r["state"],
+                    steps=by_run.get(r["run_id"], {}),
+                    last_seq=r["last_seq"],
                 ),
             )
             for r in runs
@@ -242,8 +262,17 @@ class RunStore:
                         for e in w.events:
                             copy.write_row((w.run_id, e.seq, str(e.type), e.step, e.attempt, _dumps(e.data)))
                 step_rows = [
-                    (w.run_id, key, r.step_id, str(r.status), r.attempt, Jsonb(r.output),
-                     Jsonb(r.error) if r.error is not None else None, to_datetime(r.due_at), Jsonb(r.detail))
+                    (
+                        w.run_id,
+                        key,
+                        r.step_id,
+                        str(r.status),
+                        r.attempt,
+                        Jsonb(r.output),
+                        Jsonb(r.error) if r.error is not None else None,
+                        to_datetime(r.due_at),
+                        Jsonb(r.detail),
+                    )
                     for w in writes
                     for key, r in w.steps.items()
                 ]
@@ -288,9 +317,18 @@ class RunStore:
                         ON CONFLICT (queue, stream_id) DO NOTHING
                         """,
                         [
-                            (d.get("run_id"), d.get("step_key"), d.get("attempt"), d["queue"], d["stream_id"],
-                             d.get("delivery_count", 0), d["reason"], d["error"],
-                             Jsonb(d.get("payload")) if d.get("payload") is not None else None, d.get("raw"))
+                            (
+                                d.get("run_id"),
+                                d.get("step_key"),
+                                d.get("attempt"),
+                                d["queue"],
+                                d["stream_id"],
+                                d.get("delivery_count", 0),
+                                d["reason"],
+                                d["error"],
+                                Jsonb(d.get("payload")) if d.get("payload") is not None else None,
+                                d.get("raw"),
+                            )
                             for d in dead_letters
                         ],
                     )
@@ -344,7 +382,9 @@ class RunStore:
             raise RunNotFoundError(f"no run {run_id!r}; list runs with `steppe runs`")
         return str(row["status"])
 
-    def list_runs(self, *, status: str | None = None, workflow: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def list_runs(
+        self, *, status: str | None = None, workflow: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
         clauses, params = [], []
         if status:
             clauses.append("status = %s")
@@ -378,14 +418,23 @@ class RunStore:
 
 
 def events_from_rows(rows: Iterable[dict[str, Any]]) -> list[Event]:
-    return [Event(seq=r["seq"], type=EventType(r["type"]), step=r["step_key"], attempt=r["attempt"], data=r["data"])
-            for r in rows]
+    return [
+        Event(
+            seq=r["seq"], type=EventType(r["type"]), step=r["step_key"], attempt=r["attempt"], data=r["data"]
+        )
+        for r in rows
+    ]
 
 
 def _step_from_row(row: dict[str, Any]) -> StepRecord:
     return StepRecord(
-        step_id=row["step_id"], status=StepStatus(row["status"]), attempt=row["attempt"], output=row["output"],
-        error=row["error"], due_at=to_epoch(row["due_at"]), detail=row["detail"],
+        step_id=row["step_id"],
+        status=StepStatus(row["status"]),
+        attempt=row["attempt"],
+        output=row["output"],
+        error=row["error"],
+        due_at=to_epoch(row["due_at"]),
+        detail=row["detail"],
     )
 
 

@@ -15,10 +15,10 @@ import redis
 from orchestrator.cli.cluster import LocalCluster
 from orchestrator.cli.context import Clients
 from orchestrator.settings import Settings
+from orchestrator.spec import load_workflow
 from orchestrator.store.db import upgrade
 from orchestrator.store.runs import RunStore
 from orchestrator.submit import Submitter
-from orchestrator.spec import load_workflow
 
 FAST_ENV = {
     # Short timeouts so that recovery scenarios finish in seconds.
@@ -68,15 +68,18 @@ class Env:
     def clients(self) -> Clients:
         return Clients(settings=self.settings, redis=self.redis, store=self.store)
 
-    def start(self, *, workers: int = 2, queues: list[str] | None = None, concurrency: int | None = None) -> None:
+    def start(
+        self, *, workers: int = 2, queues: list[str] | None = None, concurrency: int | None = None
+    ) -> None:
         self.cluster.start_coordinator()
         for _ in range(workers):
             self.start_worker(queues=queues, concurrency=concurrency)
         self.cluster.wait_for_workers(self.redis, workers)
 
     def start_worker(self, *, queues: list[str] | None = None, concurrency: int | None = None) -> Any:
-        return self.cluster.start_worker(queues=queues or ["default"], imports=["tests.e2e.handlers"],
-                                         concurrency=concurrency)
+        return self.cluster.start_worker(
+            queues=queues or ["default"], imports=["tests.e2e.handlers"], concurrency=concurrency
+        )
 
     def submit(self, yaml_text: str, inputs: dict[str, Any] | None = None, **kwargs: Any) -> str:
         spec = load_workflow(yaml_text)
@@ -104,10 +107,24 @@ class Env:
 def e2e(redis_url: str, db_url: str, namespace: str, tmp_path: Path) -> Iterator[Env]:
     env = dict(os.environ)
     env.update(FAST_ENV)
-    env.update({"STEPPE_REDIS_URL": redis_url, "STEPPE_DATABASE_URL": db_url, "STEPPE_NAMESPACE": namespace,
-                "STEPPE_HOME": str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
-    settings = Settings(_env_file=None, **{"redis_url": redis_url, "database_url": db_url,  # type: ignore[call-arg]
-                                           "namespace": namespace, "home": tmp_path})
+    env.update(
+        {
+            "STEPPE_REDIS_URL": redis_url,
+            "STEPPE_DATABASE_URL": db_url,
+            "STEPPE_NAMESPACE": namespace,
+            "STEPPE_HOME": str(tmp_path),
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        }
+    )
+    settings = Settings(
+        _env_file=None,
+        **{
+            "redis_url": redis_url,
+            "database_url": db_url,  # type: ignore[call-arg]
+            "namespace": namespace,
+            "home": tmp_path,
+        },
+    )
     handle = Env(settings=settings, env=env, home=tmp_path)
     yield handle
     handle.close()

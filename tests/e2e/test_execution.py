@@ -21,7 +21,8 @@ TERMINAL = {"succeeded", "failed", "cancelled", "compensated", "compensation_fai
 def finish(e2e: Env, run_id: str, timeout: float = 30.0) -> dict:
     return assert_eventually(
         lambda: (doc := e2e.run(run_id))["status"] in TERMINAL and doc,
-        timeout=timeout, message=lambda: f"run {run_id} did not finish; cluster log:\n{e2e.log()}",
+        timeout=timeout,
+        message=lambda: f"run {run_id} did not finish; cluster log:\n{e2e.log()}",
     )
 
 
@@ -161,7 +162,8 @@ steps:
 
 def test_for_each_fans_out_and_gathers_in_item_order(e2e: Env) -> None:
     e2e.start()
-    run_id = e2e.submit("""
+    run_id = e2e.submit(
+        """
 name: fan
 inputs:
   items: {type: array, required: true}
@@ -174,7 +176,9 @@ steps:
     handler: builtin.echo
     needs: [each]
     with: {results: "${{ steps.each.output }}"}
-""", {"items": [5, 1, 4, 2, 3, 9, 7]})
+""",
+        {"items": [5, 1, 4, 2, 3, 9, 7]},
+    )
     doc = finish(e2e, run_id)
     assert doc["status"] == "succeeded"
     sums = [r["sum"] for r in doc["steps"]["total"]["output"]["results"]]
@@ -298,7 +302,8 @@ def test_coordinator_sigkill_and_restart_mid_run(e2e: Env) -> None:
     e2e.start_worker()
     e2e.cluster.wait_for_workers(e2e.redis, 1)
     steps = "\n".join(
-        f"  - id: s{i}\n    handler: test.witness\n    with: {{seconds: 0.2}}" + (f"\n    needs: [s{i-1}]" if i else "")
+        f"  - id: s{i}\n    handler: test.witness\n    with: {{seconds: 0.2}}"
+        + (f"\n    needs: [s{i - 1}]" if i else "")
         for i in range(8)
     )
     run_id = e2e.submit(f"name: chain\nsteps:\n{steps}\n")
