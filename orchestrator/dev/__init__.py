@@ -1,0 +1,20 @@
+"""Embedded development servers (Redis + PostgreSQL on loopback) for `steppe dev` and the tests.
+
+RedisServer.start(data_dir, binary=None, port=None, appendonly=True) -> RedisServer
+PostgresServer.start(data_dir, port=None, settings=None) -> PostgresServer
+DevServers(settings=...).up() / .down() / .status() -> list[ServerReport]
+"""
+
+from orchestrator.dev.launcher import DevServers, ServerReport
+from orchestrator.dev.postgres_server import PostgresServer, find_postgres_bindir
+from orchestrator.dev.redis_server import RedisBinary, RedisServer, find_redis_server
+
+__all__ = [
+    "DevServers",
+    "PostgresServer",
+    "RedisBinary",
+    "RedisServer",
+    "ServerReport",
+    "find_postgres_bindir",
+    "find_redis_server",
+]

@@ -1,0 +1,300 @@
+"""A private PostgreSQL cluster on loopback: initdb once, start with pg_ctl, stop by signal."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import psycopg
+import structlog
+from psycopg import sql
+
+from orchestrator.dev.process import (
+    LOOPBACK,
+    as_server_user,
+    ensure_traversable,
+    free_port,
+    hand_over,
+    log_tail,
+    pid_alive,
+    run_command,
+    signal_and_wait,
+    wait_until,
+)
+from orchestrator.errors import LauncherError
+
+log = structlog.get_logger(__name__)
+
+SUPERUSER = "steppe"
+DATABASE = "steppe"
+LOG_FILE = "postgres.log"
+CONF_FILE = "steppe.conf"  # rewritten on every start; included from postgresql.conf
+StopMode = Literal["smart", "fast", "immediate"]
+_STOP_SIGNALS: dict[str, signal.Signals] = {
+    "smart": signal.SIGTERM,
+    "fast": signal.SIGINT,
+    "immediate": signal.SIGQUIT,
+}
+_SOCKET_PATH_MAX = 100  # sun_path is 108 bytes, including "/.s.PGSQL.<port>"
+_INSTALL_HINT = "install PostgreSQL (`make install`, or `apt-get install postgresql`)"
+
+
+def find_postgres_bindir() -> Path:
+    """The directory holding initdb, pg_ctl and postgres: from PATH, else Debian's layout."""
+    on_path = shutil.which("pg_ctl")
+    candidates = [Path(on_path).resolve().parent] if on_path else []
+
+    def version_key(path: Path) -> tuple[int, ...]:
+        return tuple(int(n) for n in re.findall(r"\d+", path.parent.name)) or (0,)
+
+    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=version_key, reverse=True)
+    for bindir in candidates:
+        if all((bindir / name).is_file() for name in ("initdb", "pg_ctl", "postgres")):
+            return bindir
+    raise LauncherError(f"PostgreSQL server binaries (initdb, pg_ctl, postgres) not found; {_INSTALL_HINT}")
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class PostgresServer:
+    """A PostgreSQL postmaster on loopback whose cluster lives in `data_dir` (PGDATA)."""
+
+    def __init__(self, *, bindir: Path, data_dir: Path, port: int, pid: int, settings: Mapping[str, str] | None = None):
+        self.bindir = bindir
+        self.data_dir = data_dir
+        self.port = port
+        self.pid = pid
+        self.settings = dict(settings or {})
+
+    def __repr__(self) -> str:
+        return f"PostgresServer(url={self.url!r}, pid={self.pid}, data_dir={str(self.data_dir)!r})"
+
+    @property
+    def url(self) -> str:
+        """libpq URL of the `steppe` database."""
+        return self.url_for(DATABASE)
+
+    def url_for(self, database: str) -> str:
+        return f"postgresql://{SUPERUSER}@{LOOPBACK}:{self.port}/{database}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / LOG_FILE
+
+    @property
+    def version(self) -> str:
+        try:
+            return (self.data_dir / "PG_VERSION").read_text().strip()
+        except OSError:
+            return "unknown"
+
+    @classmethod
+    def start(
+        cls,
+        data_dir: str | Path,
+        *,
+        port: int | None = None,
+        bindir: str | Path | None = None,
+        settings: Mapping[str, str] | None = None,
+        timeout: float = 60.0,
+    ) -> PostgresServer:
+        """Initialise `data_dir` if it holds no cluster yet, start it and create database `steppe`.
+
+        `settings` are extra postgresql.conf parameters for this start (tests pass
+        `{"fsync": "off"}`); the cluster listens on 127.0.0.1 only, with its Unix socket
+        inside the data directory.
+        """
+        data = Path(data_dir).resolve()
+        server = cls(
+            bindir=Path(bindir) if bindir else find_postgres_bindir(),
+            data_dir=data,
+            port=port or 0,
+            pid=0,
+            settings=settings or {},
+        )
+        running = cls.running_in(data, bindir=server.bindir)
+        if running is not None:
+            raise LauncherError(
+                f"a PostgreSQL server (pid {running.pid}) already uses {data}; "
+                f"run `steppe dev down` or `kill -INT {running.pid}` first"
+            )
+        if not (data / "PG_VERSION").exists():
+            server._initdb()
+        attempts = 1 if port else 3  # another process may take a "free" port before we bind it
+        for attempt in range(1, attempts + 1):
+            server.port = port or free_port()
+            try:
+                server._launch(timeout=timeout)
+            except LauncherError:
+                if attempt == attempts or "could not bind" not in log_tail(server.log_file, 10):
+                    raise
+                log.info("postgres_port_taken", port=server.port, attempt=attempt)
+            else:
+                break
+        server.create_database(DATABASE)
+        return server
+
+    @classmethod
+    def running_in(cls, data_dir: str | Path, *, bindir: Path | None = None) -> PostgresServer | None:
+        """The live postmaster of the cluster in `data_dir`, read from its postmaster.pid."""
+        data = Path(data_dir).resolve()
+        try:
+            lines = (data / "postmaster.pid").read_text().splitlines()
+            pid, port = int(lines[0]), int(lines[3])
+        except (OSError, ValueError, IndexError):
+            return None
+        if not pid_alive(pid):
+            return None
+        return cls(bindir=bindir or find_postgres_bindir(), data_dir=data, port=port, pid=pid)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> PostgresServer:
+        """Rebuild a handle from `record()` output (as stored in servers.json)."""
+        return cls(
+            bindir=Path(record["bindir"]),
+            data_dir=Path(record["data_dir"]),
+            port=int(record["port"]),
+            pid=int(record.get("pid") or 0),
+        )
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "pid": self.pid,
+            "port": self.port,
+            "data_dir": str(self.data_dir),
+            "log_file": str(self.log_file),
+            "bindir": str(self.bindir),
+            "version": self.version,
+        }
+
+    def _initdb(self) -> None:
+        if self.data_dir.exists() and any(self.data_dir.iterdir()):
+            raise LauncherError(
+                f"{self.data_dir} is not empty but holds no PostgreSQL cluster; "
+                "move it away or point STEPPE_HOME at another directory"
+            )
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.data_dir.chmod(0o700)
+        ensure_traversable(self.data_dir)
+        hand_over(self.data_dir)
+        argv = [
+            str(self.bindir / "initdb"),
+            "-D", str(self.data_dir),
+            "-U", SUPERUSER,
+            "--auth=trust",
+            "-E", "UTF8",
+            "--no-locale",
+            "--no-sync",
+            "--no-instructions",
+        ]  # fmt: skip
+        run_command(as_server_user(argv), what="initdb")
+        with (self.data_dir / "postgresql.conf").open("a") as conf:
+            conf.write(f"\n# Added by `steppe dev`:\ninclude_if_exists = '{CONF_FILE}'\n")
+        log.info("postgres_initialised", data_dir=str(self.data_dir), bindir=str(self.bindir))
+
+    def _write_conf(self) -> None:
+        socket_dir = str(self.data_dir)
+        if len(socket_dir) > _SOCKET_PATH_MAX - len("/.s.PGSQL.65535"):
+            socket_dir = ""  # path too long for a Unix socket: TCP only
+        params = {
+            "listen_addresses": LOOPBACK,
+            "port": str(self.port),
+            "unix_socket_directories": socket_dir,
+            "max_connections": "200",
+            **self.settings,
+        }
+        path = self.data_dir / CONF_FILE
+        lines = [f"{key} = {_quote(value)}" for key, value in params.items()]
+        path.write_text("# Written by `steppe dev` on every start.\n" + "\n".join(lines) + "\n")
+        hand_over(path)
+
+    def _launch(self, *, timeout: float) -> None:
+        ensure_traversable(self.data_dir)
+        self._write_conf()
+        argv = [
+            str(self.bindir / "pg_ctl"),
+            "-D", str(self.data_dir),
+            "-l", str(self.log_file),
+            "-w", "-t", str(int(timeout)),
+            "start",
+        ]  # fmt: skip
+        run_command(
+            as_server_user(argv),
+            what="starting PostgreSQL",
+            timeout=timeout + 10,
+            hint=f"last lines of {self.log_file}:\n{log_tail(self.log_file)}",
+        )
+        running = self.running_in(self.data_dir, bindir=self.bindir)
+        if running is None:
+            raise LauncherError(f"PostgreSQL exited right after starting; see {self.log_file}")
+        self.pid = running.pid
+        if not wait_until(self.answers, timeout=timeout, interval=0.1):
+            raise LauncherError(f"PostgreSQL (pid {self.pid}) does not accept connections; see {self.log_file}")
+        log.info("postgres_started", url=self.url, pid=self.pid, version=self.version, data_dir=str(self.data_dir))
+
+    def answers(self, *, timeout: float = 2.0) -> bool:
+        """Whether `SELECT 1` succeeds on the `postgres` maintenance database."""
+        try:
+            with psycopg.connect(self.url_for("postgres"), connect_timeout=max(1, int(timeout))) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.Error:
+            return False
+        return True
+
+    def create_database(self, name: str) -> str:
+        """Create database `name` unless it exists; returns its libpq URL."""
+        with psycopg.connect(self.url_for("postgres"), autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            if not exists:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                log.info("database_created", database=name, port=self.port)
+        return self.url_for(name)
+
+    def drop_database(self, name: str) -> None:
+        with psycopg.connect(self.url_for("postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    def is_running(self) -> bool:
+        """Whether the recorded pid is still the postmaster of this data directory."""
+        running = self.running_in(self.data_dir, bindir=self.bindir)
+        return running is not None and running.pid == self.pid
+
+    def stop(self, mode: StopMode = "fast", *, timeout: float = 60.0) -> None:
+        """Signal the postmaster (smart=SIGTERM, fast=SIGINT, immediate=SIGQUIT) and wait."""
+        if self.is_running():
+            os.kill(self.pid, signal.SIGCONT)  # in case a fault test paused it
+            signal_and_wait(self.pid, _STOP_SIGNALS[mode], timeout=timeout, what="PostgreSQL")
+            log.info("postgres_stopped", pid=self.pid, port=self.port, mode=mode)
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster; its backends notice and exit, and the next start recovers."""
+        if self.is_running():
+            signal_and_wait(self.pid, signal.SIGKILL, timeout=10, what="PostgreSQL")
+            log.info("postgres_killed", pid=self.pid, port=self.port)
+
+    def restart(self, mode: StopMode = "fast", *, timeout: float = 60.0) -> None:
+        """Stop with `mode`, then start again on the same port (data is kept; crash recovery runs)."""
+        self.stop(mode, timeout=timeout)
+        self.relaunch(timeout=timeout)
+
+    def relaunch(self, *, timeout: float = 60.0) -> None:
+        """Start a stopped or killed server again on the same port."""
+        # After a SIGKILL, orphaned backends hold the shared memory until they notice: retry briefly.
+        for attempt in range(1, 6):
+            try:
+                self._launch(timeout=timeout)
+            except LauncherError:
+                if attempt == 5:
+                    raise
+                time.sleep(0.5)
+            else:
+                return
