@@ -48,7 +48,7 @@ def up() -> None:
     with console.status("starting Redis and PostgreSQL…"):
         reports = servers.up()
     _show(reports)
-    console.print(f"recorded in {servers.state_path}; `steppe dev down` stops them", style="dim")
+    console.print(f"recorded in {servers.state_path}; `steppe dev down` stops them", style="dim", soft_wrap=True)
 
 
 @report_errors
