@@ -30,7 +30,7 @@ from orchestrator.state import (
     compensation_key,
     item_key,
 )
-from orchestrator.templates import resolve
+from orchestrator.templates import TemplateContext, resolve
 from orchestrator.wire import ResultMessage, StepKind, StepMessage
 from orchestrator.workflow import CompiledWorkflow, StepDef
 from patterns.retry import RetryPolicy, compute_backoff
@@ -61,7 +61,7 @@ class Timer:
 
 
 class _OutputsView(Mapping[str, Any]):
-    """`steps.ID.output` lookups over the projection without copying it per dispatch."""
+    """Step id → output of succeeded steps, read from the projection without copying it."""
 
     def __init__(self, run: RunProjection) -> None:
         self._run = run
@@ -70,13 +70,13 @@ class _OutputsView(Mapping[str, Any]):
         record = self._run.steps.get(step_id)
         if record is None or record.status not in (StepStatus.SUCCEEDED, StepStatus.COMPENSATED):
             raise KeyError(step_id)
-        return {"output": record.output}
+        return record.output
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._run.steps)
+        return (k for k in self._run.steps if k in self)
 
     def __len__(self) -> int:
-        return len(self._run.steps)
+        return sum(1 for _ in self)
 
 
 class RunEngine:
@@ -565,14 +565,12 @@ class RunEngine:
     # -- helpers ------------------------------------------------------------------------------------
 
     def _resolve(self, value: Any, item: tuple[str, int] | None) -> Any:
-        context: dict[str, Any] = {
-            "inputs": self.inputs,
-            "steps": _OutputsView(self.run),
-            "run": {"id": self.run.run_id, "workflow": self.wf.name},
-        }
+        context = TemplateContext(
+            inputs=self.inputs, outputs=_OutputsView(self.run), run_id=self.run.run_id, workflow=self.wf.name
+        )
         if item is not None:
             step_id, index = item
-            context["item"] = self._items[step_id][index]
+            context = context.with_item(self._items[step_id][index])
         return resolve(value, context)
 
     def _policy_of(self, key: str) -> RetryPolicy:

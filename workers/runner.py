@@ -122,14 +122,12 @@ class StepRunner:
                 f"handler {message.handler!r} is not registered on worker {self.worker_id}; start a worker "
                 "with --import for the module that defines it"
             )
-        args = message.args
-        if find_references(args):
-            try:
-                secrets = _secret_values(args, self.env)
-                self.redactor.add(secrets)
-                args = resolve_secrets(args, self.env)
-            except TemplateError as e:
-                raise NonRetryableStepError(str(e)) from e
+        try:
+            # Always the second stage: it also turns escaped `$${{` from upstream outputs back into `${{`.
+            self.redactor.add(_secret_values(message.args, self.env))
+            args = resolve_secrets(message.args, self.env)
+        except TemplateError as e:
+            raise NonRetryableStepError(str(e)) from e
         ctx = StepContext(
             run_id=message.run,
             step_id=base_step_id(message.step),
@@ -184,5 +182,5 @@ class UnknownHandlerError(StepError):
 
 
 def _secret_values(args: Any, env: Mapping[str, str]) -> dict[str, str]:
-    names = {ref.path[0] if ref.path else "" for ref in find_references(args) if ref.root == "secrets"}
+    names = {ref.name for ref in find_references(args) if ref.root == "secrets" and ref.name}
     return {n: env[n] for n in names if n in env}

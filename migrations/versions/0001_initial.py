@@ -190,8 +190,7 @@ def upgrade() -> None:
 
     op.create_table(
         "coordinator_leases",
-        # Like tables.py (a lone integer primary key): SERIAL, as metadata.create_all() makes it.
-        sa.Column("partition", sa.Integer(), nullable=False),
+        sa.Column("partition", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("owner", sa.Text(), nullable=True),
         sa.Column("token", sa.BigInteger(), server_default=ZERO, nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),

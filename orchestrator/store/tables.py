@@ -148,7 +148,7 @@ dead_letters = Table(
 coordinator_leases = Table(
     "coordinator_leases",
     metadata,
-    Column("partition", Integer, primary_key=True),
+    Column("partition", Integer, primary_key=True, autoincrement=False),
     Column("owner", Text, nullable=True),
     Column("token", BigInteger, nullable=False, server_default=text("0")),
     Column("expires_at", DateTime(timezone=True), nullable=True),
