@@ -38,9 +38,9 @@ def _root(
 def _register_commands() -> None:
     # Each command module adds its commands to `app`; imported here so that the CLI
     # is the only place that ties the coordinator side and the worker side together.
-    from orchestrator.cli import db, dev, processes, runs
+    from orchestrator.cli import api_cmd, bench, db, dev, processes, runs, spec_cmds
 
-    for module in (dev, db, processes, runs):
+    for module in (dev, db, processes, runs, spec_cmds, bench, api_cmd):
         module.register(app)
 
 

@@ -1,0 +1,385 @@
+"""Pydantic models of a workflow document (SPEC §3), and each step's settings resolved against `defaults`.
+
+The models round-trip through JSON (`model_dump(mode="json", by_alias=True)` then
+`WorkflowSpec.model_validate`): durations are stored as seconds, and settings a step does
+not set stay `None` so that they keep following `defaults` after a round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
+
+from orchestrator.durations import parse_duration
+from orchestrator.templates import whole_reference
+
+ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
+NAME_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+HANDLER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$"
+EVENT_PATTERN = r"^(\*|[a-z_]+(\.([a-z_]+|\*))*)$"
+ERROR_TYPE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]{0,255}$"
+
+# What each pattern means, for error messages (keyed by the pattern pydantic reports).
+PATTERN_HINTS = {
+    ID_PATTERN: "must start with a letter or _ and contain only ASCII letters, digits, _ and - (at most 64)",
+    NAME_PATTERN: "may contain only ASCII letters, digits, '.', '_' and '-' (1 to 128 characters)",
+    HANDLER_PATTERN: (
+        "must be a registered handler name such as payments.charge (ASCII letters, digits, '.', '_', '-'), "
+        "never an import path"
+    ),
+    EVENT_PATTERN: "must be an event name or pattern such as step.failed, run.* or *",
+    ERROR_TYPE_PATTERN: "must be an exception type name such as TimeoutError or httpx.ConnectError",
+}
+
+DEFAULT_QUEUE = "default"
+DEFAULT_TIMEOUT = 300.0
+
+
+def _duration(value: object) -> object:
+    return None if value is None else parse_duration(value)
+
+
+def _listify(value: object) -> object:
+    return [value] if isinstance(value, str) else value
+
+
+def _check_when(value: object) -> object:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and whole_reference(value) is not None:
+        return value
+    raise ValueError(
+        f'must be true, false or one ${{{{ … }}}} reference such as "${{{{ inputs.express }}}}", '
+        f"not {value!r}; templates are references, not expressions"
+    )
+
+
+def _check_for_each(value: object) -> object:
+    if value is None or isinstance(value, list):
+        return value
+    if isinstance(value, str) and whole_reference(value) is not None:
+        return value
+    raise ValueError(
+        f"must be a list or one ${{{{ … }}}} reference to a list, such as "
+        f'"${{{{ steps.reserve.output.items }}}}", not {value!r}'
+    )
+
+
+StepId = Annotated[str, Field(pattern=ID_PATTERN)]
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+HandlerName = Annotated[str, Field(pattern=HANDLER_PATTERN)]
+Duration = Annotated[float, BeforeValidator(_duration)]
+Priority = Literal["high", "normal", "low"]
+Backoff = Literal["exponential", "fixed", "linear"]
+InputType = Literal["string", "integer", "number", "boolean", "object", "array", "any"]
+Arguments = dict[str, Any]
+DEFAULT_PRIORITY: Priority = "normal"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "any": lambda value: True,
+    "string": lambda value: isinstance(value, str),
+    "boolean": lambda value: isinstance(value, bool),
+    "integer": lambda value: isinstance(value, int) and not isinstance(value, bool),
+    "number": lambda value: isinstance(value, int | float) and not isinstance(value, bool),
+    "object": lambda value: isinstance(value, dict),
+    "array": lambda value: isinstance(value, list),
+}
+
+
+def matches_type(value: Any, type_: InputType) -> bool:
+    """Whether a JSON value has the declared input type (booleans are not numbers)."""
+    return _TYPE_CHECKS[type_](value)
+
+
+class InputSpec(_Model):
+    """A declared input; submit-time values are checked against it."""
+
+    type: InputType = "any"
+    required: bool = False
+    default: Any = None
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _check_default(self) -> InputSpec:
+        if self.default is not None and self.required:
+            raise ValueError("a required input cannot have a default: remove `default` or `required: true`")
+        if self.default is not None and not matches_type(self.default, self.type):
+            raise ValueError(f"the default {self.default!r} is not of type {self.type}: fix the default or the type")
+        return self
+
+
+class RetrySpec(_Model):
+    """A retry policy as written; unset fields follow `defaults.retry`, then the built-in policy."""
+
+    max_attempts: int | None = Field(default=None, ge=1)
+    backoff: Backoff | None = None
+    initial_delay: Duration | None = None
+    max_delay: Duration | None = None
+    jitter: bool | None = None
+
+    @model_validator(mode="after")
+    def _check_delays(self) -> RetrySpec:
+        if self.initial_delay is not None and self.max_delay is not None and self.initial_delay > self.max_delay:
+            raise ValueError("initial_delay is longer than max_delay: raise max_delay or lower initial_delay")
+        return self
+
+
+class RetryPolicy(_Model):
+    """A complete retry policy (the resolved form of RetrySpec layers)."""
+
+    max_attempts: int = Field(default=3, ge=1)
+    backoff: Backoff = "exponential"
+    initial_delay: float = 1.0
+    max_delay: float = 60.0
+    jitter: bool = True
+
+    @classmethod
+    def merged(cls, *layers: RetrySpec | None) -> RetryPolicy:
+        """The built-in policy overridden by each layer in turn (later layers win)."""
+        values: dict[str, Any] = {}
+        for layer in layers:
+            if layer is not None:
+                values.update({k: v for k, v in layer.__dict__.items() if v is not None})
+        return cls.model_construct(**{**_DEFAULT_RETRY, **values})
+
+
+_DEFAULT_RETRY: dict[str, Any] = RetryPolicy().model_dump()
+
+
+class StepDefaults(_Model):
+    """Settings applied to every step that does not set its own."""
+
+    queue: Name | None = None
+    timeout: Duration | None = None
+    retry: RetrySpec | None = None
+    priority: Priority | None = None
+    circuit_breaker: Name | None = None
+
+
+class CompensateSpec(_Model):
+    """The step that undoes a succeeded step when the run compensates (saga)."""
+
+    handler: HandlerName
+    with_: Arguments = Field(default_factory=dict, alias="with")
+    retry: RetrySpec | None = None
+    queue: Name | None = None
+    timeout: Duration | None = None
+
+
+class GateSpec(_Model):
+    """Handoff: a handler that checks a step's output before its dependents start."""
+
+    handler: HandlerName
+    with_: Arguments = Field(default_factory=dict, alias="with")
+    max_attempts: int = Field(default=3, ge=1)
+
+
+class SwarmSpec(_Model):
+    """Run `replicas` copies of a step and return the consensus output."""
+
+    replicas: int = Field(ge=1, le=1000)
+    quorum: int | None = Field(default=None, ge=1)
+    vote: Literal["majority", "unanimous", "first"] = "majority"
+
+    @model_validator(mode="after")
+    def _check_quorum(self) -> SwarmSpec:
+        if self.quorum is not None and self.quorum > self.replicas:
+            raise ValueError(f"quorum {self.quorum} is more than the {self.replicas} replicas: lower it")
+        return self
+
+    @property
+    def effective_quorum(self) -> int:
+        """Agreeing replicas needed: the given quorum, else a majority, all, or the first one."""
+        if self.quorum is not None:
+            return self.quorum
+        return {"majority": self.replicas // 2 + 1, "unanimous": self.replicas, "first": 1}[self.vote]
+
+
+class BreakerSpec(_Model):
+    """Settings of a named circuit breaker shared by every worker."""
+
+    fail_max: int = Field(default=5, ge=1)
+    reset_timeout: Duration = 30.0
+    exclude: list[Annotated[str, Field(pattern=ERROR_TYPE_PATTERN)]] = Field(default_factory=list)
+
+
+class HookSpec(_Model):
+    """A handler run on run/step events: `pre` may veto a step, `post` follows it, `session` brackets the run."""
+
+    name: StepId | None = None
+    on: Annotated[list[Annotated[str, Field(pattern=EVENT_PATTERN)]], BeforeValidator(_listify)] = Field(min_length=1)
+    kind: Literal["pre", "post", "session"] = "post"
+    handler: HandlerName
+    with_: Arguments = Field(default_factory=dict, alias="with")
+
+
+class StepSpec(_Model):
+    """One step as written. Unset settings are None; `WorkflowSpec.effective()` resolves them."""
+
+    id: StepId
+    description: str | None = None
+    handler: HandlerName | None = None
+    workflow: Name | None = None  # hierarchical: run this child workflow as the step
+    with_: Arguments = Field(default_factory=dict, alias="with")
+    needs: Annotated[list[StepId], BeforeValidator(_listify)] = Field(default_factory=list)
+    queue: Name | None = None
+    timeout: Duration | None = None
+    retry: RetrySpec | None = None
+    priority: Priority | None = None
+    circuit_breaker: Name | None = None
+    compensate: CompensateSpec | None = None
+    when: Annotated[str | bool | None, BeforeValidator(_check_when)] = None
+    for_each: Annotated[str | list[Any] | None, BeforeValidator(_check_for_each)] = None
+    estimate: Duration | None = None
+    gate: GateSpec | None = None
+    swarm: SwarmSpec | None = None
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> StepSpec:
+        if (self.handler is None) == (self.workflow is None):
+            raise ValueError(
+                "set exactly one of `handler` (a registered handler name) or `workflow` (a child workflow)"
+            )
+        if self.swarm is not None and self.workflow is not None:
+            raise ValueError("`swarm` runs replicas of a handler; it cannot run a child workflow")
+        return self
+
+
+class ResolvedCompensation(_Model):
+    """A compensation with every setting resolved."""
+
+    handler: str
+    with_: Arguments = Field(alias="with")
+    queue: str
+    timeout: float
+    retry: RetryPolicy
+
+
+class ResolvedStep(_Model):
+    """A step with `defaults` and built-in defaults applied: what the coordinator dispatches."""
+
+    id: str
+    handler: str | None
+    workflow: str | None
+    with_: Arguments = Field(alias="with")
+    needs: list[str]
+    queue: str
+    timeout: float
+    retry: RetryPolicy
+    priority: Priority
+    circuit_breaker: str | None
+    when: str | bool | None
+    for_each: str | list[Any] | None
+    estimate: float | None
+    compensate: ResolvedCompensation | None
+    gate: GateSpec | None
+    swarm: SwarmSpec | None
+
+    @property
+    def fan_out(self) -> bool:
+        return self.for_each is not None
+
+
+class WorkflowSpec(_Model):
+    """A whole workflow document."""
+
+    name: Name
+    description: str | None = None
+    inputs: dict[StepId, InputSpec] = Field(default_factory=dict)
+    defaults: StepDefaults = Field(default_factory=StepDefaults)
+    on_failure: Literal["fail", "compensate"] = "fail"
+    steps: list[StepSpec] = Field(min_length=1)
+    hooks: list[HookSpec] = Field(default_factory=list)
+    breakers: dict[Name, BreakerSpec] = Field(default_factory=dict)
+
+    _index: dict[str, StepSpec] | None = PrivateAttr(default=None)
+    _resolved: dict[str, ResolvedStep] = PrivateAttr(default_factory=dict)
+    _default_retry: RetryPolicy | None = PrivateAttr(default=None)
+    # The planner's analysis of this graph, kept by validation so that planning does not redo it.
+    _analysis: Any = PrivateAttr(default=None)
+
+    def __eq__(self, other: object) -> bool:
+        # Compare the document only: the private caches differ between equal specs.
+        return type(other) is type(self) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # mutable containers inside; never hashed
+
+    @property
+    def step_ids(self) -> list[str]:
+        return [step.id for step in self.steps]
+
+    def step(self, step_id: str) -> StepSpec:
+        """The step with this id (KeyError when there is none)."""
+        if self._index is None:
+            self._index = {step.id: step for step in self.steps}
+        return self._index[step_id]
+
+    def queue_of(self, step: StepSpec) -> str:
+        return step.queue or self.defaults.queue or DEFAULT_QUEUE
+
+    def breaker(self, name: str) -> BreakerSpec:
+        """Settings of a named breaker: its `breakers:` entry, else the defaults."""
+        return self.breakers.get(name) or BreakerSpec()
+
+    def effective(self, step: StepSpec | str) -> ResolvedStep:
+        """The step with every setting resolved (cached; the spec is immutable)."""
+        spec = self.step(step) if isinstance(step, str) else step
+        resolved = self._resolved.get(spec.id)
+        if resolved is None:
+            resolved = self._resolve(spec)
+            self._resolved[spec.id] = resolved
+        return resolved
+
+    def _retry_of(self, retry: RetrySpec | None) -> RetryPolicy:
+        if retry is not None:
+            return RetryPolicy.merged(self.defaults.retry, retry)
+        if self._default_retry is None:  # most steps share it; resolve it once
+            self._default_retry = RetryPolicy.merged(self.defaults.retry)
+        return self._default_retry
+
+    def _resolve(self, step: StepSpec) -> ResolvedStep:
+        defaults = self.defaults
+        queue = self.queue_of(step)
+        timeout = _first(step.timeout, defaults.timeout, DEFAULT_TIMEOUT)
+        compensation = None
+        if step.compensate is not None:
+            comp = step.compensate
+            compensation = ResolvedCompensation.model_construct(
+                handler=comp.handler,
+                with_=comp.with_,
+                queue=comp.queue or queue,
+                timeout=_first(comp.timeout, timeout),
+                retry=RetryPolicy.merged(defaults.retry, comp.retry),
+            )
+        return ResolvedStep.model_construct(
+            id=step.id,
+            handler=step.handler,
+            workflow=step.workflow,
+            with_=step.with_,
+            needs=list(step.needs),
+            queue=queue,
+            timeout=timeout,
+            retry=self._retry_of(step.retry),
+            priority=step.priority or defaults.priority or DEFAULT_PRIORITY,
+            circuit_breaker=step.circuit_breaker or defaults.circuit_breaker,
+            when=step.when,
+            for_each=step.for_each,
+            estimate=step.estimate,
+            compensate=compensation,
+            gate=step.gate,
+            swarm=step.swarm,
+        )
+
+
+def _first(*values: float | None) -> float:
+    for value in values:
+        if value is not None:
+            return value
+    raise AssertionError("the last value is the built-in default")
