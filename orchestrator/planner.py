@@ -194,6 +194,13 @@ def critical_path(graph: nx.DiGraph, waves: list[list[str]]) -> tuple[list[str],
 
 def plan(spec: WorkflowSpec) -> Plan:
     """The plan of a validated spec (its graph must be acyclic)."""
+    from orchestrator.spec.loader import gc_paused
+
+    with gc_paused():
+        return _plan(spec)
+
+
+def _plan(spec: WorkflowSpec) -> Plan:
     analysis: GraphAnalysis | None = spec._analysis  # kept by validation
     if analysis is None or analysis.waves is None:
         analysis = analyse(graph_from_needs({step.id: step.needs for step in spec.steps}))
@@ -224,6 +231,7 @@ def plan(spec: WorkflowSpec) -> Plan:
 # --- renderers ------------------------------------------------------------------------------
 
 TABLE_WAVE_LIMIT = 12  # steps listed per wave in the table; the rest are counted
+TABLE_WAVES_SHOWN = 40  # waves listed in the table: the first and last ones of a deep plan
 TABLE_PATH_LIMIT = 24
 
 
@@ -285,7 +293,13 @@ def render_table(plan: Plan) -> RenderableType:
     waves.add_column("wave", justify="right")
     waves.add_column("width", justify="right")
     waves.add_column("steps (⋔ = for_each fan-out)")
+    count = len(plan.waves)
+    half = TABLE_WAVES_SHOWN // 2
     for i, wave in enumerate(plan.waves, 1):
+        if count > TABLE_WAVES_SHOWN and half < i <= count - half:
+            if i == half + 1:
+                waves.add_row("…", "", f"{count - 2 * half} more waves (see --format json)")
+            continue
         shown = [f"{node} ⋔" if node in plan.fan_out else node for node in wave[:TABLE_WAVE_LIMIT]]
         more = f" … and {len(wave) - TABLE_WAVE_LIMIT} more" if len(wave) > TABLE_WAVE_LIMIT else ""
         waves.add_row(str(i), str(len(wave)), ", ".join(shown) + more)

@@ -42,7 +42,15 @@ def _duration(value: object) -> object:
 
 
 def _listify(value: object) -> object:
+    """`needs: a` means `needs: [a]`; an empty `needs:` (null) means none."""
+    if value is None:
+        return []
     return [value] if isinstance(value, str) else value
+
+
+def _mapping(value: object) -> object:
+    """An empty `with:` (null, e.g. every entry commented out) means no arguments."""
+    return {} if value is None else value
 
 
 def _check_when(value: object) -> object:
@@ -74,7 +82,7 @@ Duration = Annotated[float, BeforeValidator(_duration)]
 Priority = Literal["high", "normal", "low"]
 Backoff = Literal["exponential", "fixed", "linear"]
 InputType = Literal["string", "integer", "number", "boolean", "object", "array", "any"]
-Arguments = dict[str, Any]
+Arguments = Annotated[dict[str, Any], BeforeValidator(_mapping)]
 DEFAULT_PRIORITY: Priority = "normal"
 
 

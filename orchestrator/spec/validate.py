@@ -235,7 +235,7 @@ class _References:
             fan_out = step.get("for_each") is not None
             self._scan(step.get("with"), ("steps", i, "with"), step_id, item=fan_out)
             for key in ("when", "for_each"):
-                if isinstance(step.get(key), str):
+                if isinstance(step.get(key), str | list):
                     self._scan(step[key], ("steps", i, key), step_id, coordinator_side=key)
             for key in ("compensate", "gate"):
                 block = step.get(key)
@@ -273,6 +273,11 @@ class _References:
             if self.inputs is not None and ref.name not in self.inputs:
                 hint = diagnostics.Suggester(self.inputs).hint(str(ref.name))
                 self.problems.add(f"{ref} names an undeclared input: declare it under `inputs:`{hint}", where)
+        elif ref.root == "item" and coordinator_side:
+            self.problems.add(
+                f"{ref}: `{coordinator_side}` is decided before there are items; use `item` in the step's `with`",
+                where,
+            )
         elif ref.root == "item" and not item:
             self.problems.add(f"{ref}: `item` is only defined in the `with` of a step that has for_each", where)
         elif ref.root == "secrets" and coordinator_side:

@@ -403,3 +403,14 @@ def test_merge_keys_are_supported() -> None:
     spec = load_workflow(ok)
     assert spec.effective("b").queue == "io"
     assert spec.step("b").handler == "builtin.echo"
+
+
+def test_item_cannot_decide_for_each_or_when() -> None:
+    problem = only(STEP + '    for_each: ["${{ item }}"]\n')
+    assert at(problem) == (5, 16)
+    assert "`for_each` is decided before there are items" in problem.message
+
+
+def test_empty_with_and_needs_mean_none() -> None:
+    spec = load_workflow(STEP + "    with:\n    needs:\n")
+    assert (spec.step("a").with_, spec.step("a").needs) == ({}, [])
