@@ -206,13 +206,22 @@ class Coordinator:
             block_ms = self.settings.redis.block_ms
             if self._timers:
                 block_ms = max(1, min(block_ms, int((self._timers[0][0] - self.clock()) * 1000)))
-        reply = self.redis.xreadgroup(
-            COORDINATOR_GROUP,
-            self.id,
-            streams,
-            count=self.cfg.batch_size,
-            block=None if self._replay_pending else block_ms,
-        )
+        try:
+            reply = self.redis.xreadgroup(
+                COORDINATOR_GROUP,
+                self.id,
+                streams,
+                count=self.cfg.batch_size,
+                block=None if self._replay_pending else block_ms,
+            )
+        except redis.ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            # Redis lost its data (restart without persistence, FLUSHALL, failover): reconcile now.
+            log.warning("coordinator_groups_missing", error=str(e))
+            bus.ensure_partition_groups(self.redis, self.keys, self.partitions)
+            self._next_reconcile = 0.0
+            return []
         out: list[tuple[str, bytes, bytes]] = []
         drained = True
         for stream_name, messages in reply or []:
@@ -465,11 +474,10 @@ class Coordinator:
         """Move entries another (dead) coordinator had read but not acknowledged to us."""
         for p in partitions:
             for stream in (self.keys.control_stream(p), self.keys.results_stream(p)):
-                cursor = "0-0"
+                cursor: bytes | str = "0-0"
                 while True:
-                    reply = self.redis.xautoclaim(
-                        stream, COORDINATOR_GROUP, self.id, 0, cursor, count=500, justid=True
-                    )
+                    # Redis 6.2 replies [cursor, entries]; 7.x appends the ids of deleted entries.
+                    reply = self.redis.xautoclaim(stream, COORDINATOR_GROUP, self.id, 0, cursor, count=500)
                     cursor = reply[0]
                     if cursor in (b"0-0", "0-0") or not reply[1]:
                         break
@@ -495,23 +503,28 @@ class Coordinator:
         loaded = set(self.runs) - before
         for tracked in self.runs.values():
             self._ensure_queues(tracked.engine.wf.queues)
+        # Re-publish dispatched attempts that Redis holds nowhere (lost, or never published
+        # because a coordinator died between its commit and its XADD). Runs started just
+        # below are excluded: their first dispatches are not published yet.
+        check = set(self.runs) if redis_lost_data else loaded
+        candidates = [
+            d
+            for run_id in check
+            if self.runs[run_id].engine.run.status is not RunStatus.PENDING
+            for d in self.runs[run_id].engine.in_flight_dispatches()
+        ]
+        if candidates:
+            present = set() if redis_lost_data else self._attempts_in_redis({d.queue for d in candidates})
+            missing = [d for d in candidates if (d.message.run, d.message.step, d.message.attempt) not in present]
+            if missing:
+                log.warning("steps_republished", count=len(missing), reason="absent from Redis")
+                self._unpublished.extend(missing)
         touched = set()
         for run_id in loaded:
             engine = self.runs[run_id].engine
             if engine.run.status is RunStatus.PENDING:
                 engine.start()
                 touched.add(run_id)
-        # Re-publish dispatched attempts that Redis holds nowhere (lost or never published).
-        check = loaded if not redis_lost_data else set(self.runs)
-        candidates = [d for run_id in check for d in self.runs[run_id].engine.in_flight_dispatches()]
-        if candidates:
-            present = set() if redis_lost_data else self._attempts_in_redis({d.queue for d in candidates})
-            missing = [
-                d for d in candidates if (d.message.run, d.message.step, d.message.attempt) not in present
-            ]
-            if missing:
-                log.warning("steps_republished", count=len(missing), reason="absent from Redis")
-                self._unpublished.extend(missing)
         if touched:
             self._commit(touched, [], [])
         if self.store.pending_commands(self.partitions):

@@ -13,10 +13,12 @@ import pytest
 import redis
 
 from orchestrator.cli.cluster import LocalCluster
+from orchestrator.dev import RedisServer
 from orchestrator.cli.context import Clients
 from orchestrator.settings import Settings
 from orchestrator.spec import load_workflow
 from orchestrator.store.db import upgrade
+from tests.conftest import private_dir
 from orchestrator.store.runs import RunStore
 from orchestrator.submit import Submitter
 
@@ -103,28 +105,32 @@ class Env:
         self.redis.close()
 
 
-@pytest.fixture
-def e2e(redis_url: str, db_url: str, namespace: str, tmp_path: Path) -> Iterator[Env]:
+def make_env(redis_url: str, db_url: str, namespace: str, home: Path) -> Env:
     env = dict(os.environ)
     env.update(FAST_ENV)
-    env.update(
-        {
-            "STEPPE_REDIS_URL": redis_url,
-            "STEPPE_DATABASE_URL": db_url,
-            "STEPPE_NAMESPACE": namespace,
-            "STEPPE_HOME": str(tmp_path),
-            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-        }
-    )
-    settings = Settings(
-        _env_file=None,
-        **{
-            "redis_url": redis_url,
-            "database_url": db_url,  # type: ignore[call-arg]
-            "namespace": namespace,
-            "home": tmp_path,
-        },
-    )
-    handle = Env(settings=settings, env=env, home=tmp_path)
+    env.update({"STEPPE_REDIS_URL": redis_url, "STEPPE_DATABASE_URL": db_url, "STEPPE_NAMESPACE": namespace,
+                "STEPPE_HOME": str(home), "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    settings = Settings(redis_url=redis_url, database_url=db_url, namespace=namespace, home=home)
+    return Env(settings=settings, env=env, home=home)
+
+
+@pytest.fixture
+def e2e(redis_url: str, db_url: str, namespace: str, tmp_path: Path) -> Iterator[Env]:
+    handle = make_env(redis_url, db_url, namespace, tmp_path)
+    yield handle
+    handle.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own, for scenarios that restart or flush it."""
+    server = RedisServer.start(private_dir("steppe-redis-"), binary=os.environ.get("STEPPE_TEST_REDIS_SERVER"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def e2e_own_redis(own_redis: RedisServer, db_url: str, namespace: str, tmp_path: Path) -> Iterator[Env]:
+    handle = make_env(own_redis.url, db_url, namespace, tmp_path)
     yield handle
     handle.close()

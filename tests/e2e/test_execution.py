@@ -293,7 +293,7 @@ steps:
     assert worker.wait(timeout=20) == 0
     doc = finish(e2e, run_id, timeout=15)
     assert doc["status"] == "succeeded"
-    assert set(e2e.witness("calls").values()) == {1}
+    assert set(e2e.witness("calls").values()) == {1}, e2e.log()
     assert set(e2e.witness("effects").values()) == {1}
 
 
@@ -316,4 +316,31 @@ def test_coordinator_sigkill_and_restart_mid_run(e2e: Env) -> None:
     assert doc["status"] == "succeeded", e2e.log()
     assert set(e2e.witness("effects").values()) == {1}
     assert len(e2e.witness("effects")) == 8
+    assert_projection_matches_log(e2e, run_id)
+
+
+def test_redis_restarted_empty_the_reconciler_finishes_every_run(e2e_own_redis: Env, own_redis) -> None:
+    e2e = e2e_own_redis
+    e2e.start(workers=1)
+    run_ids = [e2e.submit("name: lost\nsteps:\n  - {id: a, handler: test.witness, with: {seconds: 1.5}}\n"
+                          "  - {id: b, handler: test.witness, needs: [a]}\n") for _ in range(3)]
+    assert_eventually(lambda: len(e2e.witness("calls")) >= 1, timeout=15)
+    own_redis.restart(empty=True)  # no AOF: streams, groups and pending lists are gone
+    for run_id in run_ids:
+        doc = finish(e2e, run_id, timeout=60)
+        assert doc["status"] == "succeeded", e2e.log()
+        assert_projection_matches_log(e2e, run_id)
+    assert "redis_data_loss_detected" in e2e.log()
+
+
+def test_postgres_restart_is_survived_without_event_gaps(e2e: Env, postgres_server) -> None:
+    e2e.start(workers=1)
+    steps = "\n".join(f"  - {{id: s{i}, handler: test.witness, with: {{seconds: 0.3}}"
+                      + (f", needs: [s{i - 1}]" if i else "") + "}" for i in range(6))
+    run_id = e2e.submit(f"name: pgrestart\nsteps:\n{steps}\n")
+    assert_eventually(lambda: len(e2e.witness("effects")) >= 2, timeout=15)
+    postgres_server.restart(mode="fast")
+    doc = finish(e2e, run_id, timeout=60)
+    assert doc["status"] == "succeeded", e2e.log()
+    assert set(e2e.witness("effects").values()) == {1}
     assert_projection_matches_log(e2e, run_id)
