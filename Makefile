@@ -83,8 +83,8 @@ run: install
 # The workflow part of `make run`; to become `steppe run $(EXAMPLE)` once the engine lands.
 .PHONY: run-example
 run-example:
-	$(STEPPE) validate $(EXAMPLE)
 	$(STEPPE) plan $(EXAMPLE)
+	$(STEPPE) run $(EXAMPLE) $(RUN_ARGS)
 # ---------------------------------------------------------------------------------------------
 
 test: install

@@ -17,7 +17,7 @@ from orchestrator.cli.context import Clients, connect
 from orchestrator.errors import SubmitError
 from orchestrator.keys import Keys
 from orchestrator.spec import parse_cli_inputs
-from orchestrator.state import TERMINAL_RUN_STATUSES, RunStatus
+from orchestrator.state import TERMINAL_RUN_STATUSES, RunStatus, base_step_id
 
 STATUS_STYLE = {
     "succeeded": "green",
@@ -63,7 +63,7 @@ def status_table(doc: dict[str, Any]) -> Table:
     table.add_column("status")
     table.add_column("attempts", justify="right")
     table.add_column("output / error", overflow="fold", max_width=80)
-    for key, step in doc["steps"].items():
+    for key, step in sorted(doc["steps"].items(), key=lambda kv: _plan_order(doc, kv[0])):
         status = step["status"]
         detail = ""
         if step.get("error"):
@@ -72,6 +72,16 @@ def status_table(doc: dict[str, Any]) -> Table:
             detail = orjson.dumps(step["output"]).decode()[:200]
         table.add_row(key, f"[{STATUS_STYLE.get(status, '')}]{status}[/]", str(step["attempts"]), detail)
     return table
+
+
+def _plan_order(doc: dict[str, Any], key: str) -> tuple[int, str]:
+    """Sort step keys by their wave in the plan, so the table reads top to bottom."""
+    order = doc.setdefault("_order", {})
+    if not order:
+        for index, wave in enumerate((doc.get("plan") or {}).get("waves", [])):
+            for step_id in wave:
+                order[step_id] = index
+    return order.get(base_step_id(key), 1 << 30), key
 
 
 def wait_for(clients: Clients, run_id: str, *, live: bool, timeout: float | None = None) -> dict[str, Any]:
@@ -97,6 +107,7 @@ def wait_for(clients: Clients, run_id: str, *, live: bool, timeout: float | None
 
 def print_result(doc: dict[str, Any]) -> None:
     style = STATUS_STYLE.get(doc["status"], "")
+    console.print()
     console.print(f"run [bold]{doc['run_id']}[/] finished: [{style}]{doc['status']}[/]")
     if doc.get("outputs") is not None:
         console.print_json(data=doc["outputs"])
