@@ -17,7 +17,7 @@ from orchestrator.settings import Settings
 from orchestrator.spec import WorkflowSpec, load_workflow, validate_inputs
 from orchestrator.store.leases import partition_of
 from orchestrator.store.runs import RunStore
-from orchestrator.wire import ControlMessage, dumps
+from orchestrator.wire import FIELD, ControlMessage, dumps, encode
 from orchestrator.workflow import compile_workflow
 
 
@@ -90,6 +90,39 @@ class Submitter:
         if created:
             bus.notify(self.redis, self.keys, partition, ControlMessage(kind="submitted", run=run_id))
         return Submitted(run_id=run_id, created=created, workflow=spec.name)
+
+    def submit_many(
+        self, spec: WorkflowSpec, inputs: list[dict[str, Any]], *, check_handlers: bool = True
+    ) -> list[str]:
+        """Submit one run per inputs mapping in a single transaction (bulk loads, benchmarks)."""
+        compiled = compile_workflow(spec)
+        if check_handlers:
+            self.check_handlers(compiled.handlers())
+        definition = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+        plan = make_plan(spec).to_json()
+        partitions = self.settings.coordinator.partitions
+        rows = []
+        for values in inputs:
+            run_id = new_run_id()
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "workflow": spec.name,
+                    "partition": partition_of(run_id, partitions),
+                    "definition": definition,
+                    "inputs": validate_inputs(spec, values),
+                    "plan": plan,
+                }
+            )
+        self.store.create_runs(rows)
+        pipe = self.redis.pipeline(transaction=False)
+        for row in rows:
+            pipe.xadd(
+                self.keys.control_stream(row["partition"]),
+                {FIELD: encode(ControlMessage(kind="submitted", run=row["run_id"]))},
+            )
+        pipe.execute()
+        return [r["run_id"] for r in rows]
 
     def check_handlers(self, needed: set[str]) -> None:
         live = bus.live_handlers(self.redis, self.keys)

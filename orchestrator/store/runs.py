@@ -165,6 +165,31 @@ class RunStore:
             )
         return run_id, True
 
+    def create_runs(self, runs: Sequence[dict[str, Any]]) -> None:
+        """Insert many pending runs (no idempotency keys) in one transaction, with COPY."""
+        with self.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            with cur.copy(
+                "COPY workflow_runs (run_id, workflow, status, partition, definition, inputs, plan, state, last_seq)"
+                " FROM STDIN"
+            ) as copy:
+                for r in runs:
+                    copy.write_row(
+                        (
+                            r["run_id"],
+                            r["workflow"],
+                            "pending",
+                            r["partition"],
+                            _dumps(r["definition"]),
+                            _dumps(r["inputs"]),
+                            _dumps(r["plan"]),
+                            _dumps({"workflow": r["workflow"]}),
+                            1,
+                        )
+                    )
+            with cur.copy("COPY workflow_events (run_id, seq, type, data) FROM STDIN") as copy:
+                for r in runs:
+                    copy.write_row((r["run_id"], 1, str(EventType.RUN_SUBMITTED), _dumps({"workflow": r["workflow"]})))
+
     def add_command(self, run_id: str, command: str, payload: dict[str, Any] | None = None) -> int:
         with self.connection() as conn, conn.transaction():
             self._require_run(conn, run_id)
@@ -255,9 +280,7 @@ class RunStore:
             if held is None or held["n"] != len(set(partitions)):
                 raise ConflictError("this coordinator no longer holds all of its partitions")
             with conn.cursor() as cur:
-                with cur.copy(
-                    "COPY workflow_events (run_id, seq, type, step_key, attempt, data) FROM STDIN"
-                ) as copy:
+                with cur.copy("COPY workflow_events (run_id, seq, type, step_key, attempt, data) FROM STDIN") as copy:
                     for w in writes:
                         for e in w.events:
                             copy.write_row((w.run_id, e.seq, str(e.type), e.step, e.attempt, _dumps(e.data)))
@@ -375,6 +398,14 @@ class RunStore:
             "definition": run["definition"],
         }
 
+    def count_finished(self, run_ids: Sequence[str]) -> int:
+        with self.connection() as conn:
+            row = conn.execute(
+                "SELECT count(*) AS n FROM workflow_runs WHERE run_id = ANY(%s) AND finished_at IS NOT NULL",
+                (list(run_ids),),
+            ).fetchone()
+        return int(row["n"]) if row else 0
+
     def run_status(self, run_id: str) -> str:
         with self.connection() as conn:
             row = conn.execute("SELECT status FROM workflow_runs WHERE run_id = %s", (run_id,)).fetchone()
@@ -419,9 +450,7 @@ class RunStore:
 
 def events_from_rows(rows: Iterable[dict[str, Any]]) -> list[Event]:
     return [
-        Event(
-            seq=r["seq"], type=EventType(r["type"]), step=r["step_key"], attempt=r["attempt"], data=r["data"]
-        )
+        Event(seq=r["seq"], type=EventType(r["type"]), step=r["step_key"], attempt=r["attempt"], data=r["data"])
         for r in rows
     ]
 

@@ -1,0 +1,234 @@
+"""Cluster benchmarks: the three shapes of the peer harness, run through real processes.
+
+Set-up mirrors `shared/bench/peers`: one Redis on loopback, one coordinator and two
+worker processes on this machine, the producer (this process) inside the measurement,
+and PostgreSQL persistence on with its normal durability settings.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.cli.cluster import LocalCluster
+from orchestrator.errors import InfrastructureError
+from orchestrator.settings import Settings
+from orchestrator.spec import load_workflow
+from orchestrator.store.runs import RunStore
+from orchestrator.submit import Submitter
+
+POLL = 0.01
+
+
+@dataclass
+class ShapeResult:
+    shape: str
+    size: int
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    def rate(self) -> float:
+        return self.size / self.median
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "shape": self.shape,
+            "size": self.size,
+            "seconds": self.seconds,
+            "median_s": self.median,
+            "per_second": self.rate(),
+        }
+
+
+def wide_yaml(name: str, width: int, *, join: bool = False) -> str:
+    lines = [f"name: {name}", "defaults: {retry: {max_attempts: 1}}", "steps:"]
+    lines += [f"  - {{id: s{i}, handler: builtin.noop}}" for i in range(width)]
+    if join:
+        lines.append(
+            "  - id: join\n    handler: builtin.noop\n    needs: [" + ", ".join(f"s{i}" for i in range(width)) + "]"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def chain_yaml(name: str, length: int) -> str:
+    lines = [f"name: {name}", "steps:", "  - {id: s0, handler: builtin.noop}"]
+    lines += [f"  - {{id: s{i}, handler: builtin.noop, needs: [s{i - 1}]}}" for i in range(1, length)]
+    return "\n".join(lines) + "\n"
+
+
+class ClusterBench:
+    """Owns a private cluster for the duration of a benchmark."""
+
+    def __init__(self, settings: Settings, *, workers: int = 2, concurrency: int | None = None) -> None:
+        self.settings = settings
+        self.workers = workers
+        self.concurrency = concurrency
+        self.cluster: LocalCluster | None = None
+
+    def __enter__(self) -> ClusterBench:
+        import redis
+
+        from orchestrator import bus
+        from orchestrator.store.db import upgrade
+
+        upgrade(self.settings.resolved_database_url())
+        self.redis: redis.Redis = bus.connect(self.settings)
+        self.store = RunStore(self.settings.resolved_database_url(), pool_size=2)
+        self.store.open()
+        self.submitter = Submitter(settings=self.settings, store=self.store, client=self.redis)
+        log = Path(tempfile.gettempdir()) / f"steppe-bench-{uuid.uuid4().hex[:6]}.log"
+        env = {"STEPPE_NAMESPACE": self.settings.namespace}
+        self.cluster = LocalCluster(self.settings, log_path=log, env={**_environ(), **env})
+        self.cluster.start_coordinator()
+        for _ in range(self.workers):
+            self.cluster.start_worker(queues=["default"], concurrency=self.concurrency)
+        self.cluster.wait_for_workers(self.redis, self.workers)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
+        self.store.close()
+
+    # -- shapes ----------------------------------------------------------------------------------
+
+    def one_wide_workflow(self, n: int) -> float:
+        name = _name("wide")
+        source = wide_yaml(name, n)
+        started = time.perf_counter()
+        run = self.submitter.submit(load_workflow(source), check_handlers=False).run_id
+        self._wait_run(run, timeout=max(120, n / 50))
+        return time.perf_counter() - started
+
+    def many_one_step_workflows(self, n: int) -> float:
+        name = _name("runs")
+        spec = load_workflow(f"name: {name}\nsteps:\n  - {{id: s0, handler: builtin.noop}}\n")
+        started = time.perf_counter()
+        batch = 2000
+        for offset in range(0, n, batch):
+            self.submitter.submit_many(spec, [{}] * min(batch, n - offset), check_handlers=False)
+        self._wait_workflow(name, n, timeout=max(120, n / 50))
+        return time.perf_counter() - started
+
+    def chain(self, length: int) -> float:
+        source = chain_yaml(_name("chain"), length)
+        started = time.perf_counter()
+        run = self.submitter.submit(load_workflow(source), check_handlers=False).run_id
+        self._wait_run(run, timeout=120)
+        return time.perf_counter() - started
+
+    def fanout(self, width: int) -> float:
+        source = wide_yaml(_name("fan"), width, join=True)
+        started = time.perf_counter()
+        run = self.submitter.submit(load_workflow(source), check_handlers=False).run_id
+        self._wait_run(run, timeout=120)
+        return time.perf_counter() - started
+
+    # -- measurement helpers ---------------------------------------------------------------------
+
+    def _wait_run(self, run_id: str, *, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.store.run_status(run_id)
+            if status == "succeeded":
+                return
+            if status in ("failed", "cancelled"):
+                raise InfrastructureError(f"benchmark run {run_id} ended {status}")
+            time.sleep(POLL)
+        raise InfrastructureError(f"benchmark run {run_id} did not finish within {timeout:.0f}s")
+
+    def _wait_workflow(self, name: str, count: int, *, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.store.connection() as conn:
+                row = conn.execute(
+                    "SELECT count(*) AS n FROM workflow_runs WHERE workflow = %s AND finished_at IS NOT NULL",
+                    (name,),
+                ).fetchone()
+            if row and row["n"] >= count:
+                return
+            time.sleep(POLL * 5)
+        raise InfrastructureError(f"{count} runs of {name} did not finish within {timeout:.0f}s")
+
+    def active_runs_memory(self, n: int) -> float:
+        """Coordinator resident memory (MiB) while it holds `n` active runs (long sleeps)."""
+        name = _name("mem")
+        spec = load_workflow(f"name: {name}\nsteps:\n  - {{id: s0, handler: builtin.sleep, with: {{seconds: 600}}}}\n")
+        for offset in range(0, n, 2000):
+            self.submitter.submit_many(spec, [{}] * min(2000, n - offset), check_handlers=False)
+        assert self.cluster is not None
+        pid = self.cluster.coordinators[0].pid
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with self.store.connection() as conn:
+                row = conn.execute(
+                    "SELECT count(*) AS n FROM workflow_runs WHERE workflow = %s AND status = 'running'", (name,)
+                ).fetchone()
+            if row and row["n"] >= n:
+                break
+            time.sleep(0.2)
+        return _vm_rss(pid)
+
+    def peak_rss_mib(self) -> dict[str, float]:
+        assert self.cluster is not None
+        out = {}
+        for label, procs in (("coordinator", self.cluster.coordinators), ("workers", self.cluster.workers)):
+            out[label] = max((_vm_hwm(p.pid) for p in procs), default=0.0)
+        return out
+
+    def durability(self) -> dict[str, str]:
+        with self.store.connection() as conn:
+            pg = {
+                name: conn.execute(f"SHOW {name}").fetchone()[name]  # type: ignore[index]
+                for name in ("fsync", "synchronous_commit")
+            }
+        aof = self.redis.config_get("appendonly").get("appendonly", "?")
+        fsync = self.redis.config_get("appendfsync").get("appendfsync", "?")
+        return {
+            "postgresql": f"fsync={pg['fsync']} synchronous_commit={pg['synchronous_commit']}",
+            "redis": f"appendonly={aof} appendfsync={fsync}",
+        }
+
+
+def repeat(fn: Callable[[int], float], size: int, times: int, shape: str) -> ShapeResult:
+    result = ShapeResult(shape=shape, size=size)
+    for _ in range(times):
+        result.seconds.append(fn(size))
+    return result
+
+
+def _name(kind: str) -> str:
+    return f"bench-{kind}-{uuid.uuid4().hex[:8]}"
+
+
+def _proc_status(pid: int, field_name: str) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _vm_hwm(pid: int) -> float:
+    return _proc_status(pid, "VmHWM")
+
+
+def _vm_rss(pid: int) -> float:
+    return _proc_status(pid, "VmRSS")
+
+
+def _environ() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)

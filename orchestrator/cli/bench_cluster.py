@@ -1,0 +1,194 @@
+"""`steppe bench throughput | chain | fanout | all | scale`: cluster benchmarks on private servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from orchestrator.cli.bench import bench_app
+from orchestrator.cli.common import console, err_console, load_settings, report_errors
+from orchestrator.settings import Settings
+
+PEERS_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "bench" / "peers"
+
+
+@contextmanager
+def private_cluster(workers: int, concurrency: int | None, keep_home: Path | None) -> Iterator[Any]:
+    """Fresh embedded servers in a private STEPPE_HOME (so nothing else competes), torn down after."""
+    from orchestrator.benchmark import ClusterBench
+    from orchestrator.dev.launcher import DevServers
+
+    home = keep_home or Path(tempfile.mkdtemp(prefix="steppe-bench-"))
+    os.chmod(home, 0o755)
+    namespace = f"bench{uuid.uuid4().hex[:6]}"
+    os.environ["STEPPE_HOME"] = str(home)
+    os.environ["STEPPE_NAMESPACE"] = namespace
+    for var in ("STEPPE_REDIS_URL", "STEPPE_DATABASE_URL"):
+        os.environ.pop(var, None)
+    settings = Settings(home=home, namespace=namespace)
+    servers = DevServers(settings=settings)
+    servers.up()
+    try:
+        with ClusterBench(settings, workers=workers, concurrency=concurrency) as bench:
+            yield bench
+    finally:
+        servers.down()
+        if keep_home is None:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def _fmt(values: list[float]) -> str:
+    return f"{sorted(values)[len(values) // 2]:.3f} ({min(values):.3f}–{max(values):.3f})"
+
+
+def run_shapes(bench: Any, *, throughput: int, chain: int, fanout: int, repeat: int) -> dict[str, Any]:
+    from orchestrator.benchmark import repeat as rep
+
+    bench.chain(5)  # warm-up: imports, connections, consumer groups
+    results: dict[str, Any] = {}
+    if throughput:
+        wide = rep(bench.one_wide_workflow, throughput, repeat, "throughput (one wide workflow)")
+        runs = rep(bench.many_one_step_workflows, throughput, repeat, "throughput (one-step workflows)")
+        results["throughput_wide"] = wide.to_json()
+        results["throughput_runs"] = runs.to_json()
+    if chain:
+        results["chain"] = rep(bench.chain, chain, repeat, "chain").to_json()
+    if fanout:
+        results["fanout"] = rep(bench.fanout, fanout, repeat, "fan-out + join").to_json()
+    results["peak_rss_mib"] = bench.peak_rss_mib()
+    results["durability"] = bench.durability()
+    return results
+
+
+def print_results(results: dict[str, Any], peers: dict[str, Any] | None = None) -> None:
+    table = Table(title="steppe bench (median of runs, min–max in brackets)")
+    for col in ("shape", "size", "seconds", "figure"):
+        table.add_column(col)
+    for key in ("throughput_wide", "throughput_runs"):
+        if key in results:
+            r = results[key]
+            table.add_row(key.replace("_", " "), str(r["size"]), _fmt(r["seconds"]), f"{r['per_second']:,.0f} steps/s")
+    if "chain" in results:
+        r = results["chain"]
+        table.add_row("chain", str(r["size"]), _fmt(r["seconds"]), f"{1000 * r['median_s'] / r['size']:.2f} ms/hop")
+    if "fanout" in results:
+        r = results["fanout"]
+        table.add_row("fan-out + join", str(r["size"]), _fmt(r["seconds"]), f"{r['median_s']:.3f} s")
+    console.print(table)
+    rss = results.get("peak_rss_mib", {})
+    console.print(f"peak RSS: coordinator {rss.get('coordinator', 0):.0f} MiB, workers {rss.get('workers', 0):.0f} MiB")
+    for name, value in results.get("durability", {}).items():
+        console.print(f"durability ({name}): {value}")
+    if peers:
+        print_ratios(results, peers)
+
+
+def print_ratios(results: dict[str, Any], peers: dict[str, Any]) -> None:
+    table = Table(title="Steppe against the best peer measured in the same run")
+    for col in ("figure", "steppe", "best peer", "ratio", "goal"):
+        table.add_column(col)
+    tp = max(peers.items(), key=lambda kv: kv[1].get("throughput") or 0, default=None)
+    if tp and "throughput_runs" in results:
+        for key in ("throughput_wide", "throughput_runs"):
+            ours = results[key]["per_second"]
+            table.add_row(
+                key.replace("_", " "),
+                f"{ours:,.0f}/s",
+                f"{tp[0]} {tp[1]['throughput']:,.0f}/s",
+                f"{ours / tp[1]['throughput']:.1f}×",
+                "≥ 10×",
+            )
+    for key, goal in (("chain", "≤ 0.5×"), ("fanout", "≤ 0.2×")):
+        best = min(((n, p[key]) for n, p in peers.items() if p.get(key)), key=lambda kv: kv[1], default=None)
+        if best and key in results:
+            ours = results[key]["median_s"]
+            table.add_row(key, f"{ours:.3f} s", f"{best[0]} {best[1]:.3f} s", f"{ours / best[1]:.2f}×", goal)
+    console.print(table)
+
+
+def run_peers(peers: str, results_dir: Path) -> dict[str, Any]:
+    """Run the peer harness (same machine, same invocation) and read its medians."""
+    script = PEERS_DIR / "run_all.sh"
+    if not script.exists():
+        raise typer.BadParameter(f"peer harness not found at {script}")
+    env = dict(os.environ, PEERS=peers, SKIP_LIMITS="1", PEERS_RESULTS=str(results_dir))
+    err_console.print(f"running the peer harness for {peers} (this takes minutes)…")
+    subprocess.run(["bash", str(script)], env=env, check=False)
+    out: dict[str, Any] = {}
+    for path in sorted(results_dir.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except ValueError:
+            continue
+        if not isinstance(data, dict) or "peer" not in data:
+            continue
+        out[f"{data['peer']}/{data.get('variant', '')}"] = _peer_medians(data)
+    return out
+
+
+def _peer_medians(data: dict[str, Any]) -> dict[str, float | None]:
+    import statistics
+
+    def med(scenario: str) -> float | None:
+        runs = [r["seconds"] for r in data.get("runs", {}).get(scenario, []) if r.get("ok") and r.get("seconds")]
+        return statistics.median(runs) if runs else None
+
+    tp = med("throughput")
+    size = data.get("params", {}).get("n", 20000)
+    return {"throughput": (size / tp) if tp else None, "chain": med("chain"), "fanout": med("fanout")}
+
+
+@bench_app.command("all")
+@report_errors
+def bench_all(
+    throughput: int = typer.Option(20000, help="Independent noop steps (0 to skip)"),
+    chain: int = typer.Option(200, help="Sequential noop steps (0 to skip)"),
+    fanout: int = typer.Option(1000, help="Parallel noop steps before the join (0 to skip)"),
+    repeat: int = typer.Option(3, help="Repetitions; the median is reported"),
+    workers: int = typer.Option(2, help="Worker processes"),
+    concurrency: int | None = typer.Option(None, help="Steps per worker at once"),
+    vs_peers: bool = typer.Option(False, "--vs-peers", help="Also run shared/bench/peers and print ratios"),
+    peers: str = typer.Option("celery:solo rq:simple dramatiq:t1 dramatiq:t8", help="Peer variants to run"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Throughput, chain and fan-out/fan-in on a private cluster (one coordinator, N workers)."""
+    load_settings()
+    with private_cluster(workers, concurrency, None) as bench:
+        results = run_shapes(bench, throughput=throughput, chain=chain, fanout=fanout, repeat=repeat)
+    peer_results = run_peers(peers, Path(tempfile.mkdtemp(prefix="steppe-peers-"))) if vs_peers else None
+    if as_json:
+        typer.echo(json.dumps({"steppe": results, "peers": peer_results}, indent=2))
+    else:
+        print_results(results, peer_results)
+
+
+@bench_app.command("scale")
+@report_errors
+def bench_scale(
+    sizes: str = typer.Option("2000,20000,200000", help="Throughput sizes (comma-separated)"),
+    runs: int = typer.Option(0, help="Also measure coordinator memory with this many active runs"),
+) -> None:
+    """The throughput shape at growing sizes: cost per step must stay flat (linear growth)."""
+    with private_cluster(2, None, None) as bench:
+        bench.chain(5)
+        table = Table(title="throughput scaling (one wide workflow)")
+        for col in ("steps", "seconds", "steps/s", "µs per step"):
+            table.add_column(col)
+        for size in (int(s) for s in sizes.split(",") if s.strip()):
+            seconds = bench.one_wide_workflow(size)
+            table.add_row(f"{size:,}", f"{seconds:.2f}", f"{size / seconds:,.0f}", f"{1e6 * seconds / size:.0f}")
+        console.print(table)
+        if runs:
+            memory = bench.active_runs_memory(runs)
+            console.print(f"coordinator RSS with {runs:,} active runs: {memory:.0f} MiB")
