@@ -38,7 +38,7 @@ from orchestrator.errors import ConflictError, InfrastructureError
 from orchestrator.keys import COORDINATOR_GROUP, WORKER_GROUP, Keys
 from orchestrator.settings import Settings
 from orchestrator.spec import WorkflowSpec
-from orchestrator.state import TERMINAL_RUN_STATUSES, RunStatus
+from orchestrator.state import TERMINAL_RUN_STATUSES, Event, EventType, RunStatus
 from orchestrator.store.leases import LeaseManager
 from orchestrator.store.runs import RunStore, RunWrite, StoredRun
 from orchestrator.wire import FIELD, ResultMessage, decode_control, decode_result, decode_step
@@ -369,6 +369,7 @@ class Coordinator:
                     finished=engine.finished,
                 )
             )
+            _count_steps(engine, events)
             outbox.extend(dispatches)
             dead_letters.extend(_compensation_dead_letter(d) for d in comp_dead)
             if engine.finished:
@@ -625,6 +626,34 @@ def _scan(client: redis.Redis, stream: str, chunk: int = 1000) -> Iterable[tuple
             return
         last = entries[-1][0].decode()
         start = "(" + last
+
+
+_COUNTED = {
+    EventType.STEP_SUCCEEDED: "succeeded",
+    EventType.STEP_FAILED: "failed",
+    EventType.STEP_DEAD_LETTERED: "dead_lettered",
+    EventType.STEP_SKIPPED: "skipped",
+    EventType.STEP_CANCELLED: "cancelled",
+    EventType.STEP_RETRY_SCHEDULED: "retry_scheduled",
+    EventType.STEP_DISPATCHED: "dispatched",
+}
+
+
+def _count_steps(engine: RunEngine, events: list[Event]) -> None:
+    """Step metrics by queue, handler and status (for_each parents are not counted twice)."""
+    for event in events:
+        status = _COUNTED.get(event.type)
+        if status is None or event.step is None:
+            continue
+        record = engine.run.steps.get(event.step)
+        if record is not None and record.detail.get("items") is not None:
+            continue
+        queue, handler = engine.labels_of(event.step)
+        metrics.STEPS.labels(queue=queue, handler=handler, status=status).inc()
+        if event.type is EventType.STEP_RETRY_SCHEDULED:
+            metrics.RETRIES.labels(queue=queue, handler=handler).inc()
+        if event.step.endswith(":compensate") and status in ("succeeded", "failed", "dead_lettered"):
+            metrics.COMPENSATIONS.labels(status=status).inc()
 
 
 def _dead_letter_row(result: ResultMessage) -> dict[str, Any]:

@@ -573,6 +573,13 @@ class RunEngine:
             context = context.with_item(self._items[step_id][index])
         return resolve(value, context)
 
+    def labels_of(self, key: str) -> tuple[str, str]:
+        """(queue, handler) of a step key, for metrics."""
+        step = self.wf.steps[base_step_id(key)]
+        if key.endswith(":compensate") and step.compensate is not None:
+            return step.compensate.queue, step.compensate.handler
+        return step.queue, step.handler or ""
+
     def _policy_of(self, key: str) -> RetryPolicy:
         step = self.wf.steps[base_step_id(key)]
         if key.endswith(":compensate") and step.compensate is not None:
