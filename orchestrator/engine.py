@@ -356,7 +356,7 @@ class RunEngine:
             args = self._resolve(comp.args, None) if comp.templated else comp.args
             queue, priority, handler, timeout = comp.queue, "high", comp.handler, comp.timeout
             kind: StepKind = "compensate"
-            breaker = None
+            breaker, breaker_config = None, None
         else:
             item = None
             if "[" in key:
@@ -366,7 +366,7 @@ class RunEngine:
             args = self._resolve(step.args, item) if step.templated else step.args
             queue, priority, handler, timeout = step.queue, step.priority, step.handler or "", step.timeout
             kind = "step"
-            breaker = step.breaker
+            breaker, breaker_config = step.breaker, step.breaker_config
         message = StepMessage(
             run=self.run.run_id,
             step=key,
@@ -379,6 +379,7 @@ class RunEngine:
             workflow=self.wf.name,
             inputs=self.inputs,
             breaker=breaker,
+            breaker_config=breaker_config,
         )
         return Dispatch(queue, priority, message)
 

@@ -32,6 +32,8 @@ class StepMessage(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=Fals
     workflow: str = ""
     inputs: dict[str, Any] = {}
     breaker: str | None = None
+    # fail_max, reset_timeout (seconds), exclude (error type names not counted) of `breaker`
+    breaker_config: dict[str, Any] | None = None
     v: int = SCHEMA_VERSION
 
     @property

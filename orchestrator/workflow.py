@@ -39,6 +39,7 @@ class StepDef:
     for_each: Any = None
     compensate: CompensateDef | None = None
     breaker: str | None = None
+    breaker_config: dict[str, Any] | None = None
     dependents: tuple[str, ...] = ()
 
 
@@ -113,7 +114,8 @@ def compile_workflow(spec: Any) -> CompiledWorkflow:
             when=s.when,
             for_each=s.for_each,
             compensate=comp,
-            breaker=s.circuit_breaker or default_breaker,
+            breaker=(breaker := s.circuit_breaker or default_breaker),
+            breaker_config=_breaker_config(spec, breaker),
             dependents=tuple(dependents[s.id]),
         )
     order = _topological(steps)
@@ -128,6 +130,16 @@ def compile_workflow(spec: Any) -> CompiledWorkflow:
             {s.queue for s in steps.values()} | {s.compensate.queue for s in steps.values() if s.compensate}
         ),
     )
+
+
+def _breaker_config(spec: Any, name: str | None) -> dict[str, Any] | None:
+    """Settings of a named breaker: its `breakers:` entry, else the defaults."""
+    if name is None:
+        return None
+    entry = (getattr(spec, "breakers", None) or {}).get(name)
+    if entry is None:
+        return {"fail_max": 5, "reset_timeout": 30.0, "exclude": []}
+    return {"fail_max": entry.fail_max, "reset_timeout": float(entry.reset_timeout), "exclude": list(entry.exclude)}
 
 
 def _topological(steps: dict[str, StepDef]) -> tuple[str, ...]:
