@@ -1,0 +1,252 @@
+"""The live cluster and workload behind deploy/check_dashboards.py.
+
+A coordinator and two workers (with --metrics-port) run as the least-privilege Redis and
+PostgreSQL users; a third, unscraped "victim" worker serves the `chaos` queue. The workload uses
+builtin handlers only and is chosen so that every series of orchestrator/metrics.py appears:
+successes, retries, a permanent failure, a saga that compensates, an opening circuit breaker,
+hooks, and a step whose worker stalls (SIGSTOP): its message is reclaimed by another worker and
+dead-lettered (max_deliveries=1), and the stalled worker's late result, once resumed, is
+suppressed as a duplicate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import redis
+
+from orchestrator.cli.cluster import LocalCluster, steppe_argv
+from orchestrator.keys import WORKER_GROUP, Keys
+from orchestrator.settings import Settings
+
+NAMESPACE = "steppe"  # the key patterns of deploy/redis/users.acl are written for it
+TERMINAL = {"succeeded", "failed", "cancelled", "compensated", "compensation_failed"}
+FAST = {
+    "STEPPE_NAMESPACE": NAMESPACE,
+    "STEPPE_WORKER__VISIBILITY_TIMEOUT": "2",
+    "STEPPE_WORKER__HEARTBEAT_INTERVAL": "0.5",
+    "STEPPE_WORKER__MAX_DELIVERIES": "1",
+    "STEPPE_WORKER__DRAIN_TIMEOUT": "5",
+    "STEPPE_COORDINATOR__RECONCILE_INTERVAL": "1",
+    "STEPPE_COORDINATOR__LEASE_TTL": "3",
+    "STEPPE_COORDINATOR__TIMEOUT_GRACE": "2",
+    "STEPPE_REDIS__BLOCK_MS": "200",
+}
+
+WORKFLOWS = {
+    "check-ok": """
+name: check-ok
+steps:
+  - {id: hello, handler: builtin.echo, with: {greeting: hi}}
+  - {id: nothing, handler: builtin.noop, needs: [hello]}
+  - {id: nap, handler: builtin.sleep, needs: [hello], with: {seconds: 0.3}}
+hooks:
+  - {on: ["run.*"], handler: builtin.echo, with: {note: finished}}
+""",
+    "check-retry": """
+name: check-retry
+steps:
+  - id: flaky
+    handler: builtin.fail
+    with: {times: 2, message: transient}
+    retry: {max_attempts: 3, initial_delay: 100ms, backoff: fixed, jitter: false}
+""",
+    "check-fail": """
+name: check-fail
+steps:
+  - {id: broken, handler: builtin.fail, with: {message: permanent, retryable: false}}
+""",
+    "check-saga": """
+name: check-saga
+on_failure: compensate
+steps:
+  - id: reserve
+    handler: builtin.echo
+    with: {item: widget}
+    compensate: {handler: builtin.echo, with: {released: widget}}
+  - {id: charge, handler: builtin.fail, needs: [reserve], with: {message: card declined, retryable: false}}
+hooks:
+  - {on: [step.failed], handler: builtin.echo, with: {note: a step failed}}
+""",
+    "check-breaker": """
+name: check-breaker
+breakers:
+  check-api: {fail_max: 2, reset_timeout: 1s}
+steps:
+  - id: call
+    handler: builtin.fail
+    circuit_breaker: check-api
+    with: {message: upstream down}
+    retry: {max_attempts: 4, initial_delay: 100ms, backoff: fixed, jitter: false}
+""",
+    "check-chaos": """
+name: check-chaos
+steps:
+  - {id: long, handler: builtin.sleep, queue: chaos, timeout: 60s, with: {seconds: 3}}
+""",
+}
+SUBMITS = ["check-ok", "check-ok", "check-ok", "check-retry", "check-fail", "check-saga", "check-breaker"]
+
+
+class Workload:
+    """Starts the cluster, runs the workload, reports what happened; `stop()` ends every process."""
+
+    def __init__(
+        self,
+        *,
+        workdir: Path,
+        redis_port: int,
+        passwords: dict[str, str],
+        database_url: str,
+        env: dict[str, str],
+        admin: redis.Redis,
+        metrics_ports: dict[str, int],
+        deadline: Callable[[float | None], float],
+    ) -> None:
+        self.workdir = workdir
+        self.admin = admin
+        self.ports = metrics_ports
+        self.left = deadline
+        self.database_url = database_url
+        self.keys = Keys(NAMESPACE)
+        common = {**env, **FAST, "STEPPE_DATABASE_URL": database_url, "STEPPE_HOME": str(workdir / "home")}
+
+        def url(user: str) -> str:
+            return f"redis://{user}:{passwords[user]}@127.0.0.1:{redis_port}/0"
+
+        self.coordinator_env = {**common, "STEPPE_REDIS_URL": url("steppe-coordinator")}
+        worker_env = {**common, "STEPPE_REDIS_URL": url("steppe-worker")}
+        settings = Settings(
+            _env_file=None,
+            redis_url=url("steppe-worker"),  # type: ignore[call-arg]
+            database_url=database_url,
+            namespace=NAMESPACE,
+            home=workdir / "home",
+        )
+        log = workdir / "cluster.log"
+        self.coordinators = LocalCluster(settings, log_path=log, env=self.coordinator_env)
+        self.workers = LocalCluster(settings, log_path=log, env=worker_env)
+        self.victim: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> None:
+        if self.victim is not None and self.victim.poll() is None:
+            os.kill(self.victim.pid, signal.SIGCONT)
+        self.workers.stop(timeout=15)
+        self.coordinators.stop(timeout=15)
+
+    # -- steps -------------------------------------------------------------------------------------
+
+    def run(self) -> list[str]:
+        self.coordinators.start_coordinator("--metrics-port", str(self.ports["coordinator"]))
+        self.workers.start_worker(queues=["default"], extra=["--metrics-port", str(self.ports["w1"])])
+        self.victim = self.workers.start_worker(queues=["chaos"])
+        self.workers.wait_for_workers(self.admin, 2, timeout=self.left(40))
+        self.assert_alive()
+        runs = self.submit(SUBMITS)
+        notes = self.stall_and_reclaim(runs)
+        statuses = self.wait_terminal(runs, timeout=self.left(60))
+        self.assert_alive()
+        for workflow in sorted({w for _, w in runs}):
+            seen = sorted(statuses.get(run_id, "?") for run_id, w in runs if w == workflow)
+            notes.append(f"{workflow}: {', '.join(seen)}")
+        return notes
+
+    def assert_alive(self) -> None:
+        procs = [("coordinator", p) for p in self.coordinators.coordinators]
+        procs += [("worker", p) for p in self.workers.workers if p is not self.victim]
+        for what, proc in procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the {what} (pid {proc.pid}) exited with code {proc.returncode}")
+
+    def submit(self, names: list[str]) -> list[tuple[str, str]]:
+        """Submit workflows through the CLI (concurrently); [(run_id, workflow)]."""
+        procs = []
+        for i, name in enumerate(names):
+            path = self.workdir / f"{name}.yaml"
+            path.write_text(WORKFLOWS[name])
+            procs.append(
+                (
+                    name,
+                    subprocess.Popen(
+                        [*steppe_argv(), "submit", str(path), "--json"],
+                        env=self.coordinator_env,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        cwd=self.workdir,
+                        text=True,
+                    ),
+                )
+            )
+            if i % 4 == 3:
+                procs[-1][1].wait()
+        runs = []
+        for name, proc in procs:
+            out, err = proc.communicate(timeout=self.left(60))
+            if proc.returncode != 0:
+                raise RuntimeError(f"`steppe submit` of {name} failed ({proc.returncode}): {err.strip()[-800:]}")
+            runs.append((json.loads(out.strip().splitlines()[-1])["run_id"], name))
+        return runs
+
+    def stall_and_reclaim(self, runs: list[tuple[str, str]]) -> list[str]:
+        """SIGSTOP the victim mid-step; another worker reclaims and dead-letters; SIGCONT: a duplicate."""
+        assert self.victim is not None
+        chaos = self.submit(["check-chaos"])
+        runs += chaos
+        stream = self.keys.queue_stream("chaos")
+        try:
+            _wait(lambda: self.admin.xpending(stream, WORKER_GROUP)["pending"] >= 1, self.left(30))
+        except TimeoutError:
+            return ["the victim worker never received the chaos step: no reclaim, dead letter or duplicate"]
+        os.kill(self.victim.pid, signal.SIGSTOP)
+        self.workers.start_worker(queues=["default", "chaos"], extra=["--metrics-port", str(self.ports["w2"])])
+        notes = []
+        if self.wait_terminal(chaos, timeout=self.left(30)).get(chaos[0][0]) not in TERMINAL:
+            notes.append("the stalled chaos step was not reclaimed and dead-lettered in time")
+        os.kill(self.victim.pid, signal.SIGCONT)
+        try:
+            _wait(lambda: "steppe_duplicates_suppressed_total{" in self._coordinator_metrics(), self.left(15))
+        except TimeoutError:
+            notes.append("the resumed victim's late result was not counted as a duplicate")
+        self.victim.send_signal(signal.SIGTERM)
+        self.victim.wait(timeout=self.left(15))
+        return notes
+
+    def wait_terminal(self, runs: list[tuple[str, str]], *, timeout: float) -> dict[str, str]:
+        ids = [run_id for run_id, _ in runs]
+        statuses: dict[str, str] = {}
+
+        def done() -> bool:
+            with psycopg.connect(self.database_url) as conn:
+                rows = conn.execute("SELECT run_id, status FROM workflow_runs WHERE run_id = ANY(%s)", (ids,))
+                statuses.update(dict(rows.fetchall()))
+            return all(statuses.get(i) in TERMINAL for i in ids)
+
+        with contextlib.suppress(TimeoutError):  # the caller reports the statuses seen
+            _wait(done, timeout)
+        return statuses
+
+    def _coordinator_metrics(self) -> str:
+        return httpx.get(f"http://127.0.0.1:{self.ports['coordinator']}/metrics", timeout=2).text
+
+
+def _wait(predicate: Callable[[], Any], timeout: float, interval: float = 0.1) -> None:
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            if predicate():
+                return
+        except (redis.RedisError, psycopg.Error, httpx.HTTPError):
+            pass
+        if time.monotonic() >= end:
+            raise TimeoutError(f"condition not met within {timeout:.0f}s")
+        time.sleep(interval)
