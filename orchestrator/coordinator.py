@@ -73,9 +73,7 @@ class Coordinator:
         self.clock = clock
         self.keys = Keys(settings.namespace)
         self.id = coordinator_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.leases = LeaseManager(
-            store, owner=self.id, partitions=self.cfg.partitions, ttl=self.cfg.lease_ttl
-        )
+        self.leases = LeaseManager(store, owner=self.id, partitions=self.cfg.partitions, ttl=self.cfg.lease_ttl)
         self.partitions: list[int] = []
         self.runs: dict[str, _Tracked] = {}
         self._timers: list[tuple[float, int, Timer]] = []
@@ -313,7 +311,7 @@ class Coordinator:
                 if command["command"] == "cancel" and engine.request_cancel():
                     self.redis.zadd(self.keys.cancelled, {engine.run.run_id: self.clock()})
                     log.info("run_cancel_requested", run_id=engine.run.run_id)
-                elif command["command"] == "retry" and engine.resume():
+                elif command["command"] == "retry" and engine.resume((command["payload"] or {}).get("overrides")):
                     self.redis.zrem(self.keys.cancelled, engine.run.run_id)
                     log.info("run_resumed", run_id=engine.run.run_id)
             done.append((command["command_id"], command["run_id"]))
@@ -491,9 +489,7 @@ class Coordinator:
         epoch = self.redis.get(self.keys.epoch)
         redis_lost_data = epoch is None or epoch.decode() != self._epoch
         if redis_lost_data:
-            log.warning(
-                "redis_data_loss_detected", action="recreating groups and re-publishing in-flight steps"
-            )
+            log.warning("redis_data_loss_detected", action="recreating groups and re-publishing in-flight steps")
             self.redis.set(self.keys.epoch, self._epoch)
             bus.ensure_partition_groups(self.redis, self.keys, self.partitions)
             self._known_queues.clear()
@@ -583,9 +579,7 @@ class Coordinator:
         metrics.DLQ_DEPTH.set(int(self.redis.xlen(self.keys.dlq_stream)))
         metrics.LIVE_WORKERS.set(
             int(
-                self.redis.zcount(
-                    self.keys.workers, self.clock() - 3 * self.settings.worker.heartbeat_interval, "+inf"
-                )
+                self.redis.zcount(self.keys.workers, self.clock() - 3 * self.settings.worker.heartbeat_interval, "+inf")
             )
         )
         metrics.ACTIVE_RUNS.set(len(self.runs))

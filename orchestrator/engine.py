@@ -126,9 +126,7 @@ class RunEngine:
             if status in FAILED_STEP_STATUSES:
                 self._failing = True
             if status is StepStatus.PENDING:
-                unmet = sum(
-                    1 for n in self.wf.steps[sid].needs if _status(steps, n) is not StepStatus.SUCCEEDED
-                )
+                unmet = sum(1 for n in self.wf.steps[sid].needs if _status(steps, n) is not StepStatus.SUCCEEDED)
                 self._waiting[sid] = unmet
                 if unmet == 0 and self.run.status is RunStatus.RUNNING:
                     self._ready.append(sid)
@@ -138,9 +136,7 @@ class RunEngine:
                 if record.status is StepStatus.RETRY_SCHEDULED and record.due_at is not None:
                     self.timers.append(Timer(record.due_at, self.run.run_id, key, record.attempt, "retry"))
                 elif record.status is StepStatus.RUNNING:
-                    self._arm_timeout(
-                        key, record.attempt, float(record.detail.get("started_at") or self.clock())
-                    )
+                    self._arm_timeout(key, record.attempt, float(record.detail.get("started_at") or self.clock()))
             if "[" in key and record.status is not StepStatus.SUCCEEDED:
                 parent = base_step_id(key)
                 self._items_left[parent] = self._items_left.get(parent, 0) + 1
@@ -153,9 +149,7 @@ class RunEngine:
 
     # -- event plumbing -----------------------------------------------------------------------------
 
-    def _emit(
-        self, kind: EventType, step: str | None = None, attempt: int | None = None, **data: Any
-    ) -> None:
+    def _emit(self, kind: EventType, step: str | None = None, attempt: int | None = None, **data: Any) -> None:
         event = Event(seq=self.run.last_seq + 1, type=kind, step=step, attempt=attempt, data=data)
         apply_event(self.run, event)
         self.events.append(event)
@@ -182,10 +176,15 @@ class RunEngine:
         self.advance()
         return True
 
-    def resume(self) -> bool:
-        """Re-run a failed or cancelled run from its failed steps, keeping succeeded outputs."""
+    def resume(self, overrides: Mapping[str, Any] | None = None) -> bool:
+        """Re-run a failed or cancelled run from its failed steps, keeping succeeded outputs.
+
+        `overrides` maps step keys to replacement `with` arguments (a replayed dead letter
+        with an edited payload); they are recorded in the log like everything else.
+        """
         if self.run.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
             return False
+        overrides = overrides or {}
         self._emit(EventType.RUN_RESUMED)
         for key, record in sorted(self.run.steps.items()):
             if record.status in (
@@ -196,7 +195,8 @@ class RunEngine:
             ):
                 if record.status is StepStatus.SKIPPED and record.detail.get("reason") == "when":
                     continue  # a `when` that was false stays false: the inputs are unchanged
-                self._emit(EventType.STEP_RESET, step=key, attempt=record.attempt)
+                extra = {"args": overrides[key]} if key in overrides else {}
+                self._emit(EventType.STEP_RESET, step=key, attempt=record.attempt, **extra)
         self._rebuild_indexes()
         self._ready = [sid for sid in self.wf.order if self._waiting.get(sid) == 0]
         self.advance()
@@ -313,9 +313,7 @@ class RunEngine:
     def _fan_out(self, step: StepDef) -> None:
         items = self._resolve(step.for_each, None)
         if not isinstance(items, list):
-            raise TemplateError(
-                f"for_each of step {step.id!r} must resolve to a list, got {type(items).__name__}"
-            )
+            raise TemplateError(f"for_each of step {step.id!r} must resolve to a list, got {type(items).__name__}")
         self._items[step.id] = items
         self._emit(EventType.STEP_FANNED_OUT, step=step.id, items=len(items))
         left = 0
@@ -363,7 +361,11 @@ class RunEngine:
                 if sid not in self._items:
                     self._items[sid] = self._resolve(step.for_each, None)
                 item = (sid, int(key[len(sid) + 1 : -1]))
-            args = self._resolve(step.args, item) if step.templated else step.args
+            override = self.run.steps[key].detail.get("args") if key in self.run.steps else None
+            if override is not None:
+                args = override
+            else:
+                args = self._resolve(step.args, item) if step.templated else step.args
             queue, priority, handler, timeout = step.queue, step.priority, step.handler or "", step.timeout
             kind = "step"
             breaker, breaker_config = step.breaker, step.breaker_config
@@ -441,9 +443,7 @@ class RunEngine:
                 continue
             self._emit(EventType.STEP_SKIPPED, step=current, reason=why)
             self._open.discard(current)
-            stack.extend(
-                (dep, f"needs {current}, which was skipped") for dep in self.wf.steps[current].dependents
-            )
+            stack.extend((dep, f"needs {current}, which was skipped") for dep in self.wf.steps[current].dependents)
 
     def _on_failure(self, key: str, attempt: int, error: dict[str, Any]) -> None:
         record = self.run.steps[key]

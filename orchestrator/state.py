@@ -232,6 +232,8 @@ def apply_event(run: RunProjection, event: Event) -> None:  # noqa: PLR0912, PLR
         record.output = None
         record.detail.pop("items", None)
         record.detail["failures"] = 0
+        if "args" in data:  # a dead letter replayed with an edited payload
+            record.detail["args"] = data["args"]
     else:  # pragma: no cover - exhaustive over EventType
         raise ValueError(f"unknown event type {kind}")
 

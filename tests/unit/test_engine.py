@@ -152,6 +152,7 @@ def test_saga_compensates_in_reverse_dependency_order() -> None:
     engine.start()
     engine.on_result(ok("reserve", output={"id": "R1"}))
     engine.on_result(ok("charge"))
+    engine.drain()
     engine.on_result(failed("ship", retryable=False))
     assert engine.run.status is RunStatus.COMPENSATING
     _, outbox, _, _ = engine.drain()
@@ -242,3 +243,15 @@ def test_every_event_type_folds() -> None:
     events, _, _, _ = engine.drain()
     assert_fold_matches(engine, events)
     assert EventType.STEP_STARTED in {e.type for e in events}
+
+
+def test_resume_with_overridden_arguments_uses_them_and_logs_them() -> None:
+    engine, _ = make("name: o\nsteps:\n  - {id: a, handler: h.x, with: {n: 1}, retry: {max_attempts: 1}}\n")
+    engine.start()
+    engine.on_result(failed("a"))
+    assert engine.run.status is RunStatus.FAILED
+    events, _, _, _ = engine.drain()
+    assert engine.resume({"a": {"n": 2}})
+    new_events, outbox, _, _ = engine.drain()
+    assert [d.message.args for d in outbox] == [{"n": 2}]
+    assert_fold_matches(engine, events + new_events)
