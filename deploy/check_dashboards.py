@@ -203,7 +203,7 @@ def prepare_database(procs: Processes, admin_url: str, workdir: Path, env: dict[
     roles = (DEPLOY / "postgres" / "roles.sql").read_text()
     database_admin_url = _url(admin_url, user=urllib.parse.urlsplit(admin_url).username or "postgres", database=name)
     with psycopg.connect(database_admin_url, autocommit=True) as conn:
-        conn.execute(roles)  # type: ignore[arg-type]  # a trusted, shipped file
+        conn.execute(roles)  # a trusted, shipped file
     migrate_env = {**env, "STEPPE_DATABASE_URL": _url(admin_url, user="steppe_migrator", database=name)}
     subprocess.run(
         [sys.executable, "-m", "orchestrator.cli.main", "db", "upgrade"],
@@ -214,7 +214,7 @@ def prepare_database(procs: Processes, admin_url: str, workdir: Path, env: dict[
         timeout=120,
     )
     with psycopg.connect(database_admin_url, autocommit=True) as conn:
-        conn.execute(roles)  # type: ignore[arg-type]  # again after an upgrade, as deploy/README.md says
+        conn.execute(roles)  # again after an upgrade, as deploy/README.md says
     return _url(admin_url, user="steppe_app", database=name)
 
 

@@ -128,7 +128,7 @@ class Workload:
         worker_env = {**common, "STEPPE_REDIS_URL": url("steppe-worker")}
         settings = Settings(
             _env_file=None,
-            redis_url=url("steppe-worker"),  # type: ignore[call-arg]
+            redis_url=url("steppe-worker"),
             database_url=database_url,
             namespace=NAMESPACE,
             home=workdir / "home",

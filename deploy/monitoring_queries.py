@@ -47,7 +47,7 @@ def substitute(expr: str, variables: dict[str, str]) -> str:
     for name in sorted(values, key=len, reverse=True):
         value = values[name]
         expr = expr.replace("${" + name + "}", value).replace("[[" + name + "]]", value)
-        expr = re.sub(r"\$" + re.escape(name) + r"(?![a-zA-Z0-9_])", lambda _m, v=value: v, expr)
+        expr = re.sub(r"\$" + re.escape(name) + r"(?![a-zA-Z0-9_])", value.replace("\\", "\\\\"), expr)
     return expr
 
 
