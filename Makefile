@@ -22,7 +22,11 @@ INSTALL_STAMP := $(VENV)/.steppe-installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 EXAMPLE ?= examples/order_saga.yaml
 
+PROMETHEUS_DIR := $(TOOLS)/prometheus
+PROMETHEUS := $(PROMETHEUS_DIR)/usr/bin/prometheus
+
 .PHONY: help install run test test-redis7 lint fmt clean system-deps redis7 fetch-redis7
+.PHONY: prometheus fetch-prometheus dashboards dashboards-check
 
 help:
 	@echo "make install      virtualenv + dependencies + missing system pieces (PostgreSQL, redis 7)"
@@ -30,6 +34,8 @@ help:
 	@echo "make test         the whole test suite against real servers (PYTEST_ARGS=... to narrow)"
 	@echo "make test-redis7  the same against Debian's redis-server 7 from $(TOOLS)"
 	@echo "make lint | fmt   ruff + mypy | ruff format"
+	@echo "make dashboards-check   evaluate every dashboard query and alert against a live cluster"
+	@echo "make dashboards         regenerate deploy/grafana/dashboards/*.json"
 	@echo "make clean        stop the dev servers, remove the virtualenv (data in .steppe is kept)"
 
 install: $(INSTALL_STAMP)
@@ -87,7 +93,7 @@ run-example:
 	$(STEPPE) run $(EXAMPLE) $(RUN_ARGS)
 # ---------------------------------------------------------------------------------------------
 
-test: install
+test: install prometheus
 	$(PYTEST) $(PYTEST_ARGS)
 
 test-redis7: install
@@ -105,3 +111,25 @@ fmt: install
 clean:
 	@if [ -x $(STEPPE) ]; then $(STEPPE) dev down || echo "steppe dev down failed; continuing" >&2; fi
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# Debian's prometheus + promtool unpacked into $(PROMETHEUS_DIR): no package installed, no service started.
+prometheus:
+	@if $(PROMETHEUS) --version >/dev/null 2>&1; then \
+		echo "prometheus present in $(PROMETHEUS_DIR)"; \
+	else \
+		$(MAKE) --no-print-directory fetch-prometheus; \
+	fi
+
+fetch-prometheus:
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	(cd "$$tmp" && apt-get download prometheus >/dev/null 2>&1) \
+		|| { $(SUDO) apt-get update -qq >/dev/null 2>&1 && (cd "$$tmp" && apt-get download prometheus >/dev/null); }; \
+	rm -rf $(PROMETHEUS_DIR); mkdir -p $(PROMETHEUS_DIR); \
+	dpkg -x "$$tmp"/prometheus_*.deb $(PROMETHEUS_DIR); \
+	$(PROMETHEUS) --version | head -1
+
+dashboards: install
+	$(BIN)/python deploy/grafana/generate.py
+
+dashboards-check: install prometheus
+	$(BIN)/python deploy/check_dashboards.py

@@ -55,7 +55,7 @@ COORDINATOR_HEARTBEAT = Gauge(
 )
 
 
-def serve_metrics(port: int | None) -> None:
-    """Expose /metrics on 127.0.0.1:`port` unless `port` is None."""
+def serve_metrics(port: int | None, host: str = "127.0.0.1") -> None:
+    """Expose /metrics on `host`:`port` unless `port` is None (loopback unless told otherwise)."""
     if port is not None:
-        start_http_server(port, addr="127.0.0.1")
+        start_http_server(port, addr=host)

@@ -31,6 +31,9 @@ def register(app: typer.Typer) -> None:
     @report_errors
     def coordinator(
         metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve /metrics on this port"),
+        metrics_host: str = typer.Option(
+            "127.0.0.1", "--metrics-host", envvar="STEPPE_METRICS_HOST", help="Address /metrics listens on"
+        ),
     ) -> None:
         """Run a coordinator: plan, dispatch, apply results, retry, reconcile (SIGTERM stops it)."""
         from orchestrator import bus
@@ -38,7 +41,7 @@ def register(app: typer.Typer) -> None:
         from orchestrator.store.runs import RunStore
 
         settings = load_settings()
-        serve_metrics(metrics_port)
+        serve_metrics(metrics_port, metrics_host)
         client = bus.connect(settings)
         store = RunStore(
             settings.resolved_database_url(),
@@ -61,12 +64,13 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @report_errors
     def worker(
-        queues: list[str] = typer.Option(
-            ["default"], "--queues", "-q", help="Queues to serve (comma-separated)"
-        ),
+        queues: list[str] = typer.Option(["default"], "--queues", "-q", help="Queues to serve (comma-separated)"),
         concurrency: int | None = typer.Option(None, "--concurrency", "-c", help="Steps run at once"),
         imports: list[str] = typer.Option([], "--import", help="Handler module to import (repeatable)"),
         metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve /metrics on this port"),
+        metrics_host: str = typer.Option(
+            "127.0.0.1", "--metrics-host", envvar="STEPPE_METRICS_HOST", help="Address /metrics listens on"
+        ),
     ) -> None:
         """Run a worker that executes steps from the given queues (SIGTERM drains it)."""
         from workers.builtins import register_builtins
@@ -77,10 +81,8 @@ def register(app: typer.Typer) -> None:
         sys.path.insert(0, os.getcwd())
         register_builtins(default_registry)
         import_modules([*settings.imports, *imports])
-        serve_metrics(metrics_port)
-        w = Worker(
-            settings=settings, registry=default_registry, queues=_split(queues), concurrency=concurrency
-        )
+        serve_metrics(metrics_port, metrics_host)
+        w = Worker(settings=settings, registry=default_registry, queues=_split(queues), concurrency=concurrency)
         _run_async(w.run())
 
     @app.command("run")
