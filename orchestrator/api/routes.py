@@ -113,7 +113,9 @@ async def submit_run(
     if wait is not None and wait > res.api.max_wait:
         raise HTTPException(422, f"wait is at most {res.api.max_wait:g}s (STEPPE_API_MAX_WAIT); poll the run instead")
     body = await request.body()
-    submission = parse_submission(
+    # Parsing a large JSON body (and rendering its mapping as YAML) is CPU work: keep it off the event loop.
+    submission = await run_in_threadpool(
+        parse_submission,
         body=body,
         content_type=request.headers.get("content-type"),
         filename=filename,
