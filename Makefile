@@ -26,7 +26,7 @@ PROMETHEUS_DIR := $(TOOLS)/prometheus
 PROMETHEUS := $(PROMETHEUS_DIR)/usr/bin/prometheus
 
 .PHONY: help install run test test-redis7 lint fmt clean system-deps redis7 fetch-redis7
-.PHONY: prometheus fetch-prometheus dashboards dashboards-check
+.PHONY: prometheus fetch-prometheus dashboards dashboards-check loadtest
 
 help:
 	@echo "make install      virtualenv + dependencies + missing system pieces (PostgreSQL, redis 7)"
@@ -36,6 +36,7 @@ help:
 	@echo "make lint | fmt   ruff + mypy | ruff format"
 	@echo "make dashboards-check   evaluate every dashboard query and alert against a live cluster"
 	@echo "make dashboards         regenerate deploy/grafana/dashboards/*.json"
+	@echo "make loadtest           locust against a private local cluster (LOADTEST_ARGS=\"--users 50 --run-time 2m\")"
 	@echo "make clean        stop the dev servers, remove the virtualenv (data in .steppe is kept)"
 
 install: $(INSTALL_STAMP)
@@ -133,3 +134,6 @@ dashboards: install
 
 dashboards-check: install prometheus
 	$(BIN)/python deploy/check_dashboards.py
+
+loadtest: install
+	$(BIN)/python loadtests/run_loadtest.py $(LOADTEST_ARGS)

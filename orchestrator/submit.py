@@ -101,7 +101,7 @@ class Submitter:
         definition = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
         plan = make_plan(spec).to_json()
         partitions = self.settings.coordinator.partitions
-        rows = []
+        rows: list[dict[str, Any]] = []
         for values in inputs:
             run_id = new_run_id()
             rows.append(

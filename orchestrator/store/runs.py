@@ -284,34 +284,7 @@ class RunStore:
                     for w in writes:
                         for e in w.events:
                             copy.write_row((w.run_id, e.seq, str(e.type), e.step, e.attempt, _dumps(e.data)))
-                step_rows = [
-                    (
-                        w.run_id,
-                        key,
-                        r.step_id,
-                        str(r.status),
-                        r.attempt,
-                        Jsonb(r.output),
-                        Jsonb(r.error) if r.error is not None else None,
-                        to_datetime(r.due_at),
-                        Jsonb(r.detail),
-                    )
-                    for w in writes
-                    for key, r in w.steps.items()
-                ]
-                if step_rows:
-                    cur.executemany(
-                        """
-                        INSERT INTO workflow_steps (run_id, step_key, step_id, status, attempt, output, error,
-                                                    due_at, detail, updated_at)
-                        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now())
-                        ON CONFLICT (run_id, step_key) DO UPDATE SET
-                            status = EXCLUDED.status, attempt = EXCLUDED.attempt, output = EXCLUDED.output,
-                            error = EXCLUDED.error, due_at = EXCLUDED.due_at, detail = EXCLUDED.detail,
-                            updated_at = now()
-                        """,
-                        step_rows,
-                    )
+                self._upsert_steps(cur, writes)
                 run_rows = [
                     (str(w.status), Jsonb(w.state), w.last_seq, w.finished, w.run_id, w.expected_version)
                     for w in writes
@@ -355,6 +328,36 @@ class RunStore:
                             for d in dead_letters
                         ],
                     )
+
+    @staticmethod
+    def _upsert_steps(cur: psycopg.Cursor[Any], writes: list[RunWrite]) -> None:
+        """COPY the touched step rows into a temporary table, then merge them in one statement."""
+        if not any(w.steps for w in writes):
+            return
+        cur.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS steps_batch"
+            " (LIKE workflow_steps INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        with cur.copy(
+            "COPY steps_batch (run_id, step_key, step_id, status, attempt, output, error, due_at, detail)"
+            " FROM STDIN"
+        ) as copy:
+            for w in writes:
+                for key, r in w.steps.items():
+                    copy.write_row((
+                        w.run_id, key, r.step_id, str(r.status), r.attempt, _dumps(r.output),
+                        None if r.error is None else _dumps(r.error), to_datetime(r.due_at), _dumps(r.detail),
+                    ))
+        cur.execute(
+            """
+            INSERT INTO workflow_steps (run_id, step_key, step_id, status, attempt, output, error, due_at, detail,
+                                        updated_at)
+            SELECT run_id, step_key, step_id, status, attempt, output, error, due_at, detail, now() FROM steps_batch
+            ON CONFLICT (run_id, step_key) DO UPDATE SET
+                status = EXCLUDED.status, attempt = EXCLUDED.attempt, output = EXCLUDED.output,
+                error = EXCLUDED.error, due_at = EXCLUDED.due_at, detail = EXCLUDED.detail, updated_at = now()
+            """
+        )
 
     # -- read paths ---------------------------------------------------------------------------------
 
