@@ -41,7 +41,7 @@ from orchestrator.spec import WorkflowSpec
 from orchestrator.state import TERMINAL_RUN_STATUSES, Event, EventType, RunStatus
 from orchestrator.store.leases import LeaseManager
 from orchestrator.store.runs import RunStore, RunWrite, StoredRun
-from orchestrator.wire import FIELD, ResultMessage, decode_control, decode_result, decode_step
+from orchestrator.wire import FIELD, ResultMessage, decode_control, decode_result, decode_step, encode
 from orchestrator.workflow import CompiledWorkflow, compile_workflow
 
 log = structlog.get_logger(__name__)
@@ -185,7 +185,7 @@ class Coordinator:
                 dead_letters.append(_dead_letter_row(result))
         touched |= self._fire_timers()
         self._commit(touched, [c[0] for c in processed_commands], dead_letters)
-        self._ack(acks)
+        self._flush_unpublished(acks)
         elapsed = time.perf_counter() - started
         metrics.COORDINATOR_LOOP.observe(elapsed)
         metrics.COORDINATOR_HEARTBEAT.set(time.time())
@@ -378,7 +378,6 @@ class Coordinator:
             self.store.commit_batch(
                 writes,
                 owner=self.id,
-                partitions=self.partitions,
                 processed_commands=commands,
                 dead_letters=dead_letters,
             )
@@ -395,27 +394,24 @@ class Coordinator:
         for timer in timers:
             heapq.heappush(self._timers, (timer.due, next(self._timer_seq), timer))
         self._unpublished.extend(outbox)
-        self._flush_unpublished()
         for tracked in finished:
             self._on_finished(tracked)
 
-    def _flush_unpublished(self) -> None:
-        if not self._unpublished:
+    def _flush_unpublished(self, acks: dict[str, list[bytes]] | None = None) -> None:
+        """Publish committed dispatches, then acknowledge the batch, in one pipeline."""
+        if not self._unpublished and not acks:
             return
         pending, self._unpublished = self._unpublished, []
+        pipe = self.redis.pipeline(transaction=False)
+        for d in pending:
+            pipe.xadd(self.keys.queue_stream(d.queue, d.priority), {FIELD: encode(d.message)})
+        for stream, ids in (acks or {}).items():
+            pipe.xack(stream, COORDINATOR_GROUP, *ids)
         try:
-            bus.publish(self.redis, self.keys, pending)
+            pipe.execute()
         except bus.RETRYABLE:
             self._unpublished = pending + self._unpublished
             raise
-
-    def _ack(self, acks: dict[str, list[bytes]]) -> None:
-        if not acks:
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        for stream, ids in acks.items():
-            pipe.xack(stream, COORDINATOR_GROUP, *ids)
-        pipe.execute()
 
     def _on_finished(self, tracked: _Tracked) -> None:
         run = tracked.engine.run

@@ -30,7 +30,7 @@ def private_cluster(workers: int, concurrency: int | None, keep_home: Path | Non
     from orchestrator.dev.launcher import DevServers
 
     home = keep_home or Path(tempfile.mkdtemp(prefix="steppe-bench-"))
-    os.chmod(home, 0o755)
+    os.chmod(home, 0o755)  # noqa: S103 - PostgreSQL runs as another user and must traverse it
     namespace = f"bench{uuid.uuid4().hex[:6]}"
     os.environ["STEPPE_HOME"] = str(home)
     os.environ["STEPPE_NAMESPACE"] = namespace

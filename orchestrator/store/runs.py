@@ -82,7 +82,8 @@ class RunStore:
             max_size=pool_size,
             kwargs={"connect_timeout": connect_timeout, "row_factory": dict_row},
             open=False,
-            check=ConnectionPool.check_connection,
+            # No per-checkout health check (a round trip per batch): a broken connection
+            # surfaces as DatabaseUnavailableError, the coordinator reloads, the pool reconnects.
         )
 
     def open(self, *, wait_timeout: float = 10.0) -> None:
@@ -266,39 +267,80 @@ class RunStore:
         writes: Iterable[RunWrite],
         *,
         owner: str,
-        partitions: Sequence[int],
         processed_commands: Sequence[int] = (),
         dead_letters: Sequence[dict[str, Any]] = (),
     ) -> None:
         """Persist one batch atomically; raises ConflictError if a run or partition changed hands."""
         writes = list(writes)
+        events = [(w.run_id, e) for w in writes for e in w.events]
+        steps = [(w.run_id, key, r) for w in writes for key, r in w.steps.items()]
         with self.connection() as conn, conn.transaction():
-            held = conn.execute(
-                "SELECT count(*) AS n FROM coordinator_leases WHERE partition = ANY(%s) AND owner = %s",
-                (list(partitions), owner),
-            ).fetchone()
-            if held is None or held["n"] != len(set(partitions)):
-                raise ConflictError("this coordinator no longer holds all of its partitions")
-            with conn.cursor() as cur:
-                with cur.copy("COPY workflow_events (run_id, seq, type, step_key, attempt, data) FROM STDIN") as copy:
-                    for w in writes:
-                        for e in w.events:
-                            copy.write_row((w.run_id, e.seq, str(e.type), e.step, e.attempt, _dumps(e.data)))
-                self._upsert_steps(cur, writes)
-                run_rows = [
-                    (str(w.status), Jsonb(w.state), w.last_seq, w.finished, w.run_id, w.expected_version)
-                    for w in writes
-                ]
-                cur.executemany(
-                    """
-                    UPDATE workflow_runs SET status = %s, state = %s, last_seq = %s, version = version + 1,
-                        updated_at = now(), finished_at = CASE WHEN %s THEN now() ELSE NULL END
-                    WHERE run_id = %s AND version = %s
-                    """,
-                    run_rows,
-                )
-                if cur.rowcount != len(run_rows):
-                    raise ConflictError("a run was changed by another writer; reloading it")
+            # One pipelined round trip (plus the commit) for the whole batch: each table gets a
+            # single statement fed by arrays, whatever the batch size.
+            run_cursor = conn.cursor()
+            with conn.pipeline(), conn.cursor() as cur:
+                if events:
+                    cur.execute(
+                        "INSERT INTO workflow_events (run_id, seq, type, step_key, attempt, data)"
+                        " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::text[], %s::int[],"
+                        " %s::jsonb[])",
+                        (
+                            [run_id for run_id, _ in events],
+                            [e.seq for _, e in events],
+                            [str(e.type) for _, e in events],
+                            [e.step for _, e in events],
+                            [e.attempt for _, e in events],
+                            [_dumps(e.data) for _, e in events],
+                        ),
+                    )
+                if steps:
+                    cur.execute(
+                        """
+                        INSERT INTO workflow_steps (run_id, step_key, step_id, status, attempt, output, error,
+                                                    due_at, detail)
+                        SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::int[], %s::jsonb[],
+                                             %s::jsonb[], %s::timestamptz[], %s::jsonb[])
+                        ON CONFLICT (run_id, step_key) DO UPDATE SET
+                            status = EXCLUDED.status, attempt = EXCLUDED.attempt, output = EXCLUDED.output,
+                            error = EXCLUDED.error, due_at = EXCLUDED.due_at, detail = EXCLUDED.detail,
+                            updated_at = now()
+                        """,
+                        (
+                            [run_id for run_id, _, _ in steps],
+                            [key for _, key, _ in steps],
+                            [r.step_id for _, _, r in steps],
+                            [str(r.status) for _, _, r in steps],
+                            [r.attempt for _, _, r in steps],
+                            [_dumps(r.output) for _, _, r in steps],
+                            [None if r.error is None else _dumps(r.error) for _, _, r in steps],
+                            [to_datetime(r.due_at) for _, _, r in steps],
+                            [_dumps(r.detail) for _, _, r in steps],
+                        ),
+                    )
+                if writes:
+                    # The lease check rides on the run update: a partition that changed hands
+                    # makes the row count come up short, and the whole batch rolls back.
+                    run_cursor.execute(
+                        """
+                        UPDATE workflow_runs AS r SET status = v.status, state = v.state, last_seq = v.last_seq,
+                            version = r.version + 1, updated_at = now(),
+                            finished_at = CASE WHEN v.finished THEN now() ELSE NULL END
+                        FROM unnest(%s::text[], %s::int[], %s::text[], %s::jsonb[], %s::bigint[], %s::bool[])
+                             AS v(run_id, expected, status, state, last_seq, finished)
+                        WHERE r.run_id = v.run_id AND r.version = v.expected AND EXISTS (
+                            SELECT 1 FROM coordinator_leases l WHERE l.partition = r.partition AND l.owner = %s)
+                        RETURNING r.run_id
+                        """,
+                        (
+                            [w.run_id for w in writes],
+                            [w.expected_version for w in writes],
+                            [str(w.status) for w in writes],
+                            [_dumps(w.state) for w in writes],
+                            [w.last_seq for w in writes],
+                            [w.finished for w in writes],
+                            owner,
+                        ),
+                    )
                 if processed_commands:
                     cur.execute(
                         "UPDATE run_commands SET processed_at = now() WHERE command_id = ANY(%s)",
@@ -328,36 +370,8 @@ class RunStore:
                             for d in dead_letters
                         ],
                     )
-
-    @staticmethod
-    def _upsert_steps(cur: psycopg.Cursor[Any], writes: list[RunWrite]) -> None:
-        """COPY the touched step rows into a temporary table, then merge them in one statement."""
-        if not any(w.steps for w in writes):
-            return
-        cur.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS steps_batch"
-            " (LIKE workflow_steps INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-        )
-        with cur.copy(
-            "COPY steps_batch (run_id, step_key, step_id, status, attempt, output, error, due_at, detail)"
-            " FROM STDIN"
-        ) as copy:
-            for w in writes:
-                for key, r in w.steps.items():
-                    copy.write_row((
-                        w.run_id, key, r.step_id, str(r.status), r.attempt, _dumps(r.output),
-                        None if r.error is None else _dumps(r.error), to_datetime(r.due_at), _dumps(r.detail),
-                    ))
-        cur.execute(
-            """
-            INSERT INTO workflow_steps (run_id, step_key, step_id, status, attempt, output, error, due_at, detail,
-                                        updated_at)
-            SELECT run_id, step_key, step_id, status, attempt, output, error, due_at, detail, now() FROM steps_batch
-            ON CONFLICT (run_id, step_key) DO UPDATE SET
-                status = EXCLUDED.status, attempt = EXCLUDED.attempt, output = EXCLUDED.output,
-                error = EXCLUDED.error, due_at = EXCLUDED.due_at, detail = EXCLUDED.detail, updated_at = now()
-            """
-        )
+            if writes and len(run_cursor.fetchall()) != len(writes):
+                raise ConflictError("a run changed hands or was changed by another writer; reloading")
 
     # -- read paths ---------------------------------------------------------------------------------
 
