@@ -110,6 +110,8 @@ class RunStore:
         try:
             with self._pool.connection() as conn:
                 yield conn  # type: ignore[misc]  # the pool sets row_factory=dict_row
+        except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected):
+            raise  # a conflict (serialization failure, deadlock), not an outage
         except psycopg.OperationalError as e:
             raise DatabaseUnavailableError(f"PostgreSQL at {_safe(self.url)} failed: {e}") from e
 
@@ -274,11 +276,10 @@ class RunStore:
         writes = list(writes)
         events = [(w.run_id, e) for w in writes for e in w.events]
         steps = [(w.run_id, key, r) for w in writes for key, r in w.steps.items()]
-        with self.connection() as conn, conn.transaction():
-            # One pipelined round trip (plus the commit) for the whole batch: each table gets a
-            # single statement fed by arrays, whatever the batch size.
-            run_cursor = conn.cursor()
-            with conn.pipeline(), conn.cursor() as cur:
+        # BEGIN, one array-fed statement per table, the fence and COMMIT go out as one
+        # pipeline: a batch costs a single round trip plus the commit's fsync.
+        try:
+            with self.connection() as conn, conn.pipeline(), conn.transaction(), conn.cursor() as cur:
                 if events:
                     cur.execute(
                         "INSERT INTO workflow_events (run_id, seq, type, step_key, attempt, data)"
@@ -320,8 +321,9 @@ class RunStore:
                 if writes:
                     # The lease check rides on the run update: a partition that changed hands
                     # makes the row count come up short, and the whole batch rolls back.
-                    run_cursor.execute(
+                    cur.execute(
                         """
+                        WITH updated AS (
                         UPDATE workflow_runs AS r SET status = v.status, state = v.state, last_seq = v.last_seq,
                             version = r.version + 1, updated_at = now(),
                             finished_at = CASE WHEN v.finished THEN now() ELSE NULL END
@@ -329,7 +331,8 @@ class RunStore:
                              AS v(run_id, expected, status, state, last_seq, finished)
                         WHERE r.run_id = v.run_id AND r.version = v.expected AND EXISTS (
                             SELECT 1 FROM coordinator_leases l WHERE l.partition = r.partition AND l.owner = %s)
-                        RETURNING r.run_id
+                        RETURNING r.run_id)
+                        SELECT steppe_fence(%s, (SELECT count(*) FROM updated))
                         """,
                         (
                             [w.run_id for w in writes],
@@ -339,6 +342,7 @@ class RunStore:
                             [w.last_seq for w in writes],
                             [w.finished for w in writes],
                             owner,
+                            len(writes),
                         ),
                     )
                 if processed_commands:
@@ -370,8 +374,8 @@ class RunStore:
                             for d in dead_letters
                         ],
                     )
-            if writes and len(run_cursor.fetchall()) != len(writes):
-                raise ConflictError("a run changed hands or was changed by another writer; reloading")
+        except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as e:
+            raise ConflictError(f"a run changed hands or was changed by another writer; reloading ({e})") from e
 
     # -- read paths ---------------------------------------------------------------------------------
 
