@@ -362,10 +362,7 @@ class RunEngine:
                     self._items[sid] = self._resolve(step.for_each, None)
                 item = (sid, int(key[len(sid) + 1 : -1]))
             override = self.run.steps[key].detail.get("args") if key in self.run.steps else None
-            if override is not None:
-                args = override
-            else:
-                args = self._resolve(step.args, item) if step.templated else step.args
+            args = override if override is not None else self._resolve(step.args, item) if step.templated else step.args
             queue, priority, handler, timeout = step.queue, step.priority, step.handler or "", step.timeout
             kind = "step"
             breaker, breaker_config = step.breaker, step.breaker_config

@@ -13,14 +13,14 @@ import pytest
 import redis
 
 from orchestrator.cli.cluster import LocalCluster
-from orchestrator.dev import RedisServer
 from orchestrator.cli.context import Clients
+from orchestrator.dev import RedisServer
 from orchestrator.settings import Settings
 from orchestrator.spec import load_workflow
 from orchestrator.store.db import upgrade
-from tests.conftest import private_dir
 from orchestrator.store.runs import RunStore
 from orchestrator.submit import Submitter
+from tests.conftest import private_dir
 
 FAST_ENV = {
     # Short timeouts so that recovery scenarios finish in seconds.
