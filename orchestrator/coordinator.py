@@ -35,14 +35,17 @@ import structlog
 from orchestrator import bus, metrics
 from orchestrator.engine import Dispatch, RunEngine, Timer
 from orchestrator.errors import ConflictError, InfrastructureError
+from orchestrator.hook_runner import HookRunner
 from orchestrator.keys import COORDINATOR_GROUP, WORKER_GROUP, Keys
 from orchestrator.settings import Settings
 from orchestrator.spec import WorkflowSpec
 from orchestrator.state import TERMINAL_RUN_STATUSES, Event, EventType, RunStatus
+from orchestrator.store.hooks import HookStore
 from orchestrator.store.leases import LeaseManager
 from orchestrator.store.runs import RunStore, RunWrite, StoredRun
 from orchestrator.wire import FIELD, ResultMessage, decode_control, decode_result, decode_step, encode
 from orchestrator.workflow import CompiledWorkflow, compile_workflow
+from patterns.hooks import HOOKS_QUEUE, is_hook_key
 
 log = structlog.get_logger(__name__)
 
@@ -74,6 +77,7 @@ class Coordinator:
         self.keys = Keys(settings.namespace)
         self.id = coordinator_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.leases = LeaseManager(store, owner=self.id, partitions=self.cfg.partitions, ttl=self.cfg.lease_ttl)
+        self.hooks = HookRunner(HookStore(store))
         self.partitions: list[int] = []
         self.runs: dict[str, _Tracked] = {}
         self._timers: list[tuple[float, int, Timer]] = []
@@ -98,6 +102,7 @@ class Coordinator:
         self.leases.ensure_rows()
         self.redis.set(self.keys.epoch, self._epoch, nx=True)
         self._epoch = (self.redis.get(self.keys.epoch) or self._epoch.encode()).decode()
+        self._ensure_queues([HOOKS_QUEUE])
         self._maintain_leases(force=True)
         log.info("coordinator_started", coordinator=self.id, partitions=self.partitions)
 
@@ -168,6 +173,9 @@ class Coordinator:
             self._load(unknown)
         dead_letters: list[dict[str, Any]] = []
         for result in results:
+            if is_hook_key(result.step):
+                self.hooks.on_result(result)
+                continue
             tracked = self.runs.get(result.run)
             if tracked is None or not tracked.engine.on_result(result):
                 metrics.DUPLICATES.labels(kind=result.status).inc()
@@ -184,6 +192,7 @@ class Coordinator:
             if result.status == "dead_lettered":
                 dead_letters.append(_dead_letter_row(result))
         touched |= self._fire_timers()
+        self._unpublished.extend(self.hooks.due(self.clock()))
         self._commit(touched, [c[0] for c in processed_commands], dead_letters)
         self._flush_unpublished(acks)
         elapsed = time.perf_counter() - started
@@ -342,6 +351,7 @@ class Coordinator:
     def _commit(self, touched: set[str], commands: list[int], dead_letters: list[dict[str, Any]]) -> None:
         writes: list[RunWrite] = []
         outbox: list[Dispatch] = []
+        hook_runs: list[tuple[_Tracked, list[Event]]] = []
         timers: list[Timer] = []
         finished: list[_Tracked] = []
         for run_id in touched:
@@ -369,6 +379,7 @@ class Coordinator:
             )
             _count_steps(engine, events)
             outbox.extend(dispatches)
+            hook_runs.append((tracked, events))
             dead_letters.extend(_compensation_dead_letter(d) for d in comp_dead)
             if engine.finished:
                 finished.append(tracked)
@@ -394,6 +405,17 @@ class Coordinator:
         for timer in timers:
             heapq.heappush(self._timers, (timer.due, next(self._timer_seq), timer))
         self._unpublished.extend(outbox)
+        for tracked, events in hook_runs:  # only committed events trigger hooks
+            engine = tracked.engine
+            self._unpublished.extend(
+                self.hooks.on_events(
+                    run_id=engine.run.run_id,
+                    partition=engine.partition,
+                    workflow=engine.wf,
+                    inputs=engine.inputs,
+                    events=events,
+                )
+            )
         for tracked in finished:
             self._on_finished(tracked)
 
@@ -489,6 +511,7 @@ class Coordinator:
             self.redis.set(self.keys.epoch, self._epoch)
             bus.ensure_partition_groups(self.redis, self.keys, self.partitions)
             self._known_queues.clear()
+        self.hooks.refresh()
         active = set(self.store.active_run_ids(self.partitions))
         newly = active - set(self.runs)
         before = set(self.runs)

@@ -34,6 +34,8 @@ class StepMessage(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=Fals
     breaker: str | None = None
     # fail_max, reset_timeout (seconds), exclude (error type names not counted) of `breaker`
     breaker_config: dict[str, Any] | None = None
+    # For hooks: the event that triggered them ({type, run_id, workflow, step, attempt, seq, data}).
+    event: dict[str, Any] | None = None
     v: int = SCHEMA_VERSION
 
     @property

@@ -51,6 +51,7 @@ class CompiledWorkflow:
     order: tuple[str, ...]  # a topological order
     leaves: tuple[str, ...]
     queues: frozenset[str] = field(default_factory=frozenset)
+    hooks: tuple[Any, ...] = ()  # the `hooks:` entries of the document (HookSpec)
 
     def handlers(self) -> set[str]:
         names: set[str] = set()
@@ -126,6 +127,7 @@ def compile_workflow(spec: Any) -> CompiledWorkflow:
         steps=steps,
         order=order,
         leaves=leaves,
+        hooks=tuple(getattr(spec, "hooks", ()) or ()),
         queues=frozenset(
             {s.queue for s in steps.values()} | {s.compensate.queue for s in steps.values() if s.compensate}
         ),

@@ -21,6 +21,7 @@ class StepContext:
     workflow: str
     inputs: dict[str, Any]
     kind: str = "step"
+    event: dict[str, Any] | None = None  # hooks: the run or step event that triggered this execution
     log: Any = field(default_factory=lambda: structlog.get_logger("steppe.handler"))
     _on_heartbeat: Callable[[], None] | None = field(default=None, repr=False)
     _cancelled: asyncio.Event | None = field(default=None, repr=False)

@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @report_errors
     def worker(
-        queues: list[str] = typer.Option(["default"], "--queues", "-q", help="Queues to serve (comma-separated)"),
+        queues: list[str] = typer.Option(["default,hooks"], "--queues", "-q", help="Queues to serve (comma-separated)"),
         concurrency: int | None = typer.Option(None, "--concurrency", "-c", help="Steps run at once"),
         imports: list[str] = typer.Option([], "--import", help="Handler module to import (repeatable)"),
         metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve /metrics on this port"),
@@ -106,7 +106,7 @@ def register(app: typer.Typer) -> None:
         ):
             submitter = clients.submitter
             spec = submitter.load_file(file)
-            queues = sorted(compile_workflow(spec).queues | {"default"})
+            queues = sorted(compile_workflow(spec).queues | {"default", "hooks"})
             cluster.start_coordinator()
             for _ in range(workers):
                 cluster.start_worker(queues=queues, imports=imports)
