@@ -123,6 +123,12 @@ def run_peers(peers: str, results_dir: Path) -> dict[str, Any]:
     if not script.exists():
         raise typer.BadParameter(f"peer harness not found at {script}")
     env = dict(os.environ, PEERS=peers, SKIP_LIMITS="1", PEERS_RESULTS=str(results_dir))
+    redis7 = Path(__file__).resolve().parents[2] / ".steppe-tools" / "redis7"
+    if shutil.which("redis-server") is None and (redis7 / "usr/bin/redis-server").exists():
+        # The Makefile unpacks Debian's redis-server 7 here; the harness wants one on PATH.
+        env["PATH"] = f"{redis7 / 'usr/bin'}{os.pathsep}{env.get('PATH', '')}"
+        libs = [str(p) for p in (redis7 / "usr/lib").glob("*-linux-gnu")]
+        env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, env.get("LD_LIBRARY_PATH", "")])
     err_console.print(f"running the peer harness for {peers} (this takes minutes)…")
     subprocess.run(["bash", str(script)], env=env, check=False)
     out: dict[str, Any] = {}
@@ -159,7 +165,9 @@ def bench_all(
     workers: int = typer.Option(2, help="Worker processes"),
     concurrency: int | None = typer.Option(None, help="Steps per worker at once"),
     vs_peers: bool = typer.Option(False, "--vs-peers", help="Also run shared/bench/peers and print ratios"),
-    peers: str = typer.Option("celery:solo rq:simple dramatiq:t1 dramatiq:t8", help="Peer variants to run"),
+    peers: str = typer.Option(
+        "celery:prefork celery:solo rq:simple dramatiq:t1 dramatiq:t8", help="Peer variants to run (peer:variant …)"
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Throughput, chain and fan-out/fan-in on a private cluster (one coordinator, N workers)."""
