@@ -32,6 +32,21 @@ def new_run_id() -> str:
     return f"r-{uuid.uuid4().hex[:20]}"
 
 
+def reject_unsupported(spec: WorkflowSpec) -> None:
+    """Refuse pattern keys this release validates but cannot execute yet, instead of failing at run time."""
+    problems = []
+    for step in spec.steps:
+        for key in ("workflow", "gate", "swarm"):
+            if getattr(step, key, None) is not None:
+                problems.append(f"step {step.id!r} uses `{key}:`")
+    if problems:
+        raise SubmitError(
+            "; ".join(problems) + ": hierarchical (`workflow:`), handoff (`gate:`) and swarm (`swarm:`) steps are "
+            "validated but not executed by this release; rewrite the step with a handler, or track the patterns "
+            "issue for their runtime"
+        )
+
+
 class Submitter:
     """Validates and records runs; the coordinator picks them up from PostgreSQL."""
 
@@ -69,6 +84,7 @@ class Submitter:
                 f"inputs are {size} bytes, over the {self.settings.limits.payload_bytes}-byte limit; pass large "
                 "data by reference (a URL or object key) instead"
             )
+        reject_unsupported(spec)
         compiled = compile_workflow(spec)
         if check_handlers:
             self.check_handlers(compiled.handlers())
@@ -95,6 +111,7 @@ class Submitter:
         self, spec: WorkflowSpec, inputs: list[dict[str, Any]], *, check_handlers: bool = True
     ) -> list[str]:
         """Submit one run per inputs mapping in a single transaction (bulk loads, benchmarks)."""
+        reject_unsupported(spec)
         compiled = compile_workflow(spec)
         if check_handlers:
             self.check_handlers(compiled.handlers())
