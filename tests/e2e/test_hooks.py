@@ -23,8 +23,14 @@ hooks:
 
 
 def test_hooks_run_on_the_hooks_queue_and_are_counted(e2e: Env) -> None:
-    HookStore(e2e.store).add(name="global-retry-watch", kind="post", events=["step.retry_scheduled"],
-                             handler="test.witness", args={"value": "retry"}, workflow=None)
+    HookStore(e2e.store).add(
+        name="global-retry-watch",
+        kind="post",
+        events=["step.retry_scheduled"],
+        handler="test.witness",
+        args={"value": "retry"},
+        workflow=None,
+    )
     e2e.cluster.start_coordinator()
     e2e.start_worker(queues=["default", "hooks"])
     e2e.cluster.wait_for_workers(e2e.redis, 1)
@@ -36,9 +42,15 @@ def test_hooks_run_on_the_hooks_queue_and_are_counted(e2e: Env) -> None:
         return {r["name"]: (r["trigger_count"], r["error_count"]) for r in HookStore(e2e.store).all()}
 
     # session hook: run.started + run.finished; the failing hook: one per succeeded step (a, b, b retried → 2)
-    assert_eventually(lambda: counters().get("yaml:hooked:started") == (2, 0), timeout=20, message=lambda: str(counters()))
-    assert_eventually(lambda: counters().get("yaml:hooked:broken") == (2, 2), timeout=30, message=lambda: str(counters()))
-    assert_eventually(lambda: counters().get("global-retry-watch") == (1, 0), timeout=20, message=lambda: str(counters()))
+    assert_eventually(
+        lambda: counters().get("yaml:hooked:started") == (2, 0), timeout=20, message=lambda: str(counters())
+    )
+    assert_eventually(
+        lambda: counters().get("yaml:hooked:broken") == (2, 2), timeout=30, message=lambda: str(counters())
+    )
+    assert_eventually(
+        lambda: counters().get("global-retry-watch") == (1, 0), timeout=20, message=lambda: str(counters())
+    )
     last_error = next(r["last_error"] for r in HookStore(e2e.store).all() if r["name"] == "yaml:hooked:broken")
     assert "hook bug" in last_error
     calls = e2e.witness("calls")
@@ -46,3 +58,29 @@ def test_hooks_run_on_the_hooks_queue_and_are_counted(e2e: Env) -> None:
     # Hooks are not part of the run: its steps and event log know nothing of them.
     assert set(doc["steps"]) == {"a", "b"}
     assert "hook_failed" in e2e.log()
+
+
+def test_admin_rebuild_restores_a_damaged_projection(e2e: Env) -> None:
+    from orchestrator.store.projections import rebuild
+
+    e2e.start(workers=1)
+    run_id = e2e.submit("""
+name: rebuildable
+on_failure: compensate
+steps:
+  - {id: a, handler: builtin.echo, with: {x: 1}, compensate: {handler: builtin.echo}}
+  - {id: each, handler: builtin.echo, needs: [a], for_each: [1, 2], with: {v: "${{ item }}"}}
+  - {id: b, handler: builtin.fail, needs: [each], with: {times: 1}, retry: {max_attempts: 2, initial_delay: 50ms}}
+  - {id: c, handler: builtin.fail, needs: [b], with: {retryable: false}}
+""")
+    doc = finish(e2e, run_id)
+    assert doc["status"] == "compensated"
+    assert rebuild(e2e.store, run_id, write=False).matched
+    with e2e.store.connection() as conn:
+        conn.execute("UPDATE workflow_steps SET status = 'pending', output = NULL WHERE run_id = %s", (run_id,))
+        conn.execute("UPDATE workflow_runs SET status = 'running' WHERE run_id = %s", (run_id,))
+    assert not rebuild(e2e.store, run_id, write=False).matched
+    assert rebuild(e2e.store, run_id).written
+    assert e2e.run(run_id)["steps"] == doc["steps"]
+    assert e2e.run(run_id)["status"] == "compensated"
+    assert rebuild(e2e.store, run_id, write=False).matched
