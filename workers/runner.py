@@ -8,47 +8,108 @@ import functools
 import os
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from typing import Any
 
 import msgspec
+import orjson
 import structlog
-from orchestrator.templates import find_references, resolve_secrets
+from structlog.types import EventDict
 
 from orchestrator.errors import NonRetryableStepError, StepError, TemplateError
 from orchestrator.state import base_step_id
+from orchestrator.templates import find_references, resolve_secrets
 from orchestrator.wire import ResultMessage, StepErrorInfo, StepMessage, dumps
+from patterns.breaker import BreakerRegistry, CircuitOpenError, SharedBreaker
 from workers.context import StepContext
-from workers.registry import HandlerRegistry
+from workers.registry import Handler, HandlerRegistry
 
 REDACTED = "***"
 
 
 class Redactor:
-    """Removes secret values from text before it leaves the worker."""
+    """Removes the secret values this worker resolved from everything that leaves it.
+
+    Text (error messages, tracebacks), JSON-like values (step outputs) and structlog events
+    (before rendering: every value; after rendering: the line, tracebacks included). Secrets
+    are kept as an immutable tuple, so that handler threads that log never see it change.
+    """
 
     def __init__(self) -> None:
-        self._secrets: set[str] = set()
+        self._secrets: tuple[str, ...] = ()
+        self._rendered: tuple[str, ...] = ()
 
     def add(self, values: Mapping[str, str]) -> None:
-        self._secrets.update(v for v in values.values() if v and len(v) >= 3)
+        new = {v for v in values.values() if v and len(v) >= 3} - set(self._secrets)
+        if not new:
+            return
+        # Longest first, so that a secret containing another one is replaced whole.
+        self._secrets = tuple(sorted({*self._secrets, *new}, key=len, reverse=True))
+        escaped = {orjson.dumps(s).decode()[1:-1] for s in self._secrets}  # as a JSON renderer writes it
+        self._rendered = tuple(sorted({*self._secrets, *escaped}, key=len, reverse=True))
 
     def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        return text
+        return _replace_all(text, self._secrets)
 
-    def processor(self, _logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
-        """structlog processor: redact every string value of a log event."""
+    def redact_value(self, value: Any) -> Any:
+        """`value` with every string in it (dict keys included) redacted; containers are copied."""
+        if not self._secrets:
+            return value
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, dict):
+            return {self.redact_value(k): self.redact_value(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(self.redact_value(v) for v in value)
+        return value
+
+    def processor(self, _logger: Any, _name: str, event: EventDict) -> EventDict:
+        """structlog processor (before the renderer): redact every value of a log event, nested ones too."""
         if not self._secrets:
             return event
-        return {k: self(v) if isinstance(v, str) else v for k, v in event.items()}
+        return {key: self.redact_value(value) for key, value in event.items()}
+
+    def rendered(self, _logger: Any, _name: str, line: Any) -> Any:
+        """structlog processor (after the renderer): redact the rendered line, whatever it formatted."""
+        if isinstance(line, str):
+            return _replace_all(line, self._rendered)
+        if isinstance(line, bytes):
+            for secret in self._rendered:
+                line = line.replace(secret.encode(), REDACTED.encode())
+        return line
+
+    def install_log_processors(self) -> None:
+        """Redact this process's structlog output from now on (call once logging is configured).
+
+        The configured processor list is changed in place, so that loggers cached before this
+        call (structlog's `cache_logger_on_first_use`) redact too.
+        """
+        processors = structlog.get_config()["processors"]
+        if self.processor in processors:
+            return
+        if isinstance(processors, list) and processors:
+            processors.insert(len(processors) - 1, self.processor)
+            processors.append(self.rendered)
+        else:
+            *head, renderer = list(processors) or [structlog.processors.KeyValueRenderer()]
+            structlog.configure(processors=[*head, self.processor, renderer, self.rendered])
+
+
+def _replace_all(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
 
 
 class StepRunner:
-    """Executes step messages against a handler registry."""
+    """Executes step messages against a handler registry.
+
+    A message that names a circuit breaker is guarded by it (`patterns.breaker`): while the
+    breaker is open the handler is not called and the attempt is reported as deferred;
+    otherwise the handler's outcome (a timeout is a failure) is recorded on the breaker.
+    """
 
     def __init__(
         self,
@@ -59,6 +120,7 @@ class StepRunner:
         payload_limit: int,
         redactor: Redactor,
         env: Mapping[str, str] | None = None,
+        breakers: BreakerRegistry | None = None,
     ) -> None:
         self.registry = registry
         self.executor = executor
@@ -66,6 +128,8 @@ class StepRunner:
         self.payload_limit = payload_limit
         self.redactor = redactor
         self.env = env if env is not None else os.environ
+        # Set by the worker once its Redis client exists; without it breakers are not enforced.
+        self.breakers = breakers
 
     async def run(
         self,
@@ -87,6 +151,10 @@ class StepRunner:
                 raise  # the worker itself is shutting down hard
             output, status = None, "cancelled"
             error = StepErrorInfo(type="Cancelled", message="the run was cancelled", retryable=False)
+        except CircuitOpenError as e:
+            log.debug("step_deferred", breaker=e.name, retry_after=round(e.retry_after, 3))
+            output, status = None, "deferred"
+            error = StepErrorInfo(type="CircuitOpenError", message=str(e), retryable=True)
         except TimeoutError:
             output, status = None, "failed"
             error = StepErrorInfo(
@@ -143,19 +211,25 @@ class StepRunner:
         try:
             entry.signature.bind(ctx, **args)
         except TypeError as e:
-            raise NonRetryableStepError(
-                f"handler {message.handler!r} cannot take these arguments: {e}"
-            ) from e
+            raise NonRetryableStepError(f"handler {message.handler!r} cannot take these arguments: {e}") from e
+        invoke = functools.partial(self._invoke, entry, ctx, args, message.timeout)
+        breaker = self._breaker_of(message)
+        output = await (invoke() if breaker is None else _guarded(breaker, invoke, lease=message.timeout))
+        # Outputs reach PostgreSQL (the event log) and downstream steps: no secret value may travel in them.
+        return self.redactor.redact_value(self._check_output(message, output))
+
+    async def _invoke(self, entry: Handler, ctx: StepContext, args: dict[str, Any], timeout: float) -> Any:
         if entry.is_async:
-            output = await asyncio.wait_for(entry.func(ctx, **args), timeout=message.timeout)
-        else:
-            loop = asyncio.get_running_loop()
-            call = functools.partial(contextvars.copy_context().run, entry.func, ctx, **args)
-            # A sync handler that ignores the timeout keeps its thread; the slot is freed anyway.
-            output = await asyncio.wait_for(
-                loop.run_in_executor(self.executor, call), timeout=message.timeout
-            )
-        return self._check_output(message, output)
+            return await asyncio.wait_for(entry.func(ctx, **args), timeout=timeout)
+        loop = asyncio.get_running_loop()
+        call = functools.partial(contextvars.copy_context().run, entry.func, ctx, **args)
+        # A sync handler that ignores the timeout keeps its thread; the slot is freed anyway.
+        return await asyncio.wait_for(loop.run_in_executor(self.executor, call), timeout=timeout)
+
+    def _breaker_of(self, message: StepMessage) -> SharedBreaker | None:
+        if message.breaker is None or self.breakers is None:
+            return None
+        return self.breakers.get(message.breaker, message.breaker_config)
 
     def _check_output(self, message: StepMessage, output: Any) -> Any:
         try:
@@ -175,6 +249,25 @@ class StepRunner:
                 "cannot store; encode binary data (e.g. base64)"
             )
         return output
+
+
+# A half-open breaker's trial holds its lease for the step's timeout plus this margin.
+TRIAL_LEASE_GRACE = 5.0
+
+
+async def _guarded(breaker: SharedBreaker, invoke: Callable[[], Awaitable[Any]], *, lease: float) -> Any:
+    """Call through `breaker`: CircuitOpenError while it is open; the outcome is recorded on it."""
+    permit = await breaker.acquire(lease=lease + TRIAL_LEASE_GRACE)
+    try:
+        output = await invoke()
+    except asyncio.CancelledError:
+        await breaker.release(permit)  # cancelled: neither a success nor a failure of the service
+        raise
+    except Exception as e:
+        await breaker.record(permit, e)
+        raise
+    await breaker.record(permit, None)
+    return output
 
 
 class UnknownHandlerError(StepError):
