@@ -10,9 +10,9 @@ from typing import Any
 import fakeredis
 import pybreaker
 import pytest
+from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from orchestrator import metrics
 from orchestrator.keys import Keys
 from orchestrator.wire import StepMessage
 from patterns.breaker import (
@@ -150,7 +150,7 @@ def breakers(a: Any, b: Any, clock: Clock, config: BreakerConfig = CONFIG) -> tu
 
 
 def transitions(to: str) -> float:
-    return metrics.BREAKER_TRANSITIONS.labels(breaker="pay", to=to)._value.get()
+    return REGISTRY.get_sample_value("steppe_breaker_transitions_total", {"breaker": "pay", "to": to}) or 0.0
 
 
 def test_failures_on_different_workers_add_up_and_every_worker_then_defers() -> None:
@@ -167,7 +167,7 @@ def test_failures_on_different_workers_add_up_and_every_worker_then_defers() -> 
         assert [e["event"] for e in logs] == ["circuit_opened"]
         assert logs[0]["breaker"] == "pay"
         assert transitions(STATE_OPEN) == opened_before + 1
-        assert metrics.BREAKER_STATE.labels(breaker="pay")._value.get() == 2
+        assert REGISTRY.get_sample_value("steppe_breaker_state", {"breaker": "pay"}) == 2
         with pytest.raises(CircuitOpenError) as refused:
             await wb.acquire(lease=5)
         assert isinstance(refused.value, pybreaker.CircuitBreakerError)
