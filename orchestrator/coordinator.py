@@ -40,6 +40,7 @@ from orchestrator.keys import COORDINATOR_GROUP, WORKER_GROUP, Keys
 from orchestrator.settings import Settings
 from orchestrator.spec import WorkflowSpec
 from orchestrator.state import TERMINAL_RUN_STATUSES, Event, EventType, RunStatus
+from orchestrator.store.dead_letters import DeadLetterStore, sync_from_stream
 from orchestrator.store.hooks import HookStore
 from orchestrator.store.leases import LeaseManager
 from orchestrator.store.runs import RunStore, RunWrite, StoredRun
@@ -546,6 +547,8 @@ class Coordinator:
         if self.store.pending_commands(self.partitions):
             processed = self._apply_commands()
             self._commit({c[1] for c in processed}, [c[0] for c in processed], [])
+        # Undecodable messages exist only in the dead-letter stream: give each its PostgreSQL row.
+        sync_from_stream(self.redis, self.keys, DeadLetterStore(self.store))
         self._trim_streams()
         self._queue_metrics()
 

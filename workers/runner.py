@@ -204,6 +204,7 @@ class StepRunner:
             workflow=message.workflow,
             inputs=message.inputs,
             kind=message.kind,
+            event=message.event,
             log=log,
             _on_heartbeat=on_heartbeat,
             _cancelled=cancelled,
