@@ -386,6 +386,7 @@ class Coordinator:
                 finished.append(tracked)
         if not writes and not commands and not dead_letters:
             return
+        _fault_crash_point("BEFORE_COMMIT", len(outbox))
         try:
             self.store.commit_batch(
                 writes,
@@ -401,6 +402,7 @@ class Coordinator:
         except Exception:
             self._forget_all()
             raise
+        _fault_crash_point("AFTER_COMMIT", len(outbox))
         for w in writes:
             self.runs[w.run_id].version += 1
         for timer in timers:
@@ -642,6 +644,27 @@ def _scan(client: redis.Redis, stream: str, chunk: int = 1000) -> Iterable[tuple
             return
         last = entries[-1][0].decode()
         start = "(" + last
+
+
+# -- TEST-ONLY fault injection (tests/faults, RELIABILITY.md scenario 5) -----------------------------
+_fault_batches: dict[str, int] = {}
+
+
+def _fault_crash_point(point: str, dispatches: int) -> None:
+    """TEST-ONLY: die at once, as SIGKILL would, right before or after a commit that dispatches steps.
+
+    With `STEPPE_FAULT_CRASH_BEFORE_COMMIT=N` or `STEPPE_FAULT_CRASH_AFTER_COMMIT=N` in its
+    environment, the coordinator exits with status 137 at its N-th batch that dispatches steps.
+    Never set outside the fault tests; costs one environment lookup per dispatching batch.
+    """
+    wanted = os.environ.get(f"STEPPE_FAULT_CRASH_{point}") if dispatches else None
+    if wanted is not None:
+        _fault_batches[point] = _fault_batches.get(point, 0) + 1
+        if _fault_batches[point] == int(wanted):
+            os._exit(137)
+
+
+# ---------------------------------------------------------------------------------------------------
 
 
 _COUNTED = {
