@@ -148,7 +148,7 @@ class Workload:
 
     def run(self) -> list[str]:
         self.coordinators.start_coordinator("--metrics-port", str(self.ports["coordinator"]))
-        self.workers.start_worker(queues=["default"], extra=["--metrics-port", str(self.ports["w1"])])
+        self.workers.start_worker(queues=["default", "hooks"], extra=["--metrics-port", str(self.ports["w1"])])
         self.victim = self.workers.start_worker(queues=["chaos"])
         self.workers.wait_for_workers(self.admin, 2, timeout=self.left(40))
         self.assert_alive()
@@ -208,7 +208,7 @@ class Workload:
         except TimeoutError:
             return ["the victim worker never received the chaos step: no reclaim, dead letter or duplicate"]
         os.kill(self.victim.pid, signal.SIGSTOP)
-        self.workers.start_worker(queues=["default", "chaos"], extra=["--metrics-port", str(self.ports["w2"])])
+        self.workers.start_worker(queues=["default", "chaos", "hooks"], extra=["--metrics-port", str(self.ports["w2"])])
         notes = []
         if self.wait_terminal(chaos, timeout=self.left(30)).get(chaos[0][0]) not in TERMINAL:
             notes.append("the stalled chaos step was not reclaimed and dead-lettered in time")
