@@ -178,6 +178,17 @@ class ClusterBench:
             time.sleep(0.2)
         return _vm_rss(pid)
 
+    def settle(self) -> None:
+        """Outside the timing: vacuum and checkpoint, so that one shape's WAL, dead rows and
+        autovacuum do not land inside the next shape's measurement."""
+        with self.store.connection() as conn:
+            conn.autocommit = True
+            for table in ("workflow_events", "workflow_steps", "workflow_runs"):
+                conn.execute(f"VACUUM ANALYZE {table}")
+            conn.execute("CHECKPOINT")
+            conn.autocommit = False
+        time.sleep(1.0)
+
     def peak_rss_mib(self) -> dict[str, float]:
         assert self.cluster is not None
         out = {}
@@ -201,7 +212,10 @@ class ClusterBench:
 
 def repeat(fn: Callable[[int], float], size: int, times: int, shape: str) -> ShapeResult:
     result = ShapeResult(shape=shape, size=size)
+    bench = getattr(fn, "__self__", None)
     for _ in range(times):
+        if isinstance(bench, ClusterBench):
+            bench.settle()
         result.seconds.append(fn(size))
     return result
 
