@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -130,7 +131,8 @@ def run_peers(peers: str, results_dir: Path) -> dict[str, Any]:
         libs = [str(p) for p in (redis7 / "usr/lib").glob("*-linux-gnu")]
         env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, env.get("LD_LIBRARY_PATH", "")])
     err_console.print(f"running the peer harness for {peers} (this takes minutes)…")
-    subprocess.run(["bash", str(script)], env=env, check=False)
+    # The harness reports on stdout; keep ours (possibly --json) clean.
+    subprocess.run(["bash", str(script)], env=env, check=False, stdout=sys.stderr)
     out: dict[str, Any] = {}
     for path in sorted(results_dir.glob("*.json")):
         try:
