@@ -212,7 +212,7 @@ class RunEngine:
                 self._in_flight.discard(timer.step)
                 self._after_terminal(timer.step)
             else:
-                self._redispatch(timer.step)
+                self._dispatch(timer.step)
         elif timer.kind == "timeout" and record.status is StepStatus.RUNNING:
             error = {
                 "type": "StepTimeoutError",
@@ -308,7 +308,7 @@ class RunEngine:
         except TemplateError as e:
             self._fail_now(step.id, {"type": "TemplateError", "message": str(e), "retryable": False})
             return
-        self._dispatch(step.id, step, None)
+        self._dispatch(step.id)
 
     def _fan_out(self, step: StepDef) -> None:
         items = self._resolve(step.for_each, None)
@@ -322,12 +322,13 @@ class RunEngine:
             if _status(self.run.steps, key) is StepStatus.SUCCEEDED:
                 continue  # kept from before a resume
             left += 1
-            self._dispatch(key, step, index)
+            self._dispatch(key)
         self._items_left[step.id] = left
         if left == 0:
             self._complete_fan_out(step.id)
 
-    def _dispatch(self, key: str, step: StepDef, index: int | None) -> None:
+    def _dispatch(self, key: str) -> None:
+        """Dispatch the next attempt of a step, for_each item or compensation."""
         attempt = self.run.step(key).attempt + 1
         try:
             dispatch = self._message(key, attempt)
@@ -392,14 +393,6 @@ class RunEngine:
                 except TemplateError:
                     continue  # cannot happen for an attempt that was dispatched with the same inputs
         return out
-
-    def _redispatch(self, key: str) -> None:
-        sid = base_step_id(key)
-        if key.endswith(":compensate"):
-            self._dispatch_compensation(sid)
-            return
-        index = int(key[len(sid) + 1 : -1]) if "[" in key else None
-        self._dispatch(key, self.wf.steps[sid], index)
 
     def _on_success(self, key: str) -> None:
         sid = base_step_id(key)
@@ -534,31 +527,13 @@ class RunEngine:
                     finished.add(sid)
                     failed |= record.status is not StepStatus.SUCCEEDED
         for sid in ready_compensations(blockers, started, finished):
-            self._dispatch_compensation(sid)
+            self._dispatch(compensation_key(sid))
             started.add(sid)
         if finished == set(targets):
             if failed:
                 self._emit(EventType.RUN_COMPENSATION_FAILED, error=self.run.state.get("error"))
             else:
                 self._emit(EventType.RUN_COMPENSATED)
-
-    def _dispatch_compensation(self, sid: str) -> None:
-        key = compensation_key(sid)
-        attempt = self.run.step(key).attempt + 1
-        try:
-            dispatch = self._message(key, attempt)
-        except TemplateError as e:
-            self._fail_now(key, {"type": "TemplateError", "message": str(e), "retryable": False})
-            return
-        self._emit(
-            EventType.STEP_DISPATCHED,
-            step=key,
-            attempt=attempt,
-            queue=dispatch.queue,
-            handler=dispatch.message.handler,
-        )
-        self._in_flight.add(key)
-        self.outbox.append(dispatch)
 
     # -- helpers ------------------------------------------------------------------------------------
 
