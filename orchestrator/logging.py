@@ -20,9 +20,7 @@ def configure_logging(*, level: str = "INFO", json: bool | None = None) -> None:
     if use_json:
         processors += [
             structlog.processors.dict_tracebacks,
-            structlog.processors.JSONRenderer(
-                serializer=lambda o, **_: orjson.dumps(o, default=str).decode()
-            ),
+            structlog.processors.JSONRenderer(serializer=lambda o, **_: orjson.dumps(o, default=str).decode()),
         ]
     else:
         processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))

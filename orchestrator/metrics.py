@@ -9,13 +9,9 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RUNS_SUBMITTED = Counter("steppe_runs_submitted_total", "Runs accepted by the coordinator", ["workflow"])
-RUNS_FINISHED = Counter(
-    "steppe_runs_finished_total", "Runs that reached a terminal state", ["workflow", "status"]
-)
+RUNS_FINISHED = Counter("steppe_runs_finished_total", "Runs that reached a terminal state", ["workflow", "status"])
 ACTIVE_RUNS = Gauge("steppe_active_runs", "Runs not yet terminal held by this coordinator")
-STEPS = Counter(
-    "steppe_steps_total", "Step transitions applied by the coordinator", ["queue", "handler", "status"]
-)
+STEPS = Counter("steppe_steps_total", "Step transitions applied by the coordinator", ["queue", "handler", "status"])
 STEP_DURATION = Histogram(
     "steppe_step_duration_seconds",
     "Handler wall-clock time, measured by the worker",
@@ -35,12 +31,8 @@ QUEUE_OLDEST_PENDING_AGE = Gauge(
 )
 DLQ_DEPTH = Gauge("steppe_dlq_depth", "Entries in the dead-letter stream")
 DEAD_LETTERS = Counter("steppe_dead_letters_total", "Messages dead-lettered", ["queue", "reason"])
-BREAKER_STATE = Gauge(
-    "steppe_breaker_state", "Circuit breaker state (0 closed, 1 half-open, 2 open)", ["breaker"]
-)
-BREAKER_TRANSITIONS = Counter(
-    "steppe_breaker_transitions_total", "Circuit breaker transitions", ["breaker", "to"]
-)
+BREAKER_STATE = Gauge("steppe_breaker_state", "Circuit breaker state (0 closed, 1 half-open, 2 open)", ["breaker"])
+BREAKER_TRANSITIONS = Counter("steppe_breaker_transitions_total", "Circuit breaker transitions", ["breaker", "to"])
 COMPENSATIONS = Counter("steppe_compensations_total", "Compensation steps finished", ["status"])
 HOOKS = Counter("steppe_hook_executions_total", "Hook executions", ["kind", "status"])
 LIVE_WORKERS = Gauge("steppe_live_workers", "Workers with a live heartbeat")

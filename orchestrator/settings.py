@@ -87,9 +87,7 @@ class Settings(BaseSettings):
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as e:
-            raise ConfigError(
-                f"{path} is unreadable ({e}); run `steppe dev down` then `steppe dev up`"
-            ) from e
+            raise ConfigError(f"{path} is unreadable ({e}); run `steppe dev down` then `steppe dev up`") from e
         return data if isinstance(data, dict) else {}
 
     def resolved_redis_url(self) -> str:

@@ -61,8 +61,7 @@ def retrying(
     return tenacity.retry(
         stop=tenacity.stop_after_attempt(attempts),
         wait=tenacity.wait_random_exponential(multiplier=initial, max=maximum),
-        retry=tenacity.retry_if_exception_type(retry_on)
-        & tenacity.retry_if_not_exception_type(NonRetryableStepError),
+        retry=tenacity.retry_if_exception_type(retry_on) & tenacity.retry_if_not_exception_type(NonRetryableStepError),
         reraise=True,
     )
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 
-def compensation_blockers(
-    dependents: Mapping[str, Iterable[str]], to_compensate: Iterable[str]
-) -> dict[str, set[str]]:
+def compensation_blockers(dependents: Mapping[str, Iterable[str]], to_compensate: Iterable[str]) -> dict[str, set[str]]:
     """For each step to compensate, the steps whose compensation must finish first.
 
     A step is undone only after every step that (transitively) depended on it has been

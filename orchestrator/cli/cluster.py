@@ -77,9 +77,7 @@ class LocalCluster:
                 return
             dead = [p for p in self.workers if p.poll() is not None]
             if dead:
-                raise InfrastructureError(
-                    f"a worker exited with code {dead[0].returncode}; see {self.log_path}"
-                )
+                raise InfrastructureError(f"a worker exited with code {dead[0].returncode}; see {self.log_path}")
             time.sleep(0.1)
         raise InfrastructureError(f"workers did not start within {timeout:.0f}s; see {self.log_path}")
 

@@ -24,12 +24,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    log_level: str = typer.Option(
-        "INFO", "--log-level", envvar="STEPPE_LOG_LEVEL", help="DEBUG, INFO, WARNING"
-    ),
-    log_json: bool | None = typer.Option(
-        None, "--log-json/--log-console", help="Log format (default: by tty)"
-    ),
+    log_level: str = typer.Option("INFO", "--log-level", envvar="STEPPE_LOG_LEVEL", help="DEBUG, INFO, WARNING"),
+    log_json: bool | None = typer.Option(None, "--log-json/--log-console", help="Log format (default: by tty)"),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True),
 ) -> None:
     configure_logging(level=log_level, json=log_json)

@@ -55,8 +55,7 @@ def exit_code_for(status: str) -> int:
 
 def status_table(doc: dict[str, Any]) -> Table:
     table = Table(
-        title=f"{doc['workflow']} · {doc['run_id']} · [{STATUS_STYLE.get(doc['status'], '')}]"
-        f"{doc['status']}[/]",
+        title=f"{doc['workflow']} · {doc['run_id']} · [{STATUS_STYLE.get(doc['status'], '')}]{doc['status']}[/]",
         expand=False,
     )
     table.add_column("step")
@@ -124,16 +123,12 @@ def register(app: typer.Typer) -> None:
     @report_errors
     def submit(
         file: Path = typer.Argument(..., help="Workflow YAML"),
-        input_: list[str] = typer.Option(
-            [], "--input", "-i", help="Input as key=value (JSON values allowed)"
-        ),
+        input_: list[str] = typer.Option([], "--input", "-i", help="Input as key=value (JSON values allowed)"),
         inputs_file: Path | None = typer.Option(None, "--inputs-file", help="JSON object of inputs"),
         idempotency_key: str | None = typer.Option(None, "--idempotency-key", help="Return the existing run"),
         wait: bool = typer.Option(False, "--wait", help="Wait for the run to finish; exit 0/1 by its status"),
         as_json: bool = typer.Option(False, "--json", help='Print {"run_id": …}'),
-        no_handler_check: bool = typer.Option(
-            False, "--no-handler-check", help="Skip the live-handler check"
-        ),
+        no_handler_check: bool = typer.Option(False, "--no-handler-check", help="Skip the live-handler check"),
     ) -> None:
         """Submit a workflow run."""
         settings = load_settings()
@@ -170,9 +165,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     @report_errors
-    def watch(
-        run_id: str, timeout: float | None = typer.Option(None, help="Stop watching after N seconds")
-    ) -> None:
+    def watch(run_id: str, timeout: float | None = typer.Option(None, help="Stop watching after N seconds")) -> None:
         """Live view of a run's steps until it finishes; exits 0/1 by its status."""
         with connect(load_settings(), need_redis=False) as clients:
             doc = wait_for(clients, run_id, live=True, timeout=timeout)

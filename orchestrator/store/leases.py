@@ -27,8 +27,7 @@ class LeaseManager:
     def ensure_rows(self) -> None:
         with self.store.connection() as conn, conn.transaction():
             conn.execute(
-                "INSERT INTO coordinator_leases (partition) SELECT generate_series(0, %s - 1)"
-                " ON CONFLICT DO NOTHING",
+                "INSERT INTO coordinator_leases (partition) SELECT generate_series(0, %s - 1) ON CONFLICT DO NOTHING",
                 (self.partitions,),
             )
 

@@ -70,9 +70,7 @@ class Env:
     def clients(self) -> Clients:
         return Clients(settings=self.settings, redis=self.redis, store=self.store)
 
-    def start(
-        self, *, workers: int = 2, queues: list[str] | None = None, concurrency: int | None = None
-    ) -> None:
+    def start(self, *, workers: int = 2, queues: list[str] | None = None, concurrency: int | None = None) -> None:
         self.cluster.start_coordinator()
         for _ in range(workers):
             self.start_worker(queues=queues, concurrency=concurrency)
@@ -108,8 +106,15 @@ class Env:
 def make_env(redis_url: str, db_url: str, namespace: str, home: Path) -> Env:
     env = dict(os.environ)
     env.update(FAST_ENV)
-    env.update({"STEPPE_REDIS_URL": redis_url, "STEPPE_DATABASE_URL": db_url, "STEPPE_NAMESPACE": namespace,
-                "STEPPE_HOME": str(home), "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    env.update(
+        {
+            "STEPPE_REDIS_URL": redis_url,
+            "STEPPE_DATABASE_URL": db_url,
+            "STEPPE_NAMESPACE": namespace,
+            "STEPPE_HOME": str(home),
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        }
+    )
     settings = Settings(redis_url=redis_url, database_url=db_url, namespace=namespace, home=home)
     return Env(settings=settings, env=env, home=home)
 

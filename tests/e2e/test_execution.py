@@ -322,8 +322,13 @@ def test_coordinator_sigkill_and_restart_mid_run(e2e: Env) -> None:
 def test_redis_restarted_empty_the_reconciler_finishes_every_run(e2e_own_redis: Env, own_redis) -> None:
     e2e = e2e_own_redis
     e2e.start(workers=1)
-    run_ids = [e2e.submit("name: lost\nsteps:\n  - {id: a, handler: test.witness, with: {seconds: 1.5}}\n"
-                          "  - {id: b, handler: test.witness, needs: [a]}\n") for _ in range(3)]
+    run_ids = [
+        e2e.submit(
+            "name: lost\nsteps:\n  - {id: a, handler: test.witness, with: {seconds: 1.5}}\n"
+            "  - {id: b, handler: test.witness, needs: [a]}\n"
+        )
+        for _ in range(3)
+    ]
     assert_eventually(lambda: len(e2e.witness("calls")) >= 1, timeout=15)
     own_redis.restart(empty=True)  # no AOF: streams, groups and pending lists are gone
     for run_id in run_ids:
@@ -335,8 +340,10 @@ def test_redis_restarted_empty_the_reconciler_finishes_every_run(e2e_own_redis: 
 
 def test_postgres_restart_is_survived_without_event_gaps(e2e: Env, postgres_server) -> None:
     e2e.start(workers=1)
-    steps = "\n".join(f"  - {{id: s{i}, handler: test.witness, with: {{seconds: 0.3}}"
-                      + (f", needs: [s{i - 1}]" if i else "") + "}" for i in range(6))
+    steps = "\n".join(
+        f"  - {{id: s{i}, handler: test.witness, with: {{seconds: 0.3}}" + (f", needs: [s{i - 1}]" if i else "") + "}"
+        for i in range(6)
+    )
     run_id = e2e.submit(f"name: pgrestart\nsteps:\n{steps}\n")
     assert_eventually(lambda: len(e2e.witness("effects")) >= 2, timeout=15)
     postgres_server.restart(mode="fast")
@@ -348,6 +355,8 @@ def test_postgres_restart_is_survived_without_event_gaps(e2e: Env, postgres_serv
 
 def test_pattern_steps_without_a_runtime_are_refused_at_submit(e2e: Env) -> None:
     with pytest.raises(SubmitError, match=r"step 'vote' uses `swarm:`.*not executed by this release"):
-        e2e.submit("name: s\nsteps:\n  - id: vote\n    handler: builtin.echo\n    swarm: {replicas: 3, quorum: 2}\n",
-                   check_handlers=False)
+        e2e.submit(
+            "name: s\nsteps:\n  - id: vote\n    handler: builtin.echo\n    swarm: {replicas: 3, quorum: 2}\n",
+            check_handlers=False,
+        )
     assert e2e.store.list_runs() == []

@@ -176,13 +176,22 @@ def test_fence_function_rolls_back_a_batch_that_lost_its_run(database_url: str) 
     store = RunStore(database_url)
     store.open()
     try:
-        run_id, _ = store.create_run(run_id=f"r-fence-{uuid.uuid4().hex[:6]}", workflow="w", partition=0,
-                                     definition={}, inputs={}, plan={})
+        run_id, _ = store.create_run(
+            run_id=f"r-fence-{uuid.uuid4().hex[:6]}", workflow="w", partition=0, definition={}, inputs={}, plan={}
+        )
         with store.connection() as conn:
-            conn.execute("INSERT INTO coordinator_leases (partition, owner) VALUES (0, 'me')"
-                         " ON CONFLICT (partition) DO UPDATE SET owner = 'me'")
-        write = RunWrite(run_id=run_id, expected_version=7, status=RunStatus.RUNNING, state={}, last_seq=2,
-                         events=[Event(seq=2, type=EventType.RUN_STARTED)])
+            conn.execute(
+                "INSERT INTO coordinator_leases (partition, owner) VALUES (0, 'me')"
+                " ON CONFLICT (partition) DO UPDATE SET owner = 'me'"
+            )
+        write = RunWrite(
+            run_id=run_id,
+            expected_version=7,
+            status=RunStatus.RUNNING,
+            state={},
+            last_seq=2,
+            events=[Event(seq=2, type=EventType.RUN_STARTED)],
+        )
         with pytest.raises(ConflictError):
             store.commit_batch([write], owner="me")
         assert [e["seq"] for e in store.events(run_id)] == [1]
@@ -190,8 +199,18 @@ def test_fence_function_rolls_back_a_batch_that_lost_its_run(database_url: str) 
         store.commit_batch([write], owner="me")
         assert [e["seq"] for e in store.events(run_id)] == [1, 2]
         with pytest.raises(ConflictError):
-            store.commit_batch([RunWrite(run_id=run_id, expected_version=1, status=RunStatus.RUNNING, state={},
-                                         last_seq=3, events=[Event(seq=3, type=EventType.RUN_CANCEL_REQUESTED)])],
-                               owner="someone-else")
+            store.commit_batch(
+                [
+                    RunWrite(
+                        run_id=run_id,
+                        expected_version=1,
+                        status=RunStatus.RUNNING,
+                        state={},
+                        last_seq=3,
+                        events=[Event(seq=3, type=EventType.RUN_CANCEL_REQUESTED)],
+                    )
+                ],
+                owner="someone-else",
+            )
     finally:
         store.close()

@@ -23,8 +23,14 @@ class Clock:
 def make(yaml_text: str, inputs: dict[str, Any] | None = None) -> tuple[RunEngine, Clock]:
     clock = Clock()
     wf = compile_workflow(load_workflow(yaml_text))
-    engine = RunEngine(workflow=wf, projection=RunProjection(run_id="r1"), inputs=inputs or {}, partition=0,
-                       clock=clock, rng=random.Random(1))
+    engine = RunEngine(
+        workflow=wf,
+        projection=RunProjection(run_id="r1"),
+        inputs=inputs or {},
+        partition=0,
+        clock=clock,
+        rng=random.Random(1),
+    )
     return engine, clock
 
 
@@ -33,8 +39,13 @@ def ok(step: str, attempt: int = 1, output: Any = None) -> ResultMessage:
 
 
 def failed(step: str, attempt: int = 1, retryable: bool = True) -> ResultMessage:
-    return ResultMessage(run="r1", step=step, attempt=attempt, status="failed",
-                         error=StepErrorInfo(type="Boom", message="boom", retryable=retryable))
+    return ResultMessage(
+        run="r1",
+        step=step,
+        attempt=attempt,
+        status="failed",
+        error=StepErrorInfo(type="Boom", message="boom", retryable=retryable),
+    )
 
 
 def dispatched(engine: RunEngine) -> list[str]:
@@ -105,14 +116,17 @@ def test_non_retryable_failure_cancels_pending_steps_and_fails_the_run() -> None
 
 
 def test_when_skips_and_propagates_to_dependents() -> None:
-    engine, _ = make("""
+    engine, _ = make(
+        """
 name: w
 inputs: {go: {type: boolean, default: false}}
 steps:
   - {id: a, handler: h.x, when: "${{ inputs.go }}"}
   - {id: b, handler: h.x, needs: [a]}
   - {id: c, handler: h.x}
-""", {"go": False})
+""",
+        {"go": False},
+    )
     engine.start()
     assert dispatched(engine) == ["c"]
     assert engine.run.steps["a"].status is StepStatus.SKIPPED
@@ -122,12 +136,15 @@ steps:
 
 
 def test_for_each_gathers_outputs_in_item_order() -> None:
-    engine, _ = make("""
+    engine, _ = make(
+        """
 name: fe
 inputs: {xs: {type: array}}
 steps:
   - {id: each, handler: h.x, for_each: "${{ inputs.xs }}", with: {v: "${{ item }}"}}
-""", {"xs": ["a", "b", "c"]})
+""",
+        {"xs": ["a", "b", "c"]},
+    )
     engine.start()
     _, outbox, _, _ = engine.drain()
     assert [d.message.args for d in outbox] == [{"v": "a"}, {"v": "b"}, {"v": "c"}]
