@@ -12,7 +12,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STEPPE := $(BIN)/steppe
 PYTEST := $(BIN)/pytest
-PYTEST_ARGS ?= tests/
+PYTEST_ARGS ?= tests/ -m "not soak"
 TOOLS := .steppe-tools
 REDIS7_DIR := $(TOOLS)/redis7
 REDIS7 := $(REDIS7_DIR)/usr/bin/redis-server
@@ -26,7 +26,7 @@ PROMETHEUS_DIR := $(TOOLS)/prometheus
 PROMETHEUS := $(PROMETHEUS_DIR)/usr/bin/prometheus
 
 .PHONY: help install run test test-redis7 lint fmt clean system-deps redis7 fetch-redis7
-.PHONY: prometheus fetch-prometheus dashboards dashboards-check loadtest
+.PHONY: prometheus fetch-prometheus dashboards dashboards-check loadtest soak
 
 help:
 	@echo "make install      virtualenv + dependencies + missing system pieces (PostgreSQL, redis 7)"
@@ -137,3 +137,7 @@ dashboards-check: install prometheus
 
 loadtest: install
 	$(BIN)/python loadtests/run_loadtest.py $(LOADTEST_ARGS)
+
+# RELIABILITY.md scenario 20: hundreds of runs under random faults, bounded to a few minutes.
+soak: install
+	$(PYTEST) tests/faults -m soak -s
