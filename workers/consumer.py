@@ -6,7 +6,7 @@ attempts are batched; each batch is one MULTI/EXEC of result XADDs and XACKs, so
 result is never acknowledged without being published. Liveness: every heartbeat the
 worker refreshes its registry entry, resets the idle time of its in-flight entries
 (XCLAIM … JUSTID, i.e. extends their lease), cancels steps of cancelled runs, and
-reclaims entries idle past the visibility timeout (XAUTOCLAIM) from dead workers;
+reclaims entries idle past the visibility timeout (XPENDING IDLE + XCLAIM) from dead workers;
 entries delivered more than `max_deliveries` times, undecodable or trimmed ones are
 dead-lettered.
 """
@@ -17,9 +17,12 @@ import asyncio
 import os
 import signal
 import socket
+import sys
+import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +36,7 @@ from orchestrator import metrics
 from orchestrator.keys import WORKER_GROUP, Keys
 from orchestrator.settings import Settings
 from orchestrator.wire import FIELD, ResultMessage, StepErrorInfo, StepMessage, decode_step, encode
+from patterns.breaker import BreakerRegistry
 from workers.registry import HandlerRegistry
 from workers.runner import Redactor, StepRunner
 
@@ -41,6 +45,26 @@ log = structlog.get_logger(__name__)
 # A still-running attempt is reported as started after this long (fast steps report only once).
 STARTED_AFTER = 0.5
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+class _HandlerThreads(ThreadPoolExecutor):
+    """The sync handlers' thread pool; counts the calls still running, finished or not awaited."""
+
+    def __init__(self, *, max_workers: int, thread_name_prefix: str) -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+        self._lock = threading.Lock()
+        self.running = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        with self._lock:
+            self.running += 1
+        future = super().submit(fn, *args, **kwargs)
+        future.add_done_callback(self._finished)
+        return future
+
+    def _finished(self, _future: Future[Any]) -> None:
+        with self._lock:
+            self.running -= 1
 
 
 @dataclass(eq=False)
@@ -78,7 +102,7 @@ class Worker:
         self.keys = Keys(settings.namespace)
         self.streams = [s for q in queues for s in self.keys.queue_streams(q)]
         self.redactor = Redactor()
-        self.executor = ThreadPoolExecutor(
+        self.executor = _HandlerThreads(
             max_workers=self.concurrency + 4, thread_name_prefix="steppe-handler"
         )
         self.runner = StepRunner(
@@ -93,6 +117,7 @@ class Worker:
         self._outbox_ready = asyncio.Event()
         self._slots = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._crashed = False
         self.processed = 0
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -105,6 +130,10 @@ class Worker:
             socket_connect_timeout=self.settings.redis.connect_timeout,
             health_check_interval=30,
         )
+        # Circuit breakers share their state through this worker's Redis (patterns.breaker).
+        self.runner.breakers = BreakerRegistry(client=self.redis, keys=self.keys)
+        # Secrets resolved for handlers are redacted from every log line of this process.
+        self.redactor.install_log_processors()
         if install_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -119,14 +148,38 @@ class Worker:
             handlers=len(self.registry.names()),
         )
         tasks = [
-            asyncio.create_task(coro)
-            for coro in (self._read_loop(), self._flush_loop(), self._liveness_loop())
+            asyncio.create_task(self._read_loop(), name="read"),
+            asyncio.create_task(self._flush_loop(), name="flush"),
+            asyncio.create_task(self._liveness_loop(), name="liveness"),
         ]
+        for task in tasks:
+            task.add_done_callback(self._on_task_done)
         await self._stopping.wait()
         exit_code = await self._drain(tasks)
+        if self._crashed:
+            exit_code = 1
         self.executor.shutdown(wait=False, cancel_futures=True)
         await self.redis.aclose()
+        if install_signals and self.executor.running:
+            # Sync handlers that ignored their timeout still hold threads that cannot be
+            # interrupted, and the interpreter joins every pool thread at exit: a handler stuck
+            # for good would keep the process alive past its drain timeout. Their attempts were
+            # reported as timed out or are left pending for another worker, so exit now.
+            log.warning("worker_abandoned_handler_threads", worker=self.id, threads=self.executor.running)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exit_code)
         return exit_code
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        """A loop that dies leaves a worker that looks alive but no longer reads, reports or
+        heartbeats: stop (exit 1) so that the supervisor starts a healthy one instead."""
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        log.error("worker_loop_crashed", worker=self.id, loop=task.get_name(), error=repr(error))
+        self._crashed = True
+        self.request_stop()
 
     def request_stop(self) -> None:
         if not self._stopping.is_set():
@@ -211,8 +264,16 @@ class Worker:
                     self._accept(stream, entry_id, fields, deliveries=1)
 
     def _accept(
-        self, stream: str, entry_id: bytes, fields: dict[bytes, bytes] | None, *, deliveries: int
+        self,
+        stream: str,
+        entry_id: bytes,
+        fields: dict[bytes, bytes] | None,
+        *,
+        deliveries: int,
+        reclaimed: bool = False,
     ) -> None:
+        if (stream, entry_id) in self.inflight:
+            return  # already running here (our lease extension was late): one execution is enough
         if fields is None:
             self._dead_letter(
                 stream,
@@ -230,6 +291,17 @@ class Worker:
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             self._dead_letter(stream, entry_id, None, raw, deliveries, "UndecodableMessage", str(e))
             return
+        if reclaimed:
+            # A redelivery is a possible duplicate execution: say which step it is (RELIABILITY.md I2).
+            log.info(
+                "step_reclaimed",
+                stream=stream,
+                entry=entry_id.decode(),
+                deliveries=deliveries,
+                run_id=message.run,
+                step=message.step,
+                attempt=message.attempt,
+            )
         if deliveries > self.cfg.max_deliveries:
             self._dead_letter(
                 stream,
@@ -343,18 +415,8 @@ class Worker:
                 stream_id=entry_id.decode(),
                 queue=queue,
             )
-        else:
-            result = ResultMessage(
-                run="",
-                step="",
-                attempt=0,
-                status="dead_lettered",
-                worker=self.id,
-                error=StepErrorInfo(type=reason, message=self.redactor(error), retryable=False),
-                deliveries=deliveries,
-                stream_id=entry_id.decode(),
-                queue=queue,
-            )
+        # Without a decodable message there is no step to fail: the entry only goes to the DLQ
+        # (a result for run "" would reach no run and be counted as a duplicate).
         self._outbox.append((entry, result, dead))
         self._outbox_ready.set()
 
@@ -370,10 +432,28 @@ class Worker:
                 if time.monotonic() - getattr(self, "_last_beat", 0.0) >= interval:
                     self._last_beat = time.monotonic()
                     await self._heartbeat()
+                    self._after_outage()
                     self._extend(list(self.inflight.values()))
                     await self._reclaim()
+                    if self.runner.breakers is not None:
+                        await self.runner.breakers.refresh_metrics()
             except CONNECTION_ERRORS as e:
                 log.warning("worker_heartbeat_failed", error=str(e))
+            except redis.ResponseError as e:
+                if "NOGROUP" not in str(e):
+                    raise
+                await self._ensure_groups()  # Redis lost its data: recreate and carry on
+
+    def _after_outage(self) -> None:
+        """After a heartbeat gap longer than the visibility timeout (Redis stopped or unreachable,
+        this process paused), every pending entry looks idle, those of live workers included:
+        wait one visibility timeout before reclaiming, so that their owners extend them first."""
+        now = time.monotonic()
+        gap = now - getattr(self, "_beat_ok", now)
+        self._beat_ok = now
+        if gap > self.cfg.visibility_timeout:
+            self._reclaim_after = now + self.cfg.visibility_timeout
+            log.info("worker_reclaim_deferred", worker=self.id, heartbeat_gap=round(gap, 2))
 
     def _report_started(self) -> None:
         now = time.monotonic()
@@ -418,7 +498,7 @@ class Worker:
     async def _xclaim_justid(self, stream: str, ids: list[bytes]) -> None:
         try:
             await self.redis.xclaim(stream, WORKER_GROUP, self.id, 0, ids, justid=True)
-        except CONNECTION_ERRORS as e:
+        except (*CONNECTION_ERRORS, redis.ResponseError) as e:
             log.warning("lease_extension_failed", error=str(e))
 
     async def _check_cancelled(self) -> None:
@@ -432,33 +512,46 @@ class Worker:
                 entry.task.cancel()
 
     async def _reclaim(self) -> None:
-        """Take over entries idle past the visibility timeout (their worker died or hung)."""
+        """Take over entries idle past the visibility timeout (their worker died or hung).
+
+        An entry delivered once lost one worker (killed, stopped, cut off): all such entries
+        are taken at once. An entry delivered more than once has outlived two workers and may
+        be what kills them (a poison message): a worker runs at most one of these suspects at a
+        time, fewest deliveries first, so that the next crash cannot take innocent entries with
+        it (an innocent entry is delivered at most 3 times). Each claim counts a delivery; past
+        `max_deliveries` the entry is dead-lettered instead of run.
+        """
         free = self.concurrency - len(self.inflight)
-        if free <= 0 or self._stopping.is_set():
+        if free <= 0 or self._stopping.is_set() or time.monotonic() < getattr(self, "_reclaim_after", 0.0):
             return
         min_idle = int(self.cfg.visibility_timeout * 1000)
+        suspect_running = any(e.deliveries > 2 for e in self.inflight.values())
         for stream in self.streams:
-            reply = await self.redis.xautoclaim(stream, WORKER_GROUP, self.id, min_idle, "0-0", count=free)
-            # Redis 6.2 replies [cursor, entries]; 7.x adds a third element listing deleted ids.
-            claimed = reply[1] if len(reply) > 1 else []
-            if not claimed:
+            rows = await self.redis.xpending_range(stream, WORKER_GROUP, "-", "+", free + 32, idle=min_idle)
+            if not rows:
                 continue
-            ids = [entry_id for entry_id, _ in claimed]
-            counts = await self._delivery_counts(stream, ids)
-            metrics.RECLAIMS.labels(queue=self.keys.queue_of_stream(stream)).inc(len(claimed))
-            for entry_id, fields in claimed:
-                log.info(
-                    "step_reclaimed", stream=stream, entry=entry_id.decode(), deliveries=counts.get(entry_id)
-                )
-                self._accept(stream, entry_id, fields, deliveries=counts.get(entry_id, 2))
-            free -= len(claimed)
+            fresh = [r for r in rows if r["times_delivered"] <= 1]
+            suspects = sorted(
+                (r for r in rows if r["times_delivered"] > 1), key=lambda r: (r["times_delivered"], r["message_id"])
+            )
+            wanted = {r["message_id"]: int(r["times_delivered"]) + 1 for r in fresh[:free]}
+            if suspects and not suspect_running and len(wanted) < free:
+                wanted[suspects[0]["message_id"]] = int(suspects[0]["times_delivered"]) + 1
+                suspect_running = True
+            if not wanted:
+                continue
+            reply = await self.redis.xclaim(stream, WORKER_GROUP, self.id, min_idle, list(wanted))
+            claimed = {entry_id: fields for entry_id, fields in reply if entry_id is not None}
+            # Not claimed: taken by another worker meanwhile, or deleted (trimmed) while pending,
+            # which Redis 6.2 returns as a nil and 7.x silently drops from the pending list.
+            gone = [i for i in wanted if i not in claimed and not await self.redis.xrange(stream, min=i, max=i)]
+            if not claimed and not gone:
+                continue
+            metrics.RECLAIMS.labels(queue=self.keys.queue_of_stream(stream)).inc(len(claimed) + len(gone))
+            for entry_id, fields in claimed.items():
+                self._accept(stream, entry_id, fields, deliveries=wanted[entry_id], reclaimed=True)
+            for entry_id in gone:
+                self._accept(stream, entry_id, None, deliveries=wanted[entry_id], reclaimed=True)
+            free -= len(claimed) + len(gone)
             if free <= 0:
                 return
-
-    async def _delivery_counts(self, stream: str, ids: list[bytes]) -> dict[bytes, int]:
-        counts: dict[bytes, int] = {}
-        for entry_id in ids:
-            rows = await self.redis.xpending_range(stream, WORKER_GROUP, entry_id, entry_id, 1)
-            if rows:
-                counts[entry_id] = int(rows[0]["times_delivered"])
-        return counts

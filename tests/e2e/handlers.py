@@ -15,9 +15,12 @@ _client: redis.Redis | None = None
 
 
 def _redis() -> redis.Redis:
+    """The witness's own Redis: STEPPE_TEST_WITNESS_URL when set (fault tests that stop, kill or
+    empty the cluster's Redis keep their records elsewhere), else the cluster's."""
     global _client  # noqa: PLW0603 - one connection per worker process
     if _client is None:
-        _client = redis.Redis.from_url(os.environ["STEPPE_REDIS_URL"])
+        url = os.environ.get("STEPPE_TEST_WITNESS_URL") or os.environ["STEPPE_REDIS_URL"]
+        _client = redis.Redis.from_url(url)
     return _client
 
 
@@ -63,3 +66,43 @@ async def reject(ctx: StepContext, reason: str = "rejected") -> dict[str, Any]:
 async def secret_echo(ctx: StepContext, token: str) -> dict[str, Any]:
     """Fails with the secret in its message: the worker must redact it."""
     raise RuntimeError(f"upstream refused token {token}")
+
+
+# -- fault tests (tests/faults) ----------------------------------------------------------------
+
+
+@handler("test.ledger")
+async def ledger(ctx: StepContext, seconds: float = 0.0, value: Any = None) -> dict[str, Any]:
+    """An idempotent side effect keyed by `ctx.idempotency_key` (like a payment API with one).
+
+    Records every call and every completed execution; the effect itself is written once per key
+    (HSETNX), so a redelivered or zombie execution completes without a second effect.
+    """
+    r = _redis()
+    call = r.hincrby(witness_key("calls"), ctx.idempotency_key, 1)
+    if seconds:
+        await asyncio.sleep(seconds)
+    r.hincrby(witness_key("completions"), ctx.idempotency_key, 1)
+    if r.hsetnx(witness_key("ledger"), ctx.idempotency_key, f"{os.getpid()}/{ctx.attempt}/{call}"):
+        r.hincrby(witness_key("effects"), ctx.idempotency_key, 1)
+    return {"key": ctx.idempotency_key, "call": call, "attempt": ctx.attempt, "pid": os.getpid(), "value": value}
+
+
+@handler("test.record")
+async def record(ctx: StepContext, seconds: float = 0.0) -> dict[str, Any]:
+    """A witness that also appends its key to an ordered list (compensation order)."""
+    r = _redis()
+    r.hincrby(witness_key("calls"), ctx.idempotency_key, 1)
+    if seconds:
+        await asyncio.sleep(seconds)
+    r.rpush(witness_key("order"), ctx.idempotency_key)
+    r.hincrby(witness_key("effects"), ctx.idempotency_key, 1)
+    return {"key": ctx.idempotency_key}
+
+
+@handler("test.secret_log")
+async def secret_log(ctx: StepContext, token: str) -> dict[str, Any]:
+    """Logs its secret argument through `ctx.log` (the worker must redact it) and returns its length."""
+    ctx.log.info("calling_upstream", token=token, header=f"Bearer {token}")
+    return {"length": len(token)}
+
