@@ -35,8 +35,3 @@ def faults_own_redis(
     handle = make_fault_env(own_redis.url, db_url, namespace, tmp_path, witness_url=redis_url)
     yield handle
     handle.close()
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # Also to be declared in pyproject.toml; registered here so that --strict-markers accepts it meanwhile.
-    config.addinivalue_line("markers", "soak: long fault-injection soak (RELIABILITY.md 20); `make soak`")
