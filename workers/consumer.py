@@ -77,6 +77,7 @@ class _InFlight:
     task: asyncio.Task[None] | None = None
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     reported_started: bool = False
+    finished: bool = False  # the handler is done; its result waits for the next flush
 
 
 class Worker:
@@ -102,9 +103,7 @@ class Worker:
         self.keys = Keys(settings.namespace)
         self.streams = [s for q in queues for s in self.keys.queue_streams(q)]
         self.redactor = Redactor()
-        self.executor = _HandlerThreads(
-            max_workers=self.concurrency + 4, thread_name_prefix="steppe-handler"
-        )
+        self.executor = _HandlerThreads(max_workers=self.concurrency + 4, thread_name_prefix="steppe-handler")
         self.runner = StepRunner(
             registry=registry,
             executor=self.executor,
@@ -118,6 +117,7 @@ class Worker:
         self._slots = asyncio.Event()
         self._stopping = asyncio.Event()
         self._crashed = False
+        self._executing = 0  # handlers running now (in-flight entries minus those awaiting their flush)
         self.processed = 0
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -232,7 +232,9 @@ class Worker:
     async def _read_loop(self) -> None:
         backoff = 0.1
         while not self._stopping.is_set():
-            free = self.concurrency - len(self.inflight)
+            # A slot frees when its handler finishes, not when its result is flushed, so reading
+            # overlaps reporting; results awaiting a flush are bounded by another `concurrency`.
+            free = min(self.concurrency - self._executing, 2 * self.concurrency - len(self.inflight))
             if free <= 0:
                 self._slots.clear()
                 await self._slots.wait()
@@ -316,13 +318,19 @@ class Worker:
             return
         entry = _InFlight(stream, entry_id, message, deliveries, time.monotonic())
         self.inflight[(stream, entry_id)] = entry
+        self._executing += 1
         entry.task = asyncio.create_task(self._execute(entry))
         metrics.WORKER_INFLIGHT.set(len(self.inflight))
 
     async def _execute(self, entry: _InFlight) -> None:
-        result = await self.runner.run(
-            entry.message, on_heartbeat=lambda: self._extend([entry]), cancelled=entry.cancelled
-        )
+        try:
+            result = await self.runner.run(
+                entry.message, on_heartbeat=lambda: self._extend([entry]), cancelled=entry.cancelled
+            )
+        finally:
+            entry.finished = True
+            self._executing -= 1
+            self._slots.set()
         metrics.STEP_DURATION.labels(
             queue=self.keys.queue_of_stream(entry.stream), handler=entry.message.handler
         ).observe(result.duration)
@@ -344,9 +352,7 @@ class Worker:
                     self._outbox = batch + self._outbox
                     await asyncio.sleep(0.5)
 
-    async def _flush(
-        self, batch: list[tuple[_InFlight | None, ResultMessage | None, dict[str, Any] | None]]
-    ) -> None:
+    async def _flush(self, batch: list[tuple[_InFlight | None, ResultMessage | None, dict[str, Any] | None]]) -> None:
         pipe = self.redis.pipeline(transaction=True)
         acks: dict[str, list[bytes]] = {}
         for entry, result, dead in batch:
@@ -458,12 +464,10 @@ class Worker:
     def _report_started(self) -> None:
         now = time.monotonic()
         for entry in self.inflight.values():
-            if not entry.reported_started and now - entry.started >= STARTED_AFTER:
+            if not entry.reported_started and not entry.finished and now - entry.started >= STARTED_AFTER:
                 entry.reported_started = True
                 m = entry.message
-                started = ResultMessage(
-                    run=m.run, step=m.step, attempt=m.attempt, status="started", worker=self.id
-                )
+                started = ResultMessage(run=m.run, step=m.step, attempt=m.attempt, status="started", worker=self.id)
                 self._outbox.append((entry, started, None))
                 self._outbox_ready.set()
 
