@@ -164,12 +164,16 @@ class FaultEnv(Env):
         return out
 
     def close(self) -> None:
-        if self._supervisor is not None:
-            self._supervisor.stop()
-        self.stop_processes()  # SIGCONT first: a paused process cannot act on SIGTERM
-        self.store.close()
-        self.redis.close()
-        self.witness_redis.close()
+        try:
+            if self._supervisor is not None:
+                self._supervisor.stop()
+        finally:
+            try:
+                self.stop_processes()  # SIGCONT first: a paused process cannot act on SIGTERM
+            finally:
+                self.store.close()
+                self.redis.close()
+                self.witness_redis.close()
 
 
 class Supervisor(threading.Thread):
