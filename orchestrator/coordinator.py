@@ -90,6 +90,7 @@ class Coordinator:
         self._next_lease = 0.0
         self._next_reconcile = 0.0
         self._known_queues: set[str] = set()
+        self._absent_before: set[tuple[str, str, int]] = set()
         self.stopping = False
         self.rng = random.Random()
 
@@ -486,7 +487,9 @@ class Coordinator:
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(self.keys.coordinator(self.id), orjson.dumps(info), ex=max(1, int(ttl * 2)))
         pipe.zadd(self.keys.coordinators, {self.id: now})
-        pipe.zremrangebyscore(self.keys.coordinators, 0, now - ttl * 2)
+        # A coordinator that missed a whole lease TTL of heartbeats is gone: stop counting it as a
+        # peer, so that survivors claim all of its partitions as soon as its leases expire.
+        pipe.zremrangebyscore(self.keys.coordinators, 0, now - ttl)
         pipe.zcard(self.keys.coordinators)
         return int(pipe.execute()[-1])
 
@@ -538,6 +541,8 @@ class Coordinator:
             if missing:
                 log.warning("steps_republished", count=len(missing), reason="absent from Redis")
                 self._unpublished.extend(missing)
+        elif not redis_lost_data:
+            self._republish_lost_messages()
         touched = set()
         for run_id in loaded:
             engine = self.runs[run_id].engine
@@ -553,6 +558,30 @@ class Coordinator:
         sync_from_stream(self.redis, self.keys, DeadLetterStore(self.store))
         self._trim_streams()
         self._queue_metrics()
+
+    def _republish_lost_messages(self, limit: int = 20_000) -> None:
+        """Re-publish dispatched attempts absent from Redis at two reconciles in a row.
+
+        A single message can vanish while Redis keeps the rest (failover to a replica that
+        missed the write, an operator's XDEL). Requiring two consecutive misses leaves time
+        for entries in transit; fencing makes a needless re-publish harmless. Skipped above
+        `limit` dispatched steps, where scanning every queue stream each reconcile costs too much.
+        """
+        candidates = {
+            (d.message.run, d.message.step, d.message.attempt): d
+            for tracked in self.runs.values()
+            for d in tracked.engine.in_flight_dispatches(started=False)
+        }
+        if not candidates or len(candidates) > limit:
+            self._absent_before = set()
+            return
+        present = self._attempts_in_redis({d.queue for d in candidates.values()})
+        absent = set(candidates) - present
+        lost = absent & self._absent_before
+        self._absent_before = absent - lost
+        if lost:
+            log.warning("steps_republished", count=len(lost), reason="message missing from Redis")
+            self._unpublished.extend(candidates[k] for k in sorted(lost))
 
     def _attempts_in_redis(self, queues: set[str]) -> set[tuple[str, str, int]]:
         present: set[tuple[str, str, int]] = set()

@@ -383,11 +383,13 @@ class RunEngine:
         )
         return Dispatch(queue, priority, message)
 
-    def in_flight_dispatches(self) -> list[Dispatch]:
-        """Messages of every dispatched or running attempt (to re-publish what Redis lost)."""
+    def in_flight_dispatches(self, *, started: bool = True) -> list[Dispatch]:
+        """Messages of every dispatched (and, unless `started=False`, running) attempt, to re-publish
+        what Redis lost."""
+        statuses = IN_FLIGHT_STEP_STATUSES if started else {StepStatus.DISPATCHED}
         out = []
         for key, record in self.run.steps.items():
-            if record.status in IN_FLIGHT_STEP_STATUSES and record.detail.get("items") is None:
+            if record.status in statuses and record.detail.get("items") is None:
                 try:
                     out.append(self._message(key, record.attempt))
                 except TemplateError:

@@ -32,6 +32,24 @@ def new_run_id() -> str:
     return f"r-{uuid.uuid4().hex[:20]}"
 
 
+def check_step_payloads(spec: WorkflowSpec, limit: int) -> None:
+    """Literal `with` blocks travel in every step message: hold them to the payload limit too."""
+    problems = []
+    for step in spec.steps:
+        for label, args in (
+            ("with", step.with_),
+            ("compensate.with", step.compensate.with_ if step.compensate else {}),
+        ):
+            size = len(dumps(args))
+            if size > limit:
+                problems.append(f"step {step.id!r} `{label}` is {size} bytes")
+    if problems:
+        raise SubmitError(
+            "; ".join(problems) + f": over the {limit}-byte payload limit; pass large data by reference "
+            "(a URL or object key) instead"
+        )
+
+
 def reject_unsupported(spec: WorkflowSpec) -> None:
     """Refuse pattern keys this release validates but cannot execute yet, instead of failing at run time."""
     problems = []
@@ -85,6 +103,7 @@ class Submitter:
                 "data by reference (a URL or object key) instead"
             )
         reject_unsupported(spec)
+        check_step_payloads(spec, self.settings.limits.payload_bytes)
         compiled = compile_workflow(spec)
         if check_handlers:
             self.check_handlers(compiled.handlers())
@@ -112,6 +131,7 @@ class Submitter:
     ) -> list[str]:
         """Submit one run per inputs mapping in a single transaction (bulk loads, benchmarks)."""
         reject_unsupported(spec)
+        check_step_payloads(spec, self.settings.limits.payload_bytes)
         compiled = compile_workflow(spec)
         if check_handlers:
             self.check_handlers(compiled.handlers())

@@ -223,7 +223,8 @@ class _References:
         self.ids = ids
         self.analysis = analysis
         self.problems = problems
-        inputs = data.get("inputs")
+        inputs = data.get("inputs") or {}  # no `inputs:` declares none, so every `inputs.X` is unknown
+        # A malformed `inputs:` is reported on its own; references are not checked against it.
         self.inputs: dict[str, Any] | None = inputs if isinstance(inputs, dict) else None
         self.hooks = data.get("hooks")
         self.step_suggester = diagnostics.Suggester(ids)

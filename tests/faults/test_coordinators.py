@@ -171,12 +171,6 @@ def test_5_coordinator_dies_between_commit_and_publish(faults: FaultEnv, crash_p
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="orchestrator/coordinator.py _heartbeat keeps a coordinator in the `{ns}:coordinators` zset for "
-    "2 x lease_ttl and LeaseManager.rebalance takes that count as peers_hint: a survivor takes only its "
-    "'fair share' of a dead coordinator's partitions after lease_ttl and the rest only after 2 x lease_ttl",
-)
 def test_dead_coordinators_partitions_are_all_taken_over_after_one_lease_ttl(faults: FaultEnv) -> None:
     victim = faults.start_coordinator()
     assert_eventually(lambda: len(lease_owners(faults)) == 4, timeout=15)

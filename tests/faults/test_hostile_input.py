@@ -128,12 +128,6 @@ def test_17_hostile_input_is_rejected_before_any_write(submitter_env: FaultEnv, 
     report(f"17-hostile-{case}", rejected_in_s=took_s, message=repr(text[:90]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="orchestrator/spec/validate.py _References._check: `inputs.X` is only checked when the workflow "
-    "declares `inputs:`; without it any name passes validation (yet no input may be passed), and the step "
-    "fails at run time with a TemplateError instead of being rejected at submit",
-)
 def test_17_reference_to_an_input_of_a_workflow_without_inputs_is_rejected(submitter_env: FaultEnv) -> None:
     document = "name: x\nsteps:\n  - {id: a, handler: builtin.echo, with: {v: '${{ inputs.__class__ }}'}}\n"
     with pytest.raises(SpecValidationError, match="undeclared input"):
@@ -141,12 +135,6 @@ def test_17_reference_to_an_input_of_a_workflow_without_inputs_is_rejected(submi
     assert set(written(submitter_env).values()) == {0}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a literal `with` over the 1 MiB payload limit (SPEC §10) passes load_workflow and "
-    "Submitter.submit (only submit-time inputs are size-checked): the run is written and its step "
-    "message would carry 10 MB through Redis",
-)
 def test_17_oversized_literal_step_arguments_are_rejected_at_submit(submitter_env: FaultEnv) -> None:
     document = "name: x\nsteps:\n  - {id: a, handler: builtin.echo, with: {v: '" + "x" * (10 * 1024 * 1024) + "'}}\n"
     with pytest.raises((SpecValidationError, SubmitError), match="limit"):

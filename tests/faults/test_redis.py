@@ -296,13 +296,6 @@ steps:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="orchestrator/coordinator.py _reconcile re-publishes in-flight attempts only for runs it has just "
-    "loaded, or for every run after a detected data loss (missing epoch / NOGROUP); a dispatched step whose "
-    "message alone was lost (failover to a lagging replica, AOF without the last writes, XDEL) is never "
-    "re-published, and the engine arms no timer for a step that is dispatched but never started",
-)
 def test_8_loss_of_a_recent_write_alone_is_republished(faults_own_redis: FaultEnv) -> None:
     env = faults_own_redis
     env.start_coordinator()

@@ -331,7 +331,7 @@ def test_unknown_reference_root() -> None:
 
 
 def test_when_must_be_a_single_reference() -> None:
-    problem = only(STEP + '    when: "${{ inputs.a }} == 1"\n')
+    problem = only(STEP + '    when: "${{ run.id }} == 1"\n')
     assert at(problem) == (5, 11)
     assert "step 'a', when: must be true, false or one ${{ … }} reference" in problem.message
 
