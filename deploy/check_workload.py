@@ -218,7 +218,7 @@ class Workload:
         except TimeoutError:
             notes.append("the resumed victim's late result was not counted as a duplicate")
         self.victim.send_signal(signal.SIGTERM)
-        self.victim.wait(timeout=self.left(15))
+        self.victim.wait(timeout=self.left(45))  # it drains its (fenced) step first: up to drain_timeout
         return notes
 
     def wait_terminal(self, runs: list[tuple[str, str]], *, timeout: float) -> dict[str, str]:
