@@ -7,7 +7,7 @@ from typing import Any
 
 import redis
 import structlog
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from orchestrator.engine import Dispatch
@@ -26,13 +26,14 @@ def connect(settings: Settings, url: str | None = None) -> redis.Redis:
     """A client whose socket timeout stays above the BLOCK time of blocking reads."""
     url = url or settings.resolved_redis_url()
     socket_timeout = max(settings.redis.socket_timeout, settings.redis.block_ms / 1000 + 5)
+    # No client-side retries: re-sending a timed-out XADD can publish a step twice. The
+    # coordinator handles failures itself (back off, reload, re-publish only what is absent).
     return redis.Redis.from_url(
         url,
         socket_timeout=socket_timeout,
         socket_connect_timeout=settings.redis.connect_timeout,
         health_check_interval=30,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries=3),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        retry=Retry(NoBackoff(), 0),
     )
 
 

@@ -32,11 +32,11 @@ import orjson
 import redis
 import structlog
 
-from orchestrator import bus, metrics
+from orchestrator import bus, metrics, streams
 from orchestrator.engine import Dispatch, RunEngine, Timer
 from orchestrator.errors import ConflictError, InfrastructureError
 from orchestrator.hook_runner import HookRunner
-from orchestrator.keys import COORDINATOR_GROUP, WORKER_GROUP, Keys
+from orchestrator.keys import COORDINATOR_GROUP, Keys
 from orchestrator.settings import Settings
 from orchestrator.spec import WorkflowSpec
 from orchestrator.state import TERMINAL_RUN_STATUSES, Event, EventType, RunStatus
@@ -44,7 +44,7 @@ from orchestrator.store.dead_letters import DeadLetterStore, sync_from_stream
 from orchestrator.store.hooks import HookStore
 from orchestrator.store.leases import LeaseManager
 from orchestrator.store.runs import RunStore, RunWrite, StoredRun
-from orchestrator.wire import FIELD, ResultMessage, decode_control, decode_result, decode_step, encode
+from orchestrator.wire import FIELD, ResultMessage, decode_control, decode_result, encode
 from orchestrator.workflow import CompiledWorkflow, compile_workflow
 from patterns.hooks import HOOKS_QUEUE, is_hook_key
 
@@ -436,7 +436,9 @@ class Coordinator:
         try:
             pipe.execute()
         except bus.RETRYABLE:
-            self._unpublished = pending + self._unpublished
+            # The pipeline may have run before the connection broke, so publishing again could
+            # deliver a step twice. The caller reloads from PostgreSQL instead, and the reconciler
+            # re-publishes exactly the dispatched attempts that Redis does not hold.
             raise
 
     def _on_finished(self, tracked: _Tracked) -> None:
@@ -449,6 +451,7 @@ class Coordinator:
         """Drop in-memory state after a failed write; it is reloaded from PostgreSQL."""
         self.runs.clear()
         self._timers.clear()
+        self._unpublished.clear()  # the reconciler re-publishes what Redis lacks once runs reload
         self._replay_pending = True
         self._next_reconcile = 0.0
 
@@ -584,95 +587,16 @@ class Coordinator:
             self._unpublished.extend(candidates[k] for k in sorted(lost))
 
     def _attempts_in_redis(self, queues: set[str]) -> set[tuple[str, str, int]]:
-        present: set[tuple[str, str, int]] = set()
-        streams = [s for q in queues for s in self.keys.queue_streams(q)]
-        for stream in streams:
-            for _, fields in _scan(self.redis, stream):
-                try:
-                    m = decode_step(fields.get(FIELD, b""))
-                except (msgspec.DecodeError, msgspec.ValidationError):
-                    continue
-                present.add((m.run, m.step, m.attempt))
-        for p in self.partitions:
-            for _, fields in _scan(self.redis, self.keys.results_stream(p)):
-                try:
-                    r = decode_result(fields.get(FIELD, b""))
-                except (msgspec.DecodeError, msgspec.ValidationError):
-                    continue
-                if r.status != "started":
-                    present.add((r.run, r.step, r.attempt))
-        return present
+        return streams.attempts_in_redis(self.redis, self.keys, queues, self.partitions)
 
     def _trim_streams(self) -> None:
-        """Trim acknowledged entries only: never below the oldest pending or undelivered id."""
-        streams = [(s, WORKER_GROUP) for q in self._known_queues for s in self.keys.queue_streams(q)]
-        streams += [(self.keys.results_stream(p), COORDINATOR_GROUP) for p in self.partitions]
-        streams += [(self.keys.control_stream(p), COORDINATOR_GROUP) for p in self.partitions]
-        for stream, group in streams:
-            floor = safe_trim_floor(self.redis, stream, group)
-            if floor:
-                self.redis.xtrim(stream, minid=floor, approximate=False)
+        streams.trim_acknowledged(self.redis, self.keys, self._known_queues, self.partitions)
 
     def _queue_metrics(self) -> None:
-        for queue in self._known_queues:
-            depth = lag = pending = 0
-            oldest = 0.0
-            for stream in self.keys.queue_streams(queue):
-                depth += int(self.redis.xlen(stream))
-                for group in self.redis.xinfo_groups(stream):
-                    pending += int(group.get("pending", 0))
-                    lag += int(group.get("lag") or 0)
-                summary = self.redis.xpending_range(stream, WORKER_GROUP, "-", "+", 1)
-                if summary:
-                    oldest = max(oldest, summary[0]["time_since_delivered"] / 1000)
-            metrics.QUEUE_DEPTH.labels(queue=queue).set(depth)
-            metrics.QUEUE_LAG.labels(queue=queue).set(lag)
-            metrics.QUEUE_PENDING.labels(queue=queue).set(pending)
-            metrics.QUEUE_OLDEST_PENDING_AGE.labels(queue=queue).set(oldest)
-        metrics.DLQ_DEPTH.set(int(self.redis.xlen(self.keys.dlq_stream)))
-        metrics.LIVE_WORKERS.set(
-            int(
-                self.redis.zcount(self.keys.workers, self.clock() - 3 * self.settings.worker.heartbeat_interval, "+inf")
-            )
-        )
+        streams.export_queue_metrics(self.redis, self.keys, self._known_queues)
+        live_since = self.clock() - 3 * self.settings.worker.heartbeat_interval
+        metrics.LIVE_WORKERS.set(int(self.redis.zcount(self.keys.workers, live_since, "+inf")))
         metrics.ACTIVE_RUNS.set(len(self.runs))
-
-
-def safe_trim_floor(client: redis.Redis, stream: str, group: str) -> str | None:
-    """The smallest id still needed by `group`: its oldest pending entry, else its next undelivered one."""
-    try:
-        groups = client.xinfo_groups(stream)
-    except redis.ResponseError:
-        return None
-    mine = next(
-        (g for g in groups if (g["name"].decode() if isinstance(g["name"], bytes) else g["name"]) == group),
-        None,
-    )
-    if mine is None:
-        return None
-    pending = client.xpending(stream, group)
-    if pending and pending.get("pending"):
-        low = pending["min"]
-        return low.decode() if isinstance(low, bytes) else str(low)
-    last = mine["last-delivered-id"]
-    last = last.decode() if isinstance(last, bytes) else str(last)
-    if last == "0-0":
-        return None
-    ms, seq = last.split("-")
-    return f"{ms}-{int(seq) + 1}"
-
-
-def _scan(client: redis.Redis, stream: str, chunk: int = 1000) -> Iterable[tuple[bytes, dict[bytes, bytes]]]:
-    start = "-"
-    while True:
-        entries = client.xrange(stream, min=start, max="+", count=chunk)
-        if not entries:
-            return
-        yield from ((i, f) for i, f in entries if f is not None)
-        if len(entries) < chunk:
-            return
-        last = entries[-1][0].decode()
-        start = "(" + last
 
 
 # -- TEST-ONLY fault injection (tests/faults, RELIABILITY.md scenario 5) -----------------------------

@@ -1,0 +1,104 @@
+"""Redis stream maintenance for the coordinator: presence checks, safe trimming, queue metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+import redis
+
+from orchestrator import metrics
+from orchestrator.keys import COORDINATOR_GROUP, WORKER_GROUP, Keys
+from orchestrator.wire import FIELD, decode_result, decode_step
+
+
+def scan(client: redis.Redis, stream: str, chunk: int = 1000) -> Iterable[tuple[bytes, dict[bytes, bytes]]]:
+    """Every entry of a stream, in chunks (deleted-but-pending entries have no fields and are skipped)."""
+    start = "-"
+    while True:
+        entries = client.xrange(stream, min=start, max="+", count=chunk)
+        if not entries:
+            return
+        yield from ((i, f) for i, f in entries if f is not None)
+        if len(entries) < chunk:
+            return
+        start = "(" + entries[-1][0].decode()
+
+
+def attempts_in_redis(
+    client: redis.Redis, keys: Keys, queues: Iterable[str], partitions: Iterable[int]
+) -> set[tuple[str, str, int]]:
+    """(run, step, attempt) of every step message still queued or pending, and of every result not yet trimmed."""
+    present: set[tuple[str, str, int]] = set()
+    for stream in (s for q in queues for s in keys.queue_streams(q)):
+        for _, fields in scan(client, stream):
+            try:
+                m = decode_step(fields.get(FIELD, b""))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            present.add((m.run, m.step, m.attempt))
+    for p in partitions:
+        for _, fields in scan(client, keys.results_stream(p)):
+            try:
+                r = decode_result(fields.get(FIELD, b""))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            if r.status != "started":
+                present.add((r.run, r.step, r.attempt))
+    return present
+
+
+def safe_trim_floor(client: redis.Redis, stream: str, group: str) -> str | None:
+    """The smallest id still needed by `group`: its oldest pending entry, else its next undelivered one."""
+    try:
+        groups = client.xinfo_groups(stream)
+    except redis.ResponseError:
+        return None
+    mine = next(
+        (g for g in groups if (g["name"].decode() if isinstance(g["name"], bytes) else g["name"]) == group),
+        None,
+    )
+    if mine is None:
+        return None
+    pending = client.xpending(stream, group)
+    if pending and pending.get("pending"):
+        low = pending["min"]
+        return low.decode() if isinstance(low, bytes) else str(low)
+    last = mine["last-delivered-id"]
+    last = last.decode() if isinstance(last, bytes) else str(last)
+    if last == "0-0":
+        return None
+    ms, seq = last.split("-")
+    return f"{ms}-{int(seq) + 1}"
+
+
+def trim_acknowledged(client: redis.Redis, keys: Keys, queues: Iterable[str], partitions: Iterable[int]) -> None:
+    """Trim acknowledged entries only: never below the oldest pending or undelivered id (XTRIM MINID)."""
+    parts = list(partitions)
+    targets = [(s, WORKER_GROUP) for q in queues for s in keys.queue_streams(q)]
+    targets += [(keys.results_stream(p), COORDINATOR_GROUP) for p in parts]
+    targets += [(keys.control_stream(p), COORDINATOR_GROUP) for p in parts]
+    for stream, group in targets:
+        floor = safe_trim_floor(client, stream, group)
+        if floor:
+            client.xtrim(stream, minid=floor, approximate=False)
+
+
+def export_queue_metrics(client: redis.Redis, keys: Keys, queues: Iterable[str]) -> None:
+    """Depth, lag, pending count and oldest pending age per queue; dead-letter depth."""
+    for queue in queues:
+        depth = lag = pending = 0
+        oldest = 0.0
+        for stream in keys.queue_streams(queue):
+            depth += int(client.xlen(stream))
+            for group in client.xinfo_groups(stream):
+                pending += int(group.get("pending", 0))
+                lag += int(group.get("lag") or 0)
+            summary = client.xpending_range(stream, WORKER_GROUP, "-", "+", 1)
+            if summary:
+                oldest = max(oldest, summary[0]["time_since_delivered"] / 1000)
+        metrics.QUEUE_DEPTH.labels(queue=queue).set(depth)
+        metrics.QUEUE_LAG.labels(queue=queue).set(lag)
+        metrics.QUEUE_PENDING.labels(queue=queue).set(pending)
+        metrics.QUEUE_OLDEST_PENDING_AGE.labels(queue=queue).set(oldest)
+    metrics.DLQ_DEPTH.set(int(client.xlen(keys.dlq_stream)))
