@@ -221,3 +221,19 @@ def make_fault_env(redis_url: str, db_url: str, namespace: str, home: Path, witn
     )
     settings = Settings(redis_url=redis_url, database_url=db_url, namespace=namespace, home=home)
     return FaultEnv(settings=settings, env=env, home=home, witness_url=witness_url)
+
+
+def chain_yaml(name: str, length: int, seconds: float, *, handler: str = "test.witness") -> str:
+    """A workflow of `length` sequential steps of `handler`, each sleeping `seconds`."""
+    steps = "\n".join(
+        f"  - {{id: s{i}, handler: {handler}, with: {{seconds: {seconds}}}"
+        + (f", needs: [s{i - 1}]" if i else "")
+        + "}"
+        for i in range(length)
+    )
+    return f"name: {name}\nsteps:\n{steps}\n"
+
+
+def ledger_chain(name: str, length: int, seconds: float) -> str:
+    """`chain_yaml` of `test.ledger` steps (one recorded side effect per idempotency key)."""
+    return chain_yaml(name, length, seconds, handler="test.ledger")

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from tests.faults.harness import FaultEnv
+from tests.faults.harness import FaultEnv, chain_yaml
 from tests.faults.invariants import (
     check_applied_once,
     check_dead_letters,
@@ -21,16 +21,6 @@ from tests.faults.invariants import (
 from tests.helpers import assert_eventually
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
-
-
-def chain(name: str, length: int, seconds: float) -> str:
-    steps = "\n".join(
-        f"  - {{id: s{i}, handler: test.witness, with: {{seconds: {seconds}}}"
-        + (f", needs: [s{i - 1}]" if i else "")
-        + "}"
-        for i in range(length)
-    )
-    return f"name: {name}\nsteps:\n{steps}\n"
 
 
 def dispatch_counts(env: FaultEnv, run_ids: list[str]) -> Counter[str]:
@@ -52,13 +42,13 @@ def lease_owners(env: FaultEnv) -> dict[int, str | None]:
 
 def test_6_two_coordinators_at_once_no_duplicate_dispatch_no_lost_run(faults: FaultEnv) -> None:
     faults.start(workers=2, concurrency=8)
-    runs = [faults.submit(chain("pair", 3, 0.2)) for _ in range(15)]
+    runs = [faults.submit(chain_yaml("pair", 3, 0.2)) for _ in range(15)]
     assert_eventually(lambda: len(faults.witness("effects")) >= 5, timeout=15)
     second_started = time.monotonic()
     faults.start_coordinator()  # joins mid-flight: partitions are handed over while runs move
     assert_eventually(lambda: len(set(lease_owners(faults).values())) == 2, timeout=15, message="no rebalance")
     rebalance_s = time.monotonic() - second_started
-    runs += [faults.submit(chain("pair", 3, 0.2)) for _ in range(15)]
+    runs += [faults.submit(chain_yaml("pair", 3, 0.2)) for _ in range(15)]
     wait_terminal(faults, runs, deadline=45)
     total_s = time.monotonic() - second_started
 
@@ -92,7 +82,7 @@ def test_coordinator_sigkill_mid_run_partitions_taken_over(faults: FaultEnv) -> 
     faults.start_worker(concurrency=8)
     faults.start_worker(concurrency=8)
     faults.wait_for_workers(2)
-    runs = [faults.submit(chain("takeover", 5, 0.3)) for _ in range(10)]
+    runs = [faults.submit(chain_yaml("takeover", 5, 0.3)) for _ in range(10)]
     assert_eventually(lambda: len(faults.witness("effects")) >= 15, timeout=20)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
@@ -141,7 +131,7 @@ def test_5_coordinator_dies_between_commit_and_publish(faults: FaultEnv, crash_p
     victim = faults.start_coordinator(**{f"STEPPE_FAULT_CRASH_{crash_point}": "2"})
     faults.start_worker()
     faults.wait_for_workers(1)
-    run_id = faults.submit(chain("crashpoint", 3, 0.2))
+    run_id = faults.submit(chain_yaml("crashpoint", 3, 0.2))
     assert victim.wait(timeout=20) == 137, "the crash point was never reached"
     crashed = time.monotonic()
     assert faults.witness("effects") == {f"{run_id}/s0": 1}

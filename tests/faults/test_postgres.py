@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from orchestrator.store import db
-from tests.faults.harness import FaultEnv
+from tests.faults.harness import FaultEnv, ledger_chain
 from tests.faults.invariants import (
     check_applied_once,
     check_dead_letters,
@@ -26,16 +26,6 @@ from tests.faults.invariants import (
 from tests.helpers import assert_eventually
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
-
-
-def ledger_chain(name: str, length: int, seconds: float) -> str:
-    steps = "\n".join(
-        f"  - {{id: s{i}, handler: test.ledger, with: {{seconds: {seconds}}}"
-        + (f", needs: [s{i - 1}]" if i else "")
-        + "}"
-        for i in range(length)
-    )
-    return f"name: {name}\nsteps:\n{steps}\n"
 
 
 def committed_events(env: FaultEnv) -> int:

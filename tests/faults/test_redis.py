@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator.dev import RedisServer
 from orchestrator.keys import WORKER_GROUP
-from tests.faults.harness import FaultEnv, cpu_seconds
+from tests.faults.harness import FaultEnv, cpu_seconds, ledger_chain
 from tests.faults.invariants import (
     check_applied_once,
     check_dead_letters,
@@ -27,16 +27,6 @@ from tests.faults.invariants import (
 from tests.helpers import assert_eventually
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
-
-
-def ledger_chain(name: str, length: int, seconds: float) -> str:
-    steps = "\n".join(
-        f"  - {{id: s{i}, handler: test.ledger, with: {{seconds: {seconds}}}"
-        + (f", needs: [s{i - 1}]" if i else "")
-        + "}"
-        for i in range(length)
-    )
-    return f"name: {name}\nsteps:\n{steps}\n"
 
 
 def in_flight_steps(env: FaultEnv) -> int:
