@@ -19,8 +19,8 @@ from orchestrator.dev.process import (
     LOOPBACK,
     as_server_user,
     ensure_traversable,
-    free_port,
     hand_over,
+    launch_on_free_port,
     log_tail,
     pid_alive,
     run_command,
@@ -128,17 +128,12 @@ class PostgresServer:
             )
         if not (data / "PG_VERSION").exists():
             server._initdb()
-        attempts = 1 if port else 3  # another process may take a "free" port before we bind it
-        for attempt in range(1, attempts + 1):
-            server.port = port or free_port()
-            try:
-                server._launch(timeout=timeout)
-            except LauncherError:
-                if attempt == attempts or "could not bind" not in log_tail(server.log_file, 10):
-                    raise
-                log.info("postgres_port_taken", port=server.port, attempt=attempt)
-            else:
-                break
+
+        def launch(chosen: int) -> None:
+            server.port = chosen
+            server._launch(timeout=timeout)
+
+        launch_on_free_port(launch, port=port, log_file=server.log_file, busy_marker="could not bind", what="postgres")
         server.create_database(DATABASE)
         return server
 

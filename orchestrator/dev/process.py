@@ -41,6 +41,25 @@ def port_is_free(port: int) -> bool:
         return True
 
 
+def launch_on_free_port(
+    launch: Callable[[int], None], *, port: int | None, log_file: Path, busy_marker: str, what: str
+) -> int:
+    """Call `launch(port)` on `port`, or on a free one; another process may take a "free" port
+    before the server binds it, so a busy port (`busy_marker` in the log) is retried twice."""
+    attempts = 1 if port else 3
+    for attempt in range(1, attempts + 1):
+        chosen = port or free_port()
+        try:
+            launch(chosen)
+        except LauncherError:
+            if attempt == attempts or busy_marker not in log_tail(log_file, 10):
+                raise
+            log.info("port_taken", server=what, port=chosen, attempt=attempt)
+        else:
+            return chosen
+    raise AssertionError("unreachable")
+
+
 def pid_alive(pid: int | None) -> bool:
     """Whether `pid` is a live process; zombies (exited, not yet reaped) count as dead."""
     if not pid or pid <= 0:

@@ -17,7 +17,7 @@ import structlog
 
 from orchestrator.dev.process import (
     LOOPBACK,
-    free_port,
+    launch_on_free_port,
     log_tail,
     pid_alive,
     process_cmdline,
@@ -162,17 +162,14 @@ class RedisServer:
                 f"run `steppe dev down` or `kill {running.pid}` first"
             )
         server = cls(binary=found, data_dir=data, port=port or 0, pid=0, appendonly=appendonly)
-        attempts = 1 if port else 3  # another process may grab a "free" port before Redis binds it
-        for attempt in range(1, attempts + 1):
-            server.port = port or free_port()
-            try:
-                server._launch(timeout=timeout)
-            except LauncherError:
-                if attempt == attempts or "Address already in use" not in log_tail(server.log_file, 5):
-                    raise
-                log.info("redis_port_taken", port=server.port, attempt=attempt)
-            else:
-                break
+
+        def launch(chosen: int) -> None:
+            server.port = chosen
+            server._launch(timeout=timeout)
+
+        launch_on_free_port(
+            launch, port=port, log_file=server.log_file, busy_marker="Address already in use", what="redis"
+        )
         return server
 
     @classmethod
