@@ -9,11 +9,12 @@ commit), then `outbox` (to publish) and `timers` (to schedule). No I/O happens h
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.errors import TemplateError
+from orchestrator.messages import PRE_CHECK_QUEUE, Dispatch, PreCheck, StepMessages
 from orchestrator.state import (
     ACTIVE_STEP_STATUSES,
     FAILED_STEP_STATUSES,
@@ -28,25 +29,23 @@ from orchestrator.state import (
     apply_event,
     base_step_id,
     compensation_key,
+    gate_key,
     item_key,
+    key_role,
+    pre_check_key,
 )
-from orchestrator.templates import TemplateContext, resolve
-from orchestrator.wire import ResultMessage, StepKind, StepMessage
+from orchestrator.wire import ResultMessage
 from orchestrator.workflow import CompiledWorkflow, StepDef
-from patterns.retry import RetryPolicy, compute_backoff
+from patterns.handoff import verdict_of
+from patterns.hierarchical import ChildStart
+from patterns.retry import compute_backoff
 from patterns.saga import compensation_blockers, ready_compensations
+from patterns.swarm import tally
+
+__all__ = ["DEFER_DELAY", "PRE_CHECK_QUEUE", "Dispatch", "PreCheck", "RunEngine", "Timer"]
 
 # Deferred steps (open circuit breaker) are re-offered after this many seconds.
 DEFER_DELAY = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class Dispatch:
-    """A step message to publish once the events that announce it are committed."""
-
-    queue: str
-    priority: str
-    message: StepMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,25 +57,6 @@ class Timer:
     step: str
     attempt: int
     kind: str  # "retry" | "timeout"
-
-
-class _OutputsView(Mapping[str, Any]):
-    """Step id → output of succeeded steps, read from the projection without copying it."""
-
-    def __init__(self, run: RunProjection) -> None:
-        self._run = run
-
-    def __getitem__(self, step_id: str) -> Any:
-        record = self._run.steps.get(step_id)
-        if record is None or record.status not in (StepStatus.SUCCEEDED, StepStatus.COMPENSATED):
-            raise KeyError(step_id)
-        return record.output
-
-    def __iter__(self) -> Iterator[str]:
-        return (k for k in self._run.steps if k in self)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
 
 
 class RunEngine:
@@ -92,6 +72,9 @@ class RunEngine:
         timeout_grace: float = 10.0,
         clock: Callable[[], float],
         rng: random.Random | None = None,
+        depth: int = 0,
+        max_depth: int = 5,
+        pre_checks: tuple[PreCheck, ...] = (),
     ) -> None:
         self.wf = workflow
         self.run = projection
@@ -104,6 +87,20 @@ class RunEngine:
         self.outbox: list[Dispatch] = []
         self.timers: list[Timer] = []
         self.dead_letters: list[dict[str, Any]] = []
+        self.depth = depth
+        self.max_depth = max_depth
+        self.pre_checks = pre_checks
+        self.messages = StepMessages(
+            workflow=workflow,
+            run=projection,
+            inputs=inputs,
+            partition=partition,
+            pre_checks=pre_checks,
+            depth=depth,
+            max_depth=max_depth,
+        )
+        self.children: list[ChildStart] = []  # child runs to create once committed
+        self.child_cancels: list[str] = []  # child runs to cancel
         self._rebuild_indexes()
 
     # -- indexes -----------------------------------------------------------------------------------
@@ -115,7 +112,6 @@ class RunEngine:
         self._ready: list[str] = []
         self._open: set[str] = set()
         self._in_flight: set[str] = set()
-        self._items: dict[str, list[Any]] = {}
         self._items_left: dict[str, int] = {}
         self._failing = False
         for sid in self.wf.order:
@@ -137,7 +133,7 @@ class RunEngine:
                     self.timers.append(Timer(record.due_at, self.run.run_id, key, record.attempt, "retry"))
                 elif record.status is StepStatus.RUNNING:
                     self._arm_timeout(key, record.attempt, float(record.detail.get("started_at") or self.clock()))
-            if "[" in key and record.status is not StepStatus.SUCCEEDED:
+            if "[" in key and record.status not in TERMINAL_STEP_STATUSES:
                 parent = base_step_id(key)
                 self._items_left[parent] = self._items_left.get(parent, 0) + 1
         if self.run.state.get("cancel_requested"):
@@ -173,6 +169,11 @@ class RunEngine:
             return False
         self._emit(EventType.RUN_CANCEL_REQUESTED)
         self._failing = True
+        self.child_cancels.extend(
+            r.detail["child_run"]
+            for r in self.run.steps.values()
+            if r.status in IN_FLIGHT_STEP_STATUSES and "child_run" in r.detail
+        )
         self.advance()
         return True
 
@@ -210,13 +211,14 @@ class RunEngine:
             if self._failing and not timer.step.endswith(":compensate"):
                 self._emit(EventType.STEP_CANCELLED, step=timer.step, attempt=record.attempt)
                 self._in_flight.discard(timer.step)
+                self._abandon_checked(timer.step)
                 self._after_terminal(timer.step)
             else:
                 self._dispatch(timer.step)
         elif timer.kind == "timeout" and record.status is StepStatus.RUNNING:
             error = {
                 "type": "StepTimeoutError",
-                "message": f"no result within timeout + grace ({self._timeout_of(timer.step):.0f}s"
+                "message": f"no result within timeout + grace ({self.messages.timeout_of(timer.step):.0f}s"
                 f" + {self.timeout_grace:.0f}s); the attempt is abandoned",
                 "retryable": True,
             }
@@ -241,9 +243,13 @@ class RunEngine:
             self._arm_timeout(msg.step, msg.attempt, now)
             return True
         if msg.status == "succeeded":
-            self._emit(EventType.STEP_SUCCEEDED, step=msg.step, attempt=msg.attempt, output=msg.output)
             self._in_flight.discard(msg.step)
-            self._on_success(msg.step)
+            if self.wf.steps[base_step_id(msg.step)].gate is not None and key_role(msg.step) == "step":
+                self._emit(EventType.STEP_CHECKING, step=msg.step, attempt=msg.attempt, output=msg.output)
+                self._dispatch(gate_key(msg.step))
+            else:
+                self._emit(EventType.STEP_SUCCEEDED, step=msg.step, attempt=msg.attempt, output=msg.output)
+                self._on_success(msg.step)
         elif msg.status == "deferred":
             due = round(self.clock() + DEFER_DELAY, 3)
             self._emit(
@@ -261,6 +267,7 @@ class RunEngine:
         elif msg.status == "cancelled" and self.run.state.get("cancel_requested"):
             self._emit(EventType.STEP_CANCELLED, step=msg.step, attempt=msg.attempt)
             self._in_flight.discard(msg.step)
+            self._abandon_checked(msg.step)
             self._after_terminal(msg.step)
         elif msg.status == "dead_lettered":
             error = _error_dict(msg) | {"retryable": False}
@@ -299,10 +306,12 @@ class RunEngine:
 
     def _start_step(self, step: StepDef) -> None:
         try:
-            if step.when is not None and not self._resolve(step.when, None):
+            if step.when is not None and not self.messages.resolve(step.when, None):
                 self._skip(step.id, "when")
                 return
-            if step.for_each is not None:
+            if self.pre_checks and not self._pre_checks_passed(step.id):
+                return  # dispatched (or still running): the step starts once every check approves
+            if step.for_each is not None or step.swarm is not None:
                 self._fan_out(step)
                 return
         except TemplateError as e:
@@ -310,14 +319,31 @@ class RunEngine:
             return
         self._dispatch(step.id)
 
+    def _pre_checks_passed(self, sid: str) -> bool:
+        """Dispatch the `pre` hooks not run yet for this step; True once all of them approved."""
+        passed = True
+        for check in self.pre_checks:
+            key = pre_check_key(sid, check.hook_id)
+            status = _status(self.run.steps, key)
+            if status is StepStatus.PENDING:
+                self._dispatch(key)
+            if status is not StepStatus.SUCCEEDED:
+                passed = False
+        return passed
+
     def _fan_out(self, step: StepDef) -> None:
-        items = self._resolve(step.for_each, None)
-        if not isinstance(items, list):
-            raise TemplateError(f"for_each of step {step.id!r} must resolve to a list, got {type(items).__name__}")
-        self._items[step.id] = items
-        self._emit(EventType.STEP_FANNED_OUT, step=step.id, items=len(items))
+        """Dispatch every for_each item, or every swarm replica."""
+        if step.swarm is not None:
+            count = step.swarm.replicas
+        else:
+            items = self.messages.resolve(step.for_each, None)
+            if not isinstance(items, list):
+                raise TemplateError(f"for_each of step {step.id!r} must resolve to a list, got {type(items).__name__}")
+            self.messages.items[step.id] = items
+            count = len(items)
+        self._emit(EventType.STEP_FANNED_OUT, step=step.id, items=count)
         left = 0
-        for index in range(len(items)):
+        for index in range(count):
             key = item_key(step.id, index)
             if _status(self.run.steps, key) is StepStatus.SUCCEEDED:
                 continue  # kept from before a resume
@@ -325,13 +351,16 @@ class RunEngine:
             self._dispatch(key)
         self._items_left[step.id] = left
         if left == 0:
-            self._complete_fan_out(step.id)
+            self._items_settled(step.id)
 
     def _dispatch(self, key: str) -> None:
-        """Dispatch the next attempt of a step, for_each item or compensation."""
+        """Dispatch the next attempt of a step, item, replica, compensation, gate or pre check."""
         attempt = self.run.step(key).attempt + 1
+        if key_role(key) == "step" and self.wf.steps[key].workflow is not None:
+            self._start_child(key, attempt)
+            return
         try:
-            dispatch = self._message(key, attempt)
+            dispatch = self.messages.message(key, attempt)
         except TemplateError as e:
             self._fail_now(key, {"type": "TemplateError", "message": str(e), "retryable": False})
             return
@@ -345,74 +374,148 @@ class RunEngine:
         self._in_flight.add(key)
         self.outbox.append(dispatch)
 
-    def _message(self, key: str, attempt: int) -> Dispatch:
-        """The message of one attempt; templates are re-resolved, which is deterministic."""
-        sid = base_step_id(key)
-        step = self.wf.steps[sid]
-        if key.endswith(":compensate"):
-            comp = step.compensate
-            assert comp is not None
-            args = self._resolve(comp.args, None) if comp.templated else comp.args
-            queue, priority, handler, timeout = comp.queue, "high", comp.handler, comp.timeout
-            kind: StepKind = "compensate"
-            breaker, breaker_config = None, None
-        else:
-            item = None
-            if "[" in key:
-                if sid not in self._items:
-                    self._items[sid] = self._resolve(step.for_each, None)
-                item = (sid, int(key[len(sid) + 1 : -1]))
-            override = self.run.steps[key].detail.get("args") if key in self.run.steps else None
-            args = override if override is not None else self._resolve(step.args, item) if step.templated else step.args
-            queue, priority, handler, timeout = step.queue, step.priority, step.handler or "", step.timeout
-            kind = "step"
-            breaker, breaker_config = step.breaker, step.breaker_config
-        message = StepMessage(
-            run=self.run.run_id,
-            step=key,
-            attempt=attempt,
-            handler=handler,
-            partition=self.partition,
-            args=args if isinstance(args, dict) else {"value": args},
-            timeout=timeout,
-            kind=kind,
-            workflow=self.wf.name,
-            inputs=self.inputs,
-            breaker=breaker,
-            breaker_config=breaker_config,
+    def _start_child(self, key: str, attempt: int) -> None:
+        """Hierarchical: record the dispatch of a child run; the coordinator creates it once committed."""
+        try:
+            start = self.messages.child_start(key, attempt)
+        except (TemplateError, ValueError) as e:
+            self._fail_now(key, {"type": "ChildWorkflowError", "message": str(e), "retryable": False})
+            return
+        self._emit(
+            EventType.STEP_DISPATCHED, step=key, attempt=attempt, workflow=start.workflow, child_run=start.run_id
         )
-        return Dispatch(queue, priority, message)
+        self._in_flight.add(key)
+        self.children.append(start)
+
+    def child_starts(self) -> list[ChildStart]:
+        """Child runs of in-flight hierarchical steps, to create again if PostgreSQL lacks them."""
+        out = []
+        for key, record in self.run.steps.items():
+            if record.status in IN_FLIGHT_STEP_STATUSES and "child_run" in record.detail:
+                try:
+                    out.append(self.messages.child_start(key, record.attempt))
+                except (TemplateError, ValueError):
+                    continue  # it was created with the same inputs; nothing to recreate
+        return out
 
     def in_flight_dispatches(self, *, started: bool = True) -> list[Dispatch]:
         """Messages of every dispatched (and, unless `started=False`, running) attempt, to re-publish
-        what Redis lost."""
+        what Redis lost. Child runs are not messages: see `child_starts`."""
         statuses = IN_FLIGHT_STEP_STATUSES if started else {StepStatus.DISPATCHED}
         out = []
         for key, record in self.run.steps.items():
-            if record.status in statuses and record.detail.get("items") is None:
+            if record.status in statuses and record.detail.get("items") is None and "child_run" not in record.detail:
                 try:
-                    out.append(self._message(key, record.attempt))
+                    out.append(self.messages.message(key, record.attempt))
                 except TemplateError:
                     continue  # cannot happen for an attempt that was dispatched with the same inputs
         return out
 
     def _on_success(self, key: str) -> None:
         sid = base_step_id(key)
-        if key.endswith(":compensate"):
+        role = key_role(key)
+        if role == "compensate":
             self._emit(EventType.STEP_COMPENSATED, step=sid)
-            return
-        if "[" in key:
+        elif role == "item":
+            if _status(self.run.steps, sid) in TERMINAL_STEP_STATUSES:
+                return  # the step already failed, or its swarm already decided
             self._items_left[sid] -= 1
-            if self._items_left[sid] == 0:
-                self._complete_fan_out(sid)
-            return
-        self._after_terminal(sid)
+            if self.wf.steps[sid].swarm is not None or self._items_left[sid] == 0:
+                self._items_settled(sid)
+        elif role == "gate":
+            self._on_verdict(sid, self.run.steps[key].output)
+        elif role == "pre":
+            self._on_pre_check(sid, key)
+        else:
+            self._after_terminal(sid)
 
-    def _complete_fan_out(self, sid: str) -> None:
-        count = int(self.run.steps[sid].detail.get("items") or 0)
-        outputs = [self.run.steps[item_key(sid, i)].output for i in range(count)]
-        self._emit(EventType.STEP_SUCCEEDED, step=sid, output=outputs)
+    def _items_settled(self, sid: str) -> None:
+        """A for_each item or swarm replica finished: gather the outputs, or count the votes."""
+        record = self.run.steps[sid]
+        count = int(record.detail.get("items") or 0)
+        swarm = self.wf.steps[sid].swarm
+        if swarm is None:
+            gathered = [self.run.steps[item_key(sid, i)].output for i in range(count)]
+            self._emit(EventType.STEP_SUCCEEDED, step=sid, output=gathered)
+            self._after_terminal(sid)
+            return
+        outputs: dict[int, Any] = {}
+        errors: dict[int, str] = {}
+        for i in range(count):
+            replica = self.run.steps.get(item_key(sid, i))
+            if replica is None:
+                continue
+            if replica.status is StepStatus.SUCCEEDED:
+                outputs[i] = replica.output
+            elif replica.status in TERMINAL_STEP_STATUSES:
+                errors[i] = f"{(replica.error or {}).get('type', 'Error')}: {(replica.error or {}).get('message', '')}"
+        result = tally(replicas=count, quorum=swarm.quorum, vote=swarm.vote, outputs=outputs, errors=errors)
+        if not result.decided:
+            return
+        if result.consensus:
+            self._emit(EventType.STEP_SUCCEEDED, step=sid, output=result.output, vote=result.record)
+            self._after_terminal(sid)
+            return
+        agreed = len(result.record["agreed"])
+        error = {
+            "type": "NoQuorum",
+            "message": f"no {swarm.vote} consensus: the largest group of agreeing replicas has {agreed}, "
+            f"{result.record['quorum']} needed ({len(errors)} of {count} replicas failed)",
+            "retryable": False,
+        }
+        self._emit(EventType.STEP_FAILED, step=sid, error=error, vote=result.record)
         self._after_terminal(sid)
+        self._failing = True
+
+    def _on_verdict(self, sid: str, output: Any) -> None:
+        """Handoff: the gate approved or rejected the output the step proposed."""
+        record = self.run.steps[sid]
+        if record.status is not StepStatus.CHECKING:
+            return
+        gate = self.wf.steps[sid].gate
+        assert gate is not None
+        verdict = verdict_of(output)
+        if verdict.approved:
+            self._emit(EventType.STEP_SUCCEEDED, step=sid, attempt=record.attempt, output=record.output)
+            self._after_terminal(sid)
+            return
+        rejections = int(record.detail.get("rejections", 0)) + 1
+        if verdict.problem is None and rejections < gate.max_attempts and not self._failing:
+            self._emit(EventType.STEP_REJECTED, step=sid, attempt=record.attempt, feedback=verdict.feedback)
+            self._dispatch(sid)
+            return
+        message = verdict.problem or (
+            f"gate {gate.handler!r} rejected the output {rejections} time(s) (max_attempts {gate.max_attempts})"
+            + (f"; last feedback: {verdict.feedback}" if verdict.feedback is not None else "")
+        )
+        error = {"type": "GateRejected", "message": message, "feedback": verdict.feedback, "retryable": False}
+        self._emit(EventType.STEP_FAILED, step=sid, attempt=record.attempt, error=error)
+        self._after_terminal(sid)
+        self._failing = True
+
+    def _on_pre_check(self, sid: str, key: str) -> None:
+        """A `pre` hook answered: veto fails the step; otherwise it starts once every check is in."""
+        if _status(self.run.steps, sid) is not StepStatus.PENDING:
+            return  # cancelled meanwhile
+        output = self.run.steps[key].output
+        if isinstance(output, dict) and output.get("veto"):
+            check = self.messages.pre_check(key)
+            reason = output.get("reason") or "no reason given"
+            error = {"type": "Vetoed", "message": f"pre hook {check.name!r} vetoed the step: {reason}"}
+            self._fail_now(sid, {**error, "retryable": False})
+            return
+        if all(_status(self.run.steps, pre_check_key(sid, c.hook_id)) is StepStatus.SUCCEEDED for c in self.pre_checks):
+            self._ready.append(sid)
+
+    def _abandon_checked(self, key: str) -> None:
+        """A gate or pre check was cancelled: the step it was checking is cancelled with it."""
+        sid = base_step_id(key)
+        if key_role(key) in ("gate", "pre") and _status(self.run.steps, sid) in (
+            StepStatus.CHECKING,
+            StepStatus.PENDING,
+        ):
+            self._emit(EventType.STEP_CANCELLED, step=sid)
+            self._open.discard(sid)
 
     def _after_terminal(self, sid: str) -> None:
         """Bookkeeping once a step id (not an item or compensation) is terminal."""
@@ -439,7 +542,7 @@ class RunEngine:
 
     def _on_failure(self, key: str, attempt: int, error: dict[str, Any]) -> None:
         record = self.run.steps[key]
-        policy = self._policy_of(key)
+        policy = self.messages.policy_of(key)
         failures = int(record.detail.get("failures", 0)) + 1
         unwinding = self._failing and not key.endswith(":compensate")
         if error.get("retryable", True) and failures < policy.max_attempts and not unwinding:
@@ -459,23 +562,33 @@ class RunEngine:
 
     def _on_final_failure(self, key: str, error: dict[str, Any]) -> None:
         sid = base_step_id(key)
-        if key.endswith(":compensate"):
+        role = key_role(key)
+        if role == "compensate":
             record = self.run.steps[key]
             self.dead_letters.append(
                 {
                     "run_id": self.run.run_id,
                     "step_key": key,
                     "attempt": record.attempt,
-                    "queue": self._queue_of(key),
+                    "queue": self.messages.queue_of(key),
                     "reason": "compensation_failed",
                     "error": error,
                 }
             )
             return
-        if "[" in key:
+        if role == "item" and self.wf.steps[sid].swarm is not None:
             if _status(self.run.steps, sid) not in TERMINAL_STEP_STATUSES:
-                self._emit(EventType.STEP_FAILED, step=sid, error={**error, "item": key})
+                self._items_left[sid] -= 1
+                self._items_settled(sid)  # a failed replica is a dissenting vote
+            return
+        if role in ("item", "gate", "pre"):
+            if _status(self.run.steps, sid) not in TERMINAL_STEP_STATUSES:
+                what = {"item": "item", "gate": "gate handler", "pre": "pre hook"}[role]
+                message = f"{what} {key} failed: {error.get('message', '')}"
+                self._emit(EventType.STEP_FAILED, step=sid, error={**error, "message": message, "item": key})
                 self._after_terminal(sid)
+            else:
+                return
         else:
             self._after_terminal(sid)
         self._failing = True
@@ -539,42 +652,12 @@ class RunEngine:
 
     # -- helpers ------------------------------------------------------------------------------------
 
-    def _resolve(self, value: Any, item: tuple[str, int] | None) -> Any:
-        context = TemplateContext(
-            inputs=self.inputs, outputs=_OutputsView(self.run), run_id=self.run.run_id, workflow=self.wf.name
-        )
-        if item is not None:
-            step_id, index = item
-            context = context.with_item(self._items[step_id][index])
-        return resolve(value, context)
-
     def labels_of(self, key: str) -> tuple[str, str]:
         """(queue, handler) of a step key, for metrics."""
-        step = self.wf.steps[base_step_id(key)]
-        if key.endswith(":compensate") and step.compensate is not None:
-            return step.compensate.queue, step.compensate.handler
-        return step.queue, step.handler or ""
-
-    def _policy_of(self, key: str) -> RetryPolicy:
-        step = self.wf.steps[base_step_id(key)]
-        if key.endswith(":compensate") and step.compensate is not None:
-            return step.compensate.retry
-        return step.retry
-
-    def _timeout_of(self, key: str) -> float:
-        step = self.wf.steps[base_step_id(key)]
-        if key.endswith(":compensate") and step.compensate is not None:
-            return step.compensate.timeout
-        return step.timeout
-
-    def _queue_of(self, key: str) -> str:
-        step = self.wf.steps[base_step_id(key)]
-        if key.endswith(":compensate") and step.compensate is not None:
-            return step.compensate.queue
-        return step.queue
+        return self.messages.labels_of(key)
 
     def _arm_timeout(self, key: str, attempt: int, started_at: float) -> None:
-        due = started_at + self._timeout_of(key) + self.timeout_grace
+        due = started_at + self.messages.timeout_of(key) + self.timeout_grace
         self.timers.append(Timer(due, self.run.run_id, key, attempt, "timeout"))
 
 

@@ -37,6 +37,7 @@ class LimitSettings(BaseModel):
 
     document_bytes: int = 16 * 1024 * 1024
     payload_bytes: int = 1024 * 1024
+    workflow_depth: int = 5  # hierarchical: how deep child workflows may nest (guards recursion)
 
 
 class WorkerSettings(BaseModel):

@@ -46,6 +46,7 @@ class StepStatus(StrEnum):
     RETRY_SCHEDULED = "retry_scheduled"
     DEAD_LETTERED = "dead_lettered"
     COMPENSATED = "compensated"
+    CHECKING = "checking"  # handoff: the attempt succeeded and its gate is checking the output
 
 
 IN_FLIGHT_STEP_STATUSES = frozenset({StepStatus.DISPATCHED, StepStatus.RUNNING})
@@ -85,6 +86,8 @@ class EventType(StrEnum):
     STEP_FANNED_OUT = "step.fanned_out"
     STEP_COMPENSATED = "step.compensated"
     STEP_RESET = "step.reset"
+    STEP_CHECKING = "step.checking"  # handoff: output proposed, the gate runs
+    STEP_REJECTED = "step.rejected"  # handoff: the gate rejected the output; the step runs again
 
 
 RUN_TERMINAL_EVENTS = {
@@ -172,6 +175,24 @@ def compensation_key(step_id: str) -> str:
     return f"{step_id}:compensate"
 
 
+def gate_key(step_id: str) -> str:
+    return f"{step_id}:gate"
+
+
+def pre_check_key(step_id: str, hook_id: int) -> str:
+    return f"{step_id}:pre-{hook_id}"
+
+
+def key_role(step_key: str) -> str:
+    """What a step key stands for: `step`, `item` (for_each item or swarm replica), `compensate`, `gate`, `pre`."""
+    if "[" in step_key:
+        return "item"
+    if ":" not in step_key:
+        return "step"
+    suffix = step_key.split(":", 1)[1]
+    return "pre" if suffix.startswith("pre-") else suffix
+
+
 def apply_event(run: RunProjection, event: Event) -> None:  # noqa: PLR0912, PLR0915 - one branch per event type
     """Fold one event into the projection. Events are facts: no validation happens here."""
     if event.seq != run.last_seq + 1:
@@ -190,6 +211,8 @@ def apply_event(run: RunProjection, event: Event) -> None:  # noqa: PLR0912, PLR
         record.status = StepStatus.DISPATCHED
         record.due_at = None
         record.error = None
+        if "child_run" in data:
+            record.detail["child_run"] = data["child_run"]
     elif kind is EventType.STEP_STARTED:
         record.status = StepStatus.RUNNING
         record.detail["worker"] = data.get("worker")
@@ -199,10 +222,22 @@ def apply_event(run: RunProjection, event: Event) -> None:  # noqa: PLR0912, PLR
         record.output = data.get("output")
         record.error = None
         record.due_at = None
+        if "vote" in data:
+            record.detail["vote"] = data["vote"]
     elif kind is EventType.STEP_FAILED:
         record.status = StepStatus.FAILED
         record.error = data.get("error")
         record.detail["failures"] = record.detail.get("failures", 0) + 1
+        if "vote" in data:
+            record.detail["vote"] = data["vote"]
+    elif kind is EventType.STEP_CHECKING:
+        record.status = StepStatus.CHECKING
+        record.output = data.get("output")
+    elif kind is EventType.STEP_REJECTED:
+        record.status = StepStatus.PENDING
+        record.output = None
+        record.detail["rejections"] = record.detail.get("rejections", 0) + 1
+        record.detail["feedback"] = data.get("feedback")
     elif kind is EventType.STEP_RETRY_SCHEDULED:
         record.status = StepStatus.RETRY_SCHEDULED
         record.error = data.get("error")
@@ -231,6 +266,8 @@ def apply_event(run: RunProjection, event: Event) -> None:  # noqa: PLR0912, PLR
         record.due_at = None
         record.output = None
         record.detail.pop("items", None)
+        record.detail.pop("rejections", None)
+        record.detail.pop("feedback", None)
         record.detail["failures"] = 0
         if "args" in data:  # a dead letter replayed with an edited payload
             record.detail["args"] = data["args"]

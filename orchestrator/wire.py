@@ -13,7 +13,7 @@ import msgspec
 SCHEMA_VERSION = 1
 FIELD = b"m"
 
-StepKind = Literal["step", "compensate", "hook"]
+StepKind = Literal["step", "compensate", "hook", "gate", "pre"]
 ResultStatus = Literal["started", "succeeded", "failed", "cancelled", "dead_lettered", "deferred"]
 ControlKind = Literal["submitted", "cancel", "retry", "wake"]
 
@@ -22,7 +22,9 @@ class StepMessage(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=Fals
     """One attempt of one step instance, published on a queue stream."""
 
     run: str
-    step: str  # step key: the step id, `id[i]` for a for_each item, `id:compensate` for its compensation
+    # step key: the step id, `id[i]` for a for_each item or swarm replica, `id:compensate` for its
+    # compensation, `id:gate` for its handoff gate, `id:pre-N` for pre hook N checking it
+    step: str
     attempt: int
     handler: str
     partition: int
@@ -36,6 +38,10 @@ class StepMessage(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=Fals
     breaker_config: dict[str, Any] | None = None
     # For hooks: the event that triggered them ({type, run_id, workflow, step, attempt, seq, data}).
     event: dict[str, Any] | None = None
+    # Handoff: what the step's gate said about the previous attempt's output.
+    feedback: Any = None
+    # What the step's `pre` hooks added (`{annotations: {…}}` in their output).
+    annotations: dict[str, Any] | None = None
     v: int = SCHEMA_VERSION
 
     @property

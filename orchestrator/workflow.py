@@ -23,6 +23,25 @@ class CompensateDef:
 
 
 @dataclass(frozen=True, slots=True)
+class GateDef:
+    """Handoff: `handler` checks the step's output before its dependents start."""
+
+    handler: str
+    args: Any
+    max_attempts: int
+    templated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmDef:
+    """Swarm: `replicas` copies of the step; `quorum` agreeing outputs make the consensus."""
+
+    replicas: int
+    quorum: int
+    vote: str
+
+
+@dataclass(frozen=True, slots=True)
 class StepDef:
     """One step with every default applied."""
 
@@ -41,6 +60,9 @@ class StepDef:
     breaker: str | None = None
     breaker_config: dict[str, Any] | None = None
     dependents: tuple[str, ...] = ()
+    workflow: str | None = None  # hierarchical: the child workflow this step runs
+    gate: GateDef | None = None
+    swarm: SwarmDef | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +74,7 @@ class CompiledWorkflow:
     leaves: tuple[str, ...]
     queues: frozenset[str] = field(default_factory=frozenset)
     hooks: tuple[Any, ...] = ()  # the `hooks:` entries of the document (HookSpec)
+    children: dict[str, Any] = field(default_factory=dict)  # child workflow name → definition
 
     def handlers(self) -> set[str]:
         names: set[str] = set()
@@ -60,6 +83,8 @@ class CompiledWorkflow:
                 names.add(step.handler)
             if step.compensate:
                 names.add(step.compensate.handler)
+            if step.gate:
+                names.add(step.gate.handler)
         return names
 
 
@@ -118,6 +143,9 @@ def compile_workflow(spec: Any) -> CompiledWorkflow:
             breaker=(breaker := s.circuit_breaker or default_breaker),
             breaker_config=_breaker_config(spec, breaker),
             dependents=tuple(dependents[s.id]),
+            workflow=s.workflow,
+            gate=_gate(s.gate),
+            swarm=_swarm(s.swarm),
         )
     order = _topological(steps)
     leaves = tuple(sid for sid in order if not steps[sid].dependents)
@@ -128,10 +156,23 @@ def compile_workflow(spec: Any) -> CompiledWorkflow:
         order=order,
         leaves=leaves,
         hooks=tuple(getattr(spec, "hooks", ()) or ()),
+        children=dict(getattr(spec, "workflows", None) or {}),
         queues=frozenset(
             {s.queue for s in steps.values()} | {s.compensate.queue for s in steps.values() if s.compensate}
         ),
     )
+
+
+def _gate(raw: Any) -> GateDef | None:
+    if raw is None:
+        return None
+    return GateDef(raw.handler, raw.with_, raw.max_attempts, bool(find_references(raw.with_)))
+
+
+def _swarm(raw: Any) -> SwarmDef | None:
+    if raw is None:
+        return None
+    return SwarmDef(raw.replicas, raw.effective_quorum, raw.vote)
 
 
 def _breaker_config(spec: Any, name: str | None) -> dict[str, Any] | None:

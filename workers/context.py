@@ -22,6 +22,8 @@ class StepContext:
     inputs: dict[str, Any]
     kind: str = "step"
     event: dict[str, Any] | None = None  # hooks: the run or step event that triggered this execution
+    feedback: Any = None  # handoff: the gate's feedback on the previous attempt's output (None at first)
+    annotations: dict[str, Any] | None = None  # what `pre` hooks added to this step
     log: Any = field(default_factory=lambda: structlog.get_logger("steppe.handler"))
     _on_heartbeat: Callable[[], None] | None = field(default=None, repr=False)
     _cancelled: asyncio.Event | None = field(default=None, repr=False)

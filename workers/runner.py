@@ -205,6 +205,8 @@ class StepRunner:
             inputs=message.inputs,
             kind=message.kind,
             event=message.event,
+            feedback=message.feedback,
+            annotations=message.annotations,
             log=log,
             _on_heartbeat=on_heartbeat,
             _cancelled=cancelled,

@@ -257,6 +257,12 @@ class StepSpec(_Model):
             )
         if self.swarm is not None and self.workflow is not None:
             raise ValueError("`swarm` runs replicas of a handler; it cannot run a child workflow")
+        if self.swarm is not None and self.for_each is not None:
+            raise ValueError("`swarm` and `for_each` cannot be combined: use one of them per step")
+        if self.gate is not None and (self.for_each is not None or self.swarm is not None):
+            raise ValueError("a `gate` checks one output: it cannot be combined with `for_each` or `swarm`")
+        if self.workflow is not None and self.for_each is not None:
+            raise ValueError("`for_each` over a child `workflow` is not supported: use a handler step")
         return self
 
 
@@ -306,12 +312,17 @@ class WorkflowSpec(_Model):
     steps: list[StepSpec] = Field(min_length=1)
     hooks: list[HookSpec] = Field(default_factory=list)
     breakers: dict[Name, BreakerSpec] = Field(default_factory=dict)
+    # Hierarchical: child workflow documents by name. `steppe submit` fills it with the
+    # `NAME.yaml` files found beside the parent, so that a stored run is self-contained.
+    workflows: dict[Name, dict[str, Any]] = Field(default_factory=dict)
 
     _index: dict[str, StepSpec] | None = PrivateAttr(default=None)
     _resolved: dict[str, ResolvedStep] = PrivateAttr(default_factory=dict)
     _default_retry: RetryPolicy | None = PrivateAttr(default=None)
     # The planner's analysis of this graph, kept by validation so that planning does not redo it.
     _analysis: Any = PrivateAttr(default=None)
+    # The `uses:` steps that validation expanded (patterns.expansion.Expansion), for `steppe validate` / `plan`.
+    _expansions: list[Any] = PrivateAttr(default_factory=list)
 
     def __eq__(self, other: object) -> bool:
         # Compare the document only: the private caches differ between equal specs.

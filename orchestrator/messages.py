@@ -1,0 +1,246 @@
+"""The message of each attempt of a run: what a worker (or a child run) receives.
+
+`StepMessages` reads the compiled workflow and the run's projection and builds, for any
+step key (step, for_each item, swarm replica, compensation, gate, pre check), the message
+of one attempt, with templates resolved. It is deterministic, so the coordinator can
+rebuild the message of an in-flight attempt to re-publish what Redis lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.errors import SteppeError, TemplateError
+from orchestrator.spec import WorkflowSpec, validate_inputs
+from orchestrator.state import RunProjection, StepStatus, base_step_id, key_role, pre_check_key
+from orchestrator.templates import TemplateContext, resolve
+from orchestrator.wire import StepKind, StepMessage
+from orchestrator.workflow import CompiledWorkflow
+from patterns.hierarchical import ChildStart, child_run_id
+from patterns.retry import RetryPolicy
+
+
+def check_child_inputs(definition: dict[str, Any], args: Any) -> dict[str, Any]:
+    """The child run's inputs: the step's `with:`, validated against the child's declared inputs."""
+    if not isinstance(args, dict):
+        raise ValueError(f"a child workflow's `with:` must be a mapping of its inputs, got {type(args).__name__}")
+    try:
+        return validate_inputs(WorkflowSpec.model_validate(definition), args)
+    except SteppeError as e:
+        raise ValueError(f"inputs of child workflow {definition.get('name')!r}: {e}") from e
+
+
+class _OutputsView(Mapping[str, Any]):
+    """Step id → output of succeeded steps, read from the projection without copying it."""
+
+    def __init__(self, run: RunProjection) -> None:
+        self._run = run
+
+    def __getitem__(self, step_id: str) -> Any:
+        record = self._run.steps.get(step_id)
+        if record is None or record.status not in (StepStatus.SUCCEEDED, StepStatus.COMPENSATED):
+            raise KeyError(step_id)
+        return record.output
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k in self._run.steps if k in self)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """A step message to publish once the events that announce it are committed."""
+
+    queue: str
+    priority: str
+    message: StepMessage
+
+
+@dataclass(frozen=True, slots=True)
+class PreCheck:
+    """A `pre` hook: runs before each step is first dispatched and may veto or annotate it."""
+
+    hook_id: int
+    name: str
+    handler: str
+    args: dict[str, Any]
+
+
+PRE_CHECK_QUEUE = "hooks"
+PRE_CHECK_TIMEOUT = 60.0
+PRE_CHECK_RETRY = RetryPolicy(max_attempts=3, initial_delay=1.0, max_delay=10.0)
+
+
+class StepMessages:
+    """Builds attempts' messages for one run."""
+
+    def __init__(
+        self,
+        *,
+        workflow: CompiledWorkflow,
+        run: RunProjection,
+        inputs: dict[str, Any],
+        partition: int,
+        pre_checks: tuple[PreCheck, ...],
+        depth: int,
+        max_depth: int,
+    ) -> None:
+        self.wf = workflow
+        self.run = run
+        self.inputs = inputs
+        self.partition = partition
+        self.pre_checks = pre_checks
+        self.depth = depth
+        self.max_depth = max_depth
+        self.items: dict[str, list[Any]] = {}  # for_each step id → its resolved items
+
+    def child_start(self, key: str, attempt: int) -> ChildStart:
+        step = self.wf.steps[key]
+        name = step.workflow
+        assert name is not None
+        if self.depth + 1 > self.max_depth:
+            raise ValueError(
+                f"child workflow {name!r} would nest {self.depth + 1} levels deep, over the limit of "
+                f"{self.max_depth} (STEPPE_LIMITS__WORKFLOW_DEPTH); is the recursion missing a `when:` to stop it?"
+            )
+        definition = self.wf.children.get(name)
+        if definition is None:
+            raise ValueError(f"child workflow {name!r} is not in this run's definitions; submit it again")
+        args = self.resolve(step.args, None) if step.templated else step.args
+        inputs = check_child_inputs(definition, args)
+        return ChildStart(
+            run_id=child_run_id(self.run.run_id, key, attempt),
+            workflow=name,
+            definition={**definition, "workflows": {**self.wf.children, **(definition.get("workflows") or {})}},
+            inputs=inputs,
+            parent_run_id=self.run.run_id,
+            parent_step=key,
+            depth=self.depth + 1,
+        )
+
+    def message(self, key: str, attempt: int) -> Dispatch:
+        """The message of one attempt; templates are re-resolved, which is deterministic."""
+        sid = base_step_id(key)
+        step = self.wf.steps[sid]
+        role = key_role(key)
+        event: dict[str, Any] | None = None
+        feedback: Any = None
+        annotations: dict[str, Any] | None = None
+        breaker, breaker_config = None, None
+        kind: StepKind = "step"
+        if role == "compensate":
+            comp = step.compensate
+            assert comp is not None
+            args = self.resolve(comp.args, None) if comp.templated else comp.args
+            queue, priority, handler, timeout = comp.queue, "high", comp.handler, comp.timeout
+            kind = "compensate"
+        elif role == "gate":
+            gate = step.gate
+            assert gate is not None
+            args = self.resolve(gate.args, None) if gate.templated else dict(gate.args)
+            args = {**args, "output": self.run.steps[sid].output}
+            queue, priority, handler, timeout = step.queue, "high", gate.handler, step.timeout
+            kind = "gate"
+        elif role == "pre":
+            check = self.pre_check(key)
+            args = self.resolve(check.args, None)
+            queue, priority, handler, timeout = PRE_CHECK_QUEUE, "high", check.handler, PRE_CHECK_TIMEOUT
+            kind = "pre"
+            event = {
+                "type": "step.dispatching",
+                "run_id": self.run.run_id,
+                "workflow": self.wf.name,
+                "step": sid,
+                "data": {"handler": step.handler or step.workflow, "hook": check.name},
+            }
+        else:
+            item = None
+            if role == "item" and step.for_each is not None:
+                if sid not in self.items:
+                    self.items[sid] = self.resolve(step.for_each, None)
+                item = (sid, int(key[len(sid) + 1 : -1]))
+            override = self.run.steps[key].detail.get("args") if key in self.run.steps else None
+            args = override if override is not None else self.resolve(step.args, item) if step.templated else step.args
+            queue, priority, handler, timeout = step.queue, step.priority, step.handler or "", step.timeout
+            breaker, breaker_config = step.breaker, step.breaker_config
+            if role == "step":
+                feedback = self.run.steps[key].detail.get("feedback") if key in self.run.steps else None
+            annotations = self.annotations(sid)
+        message = StepMessage(
+            run=self.run.run_id,
+            step=key,
+            attempt=attempt,
+            handler=handler,
+            partition=self.partition,
+            args=args if isinstance(args, dict) else {"value": args},
+            timeout=timeout,
+            kind=kind,
+            workflow=self.wf.name,
+            inputs=self.inputs,
+            breaker=breaker,
+            breaker_config=breaker_config,
+            event=event,
+            feedback=feedback,
+            annotations=annotations,
+        )
+        return Dispatch(queue, priority, message)
+
+    def pre_check(self, key: str) -> PreCheck:
+        hook_id = int(key.rsplit(":pre-", 1)[1])
+        for check in self.pre_checks:
+            if check.hook_id == hook_id:
+                return check
+        raise TemplateError(f"pre hook {hook_id} no longer exists; the step is checked again if resumed")
+
+    def annotations(self, sid: str) -> dict[str, Any] | None:
+        """What the step's `pre` hooks added with `{annotations: {…}}`, merged in hook order."""
+        merged: dict[str, Any] = {}
+        for check in self.pre_checks:
+            record = self.run.steps.get(pre_check_key(sid, check.hook_id))
+            if record is not None and isinstance(record.output, dict):
+                extra = record.output.get("annotations")
+                if isinstance(extra, dict):
+                    merged.update(extra)
+        return merged or None
+
+    def resolve(self, value: Any, item: tuple[str, int] | None) -> Any:
+        context = TemplateContext(
+            inputs=self.inputs, outputs=_OutputsView(self.run), run_id=self.run.run_id, workflow=self.wf.name
+        )
+        if item is not None:
+            step_id, index = item
+            context = context.with_item(self.items[step_id][index])
+        return resolve(value, context)
+
+    def labels_of(self, key: str) -> tuple[str, str]:
+        """(queue, handler) of a step key, for metrics."""
+        step = self.wf.steps[base_step_id(key)]
+        role = key_role(key)
+        if role == "compensate" and step.compensate is not None:
+            return step.compensate.queue, step.compensate.handler
+        if role == "gate" and step.gate is not None:
+            return step.queue, step.gate.handler
+        if role == "pre":
+            return PRE_CHECK_QUEUE, "pre-hook"
+        return step.queue, step.handler or f"workflow:{step.workflow}"
+
+    def policy_of(self, key: str) -> RetryPolicy:
+        step = self.wf.steps[base_step_id(key)]
+        role = key_role(key)
+        if role == "compensate" and step.compensate is not None:
+            return step.compensate.retry
+        return PRE_CHECK_RETRY if role == "pre" else step.retry
+
+    def timeout_of(self, key: str) -> float:
+        step = self.wf.steps[base_step_id(key)]
+        role = key_role(key)
+        if role == "compensate" and step.compensate is not None:
+            return step.compensate.timeout
+        return PRE_CHECK_TIMEOUT if role == "pre" else step.timeout
+
+    def queue_of(self, key: str) -> str:
+        return self.labels_of(key)[0]
