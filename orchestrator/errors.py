@@ -7,7 +7,8 @@ SteppeError
 │   └── DatabaseUnavailableError
 ├── LauncherError                `steppe dev` could not start or stop a server
 ├── SpecError                    a workflow document is invalid (CLI exit code 2)
-│   └── SpecValidationError      carries every problem found, each with file:line:col
+│   ├── SpecValidationError      carries every problem found, each with file:line:col
+│   └── PatternError             a pattern plugin (`uses:`) rejected its step's configuration
 ├── TemplateError                a `${{ … }}` reference could not be resolved
 ├── SubmitError                  a submission was refused (unknown handler, bad inputs, …)
 ├── RunNotFoundError             no run with that id
@@ -79,6 +80,11 @@ class SpecValidationError(SpecError):
     def __init__(self, problems: list[SpecProblem]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+
+class PatternError(SpecError):
+    """Raised by a pattern plugin's `expand()` for a configuration it cannot use; the message
+    is shown at the position of the step that uses the pattern, so it should say what to change."""
 
 
 class TemplateError(SteppeError):

@@ -34,9 +34,22 @@ def _root(
 def _register_commands() -> None:
     # Each command module adds its commands to `app`; imported here so that the CLI
     # is the only place that ties the coordinator side and the worker side together.
-    from orchestrator.cli import admin, api_cmd, bench, bench_cluster, db, dev, dlq, hooks, processes, runs, spec_cmds
+    from orchestrator.cli import (
+        admin,
+        api_cmd,
+        bench,
+        bench_cluster,
+        db,
+        dev,
+        dlq,
+        hooks,
+        patterns_cmd,
+        processes,
+        runs,
+        spec_cmds,
+    )
 
-    for module in (dev, db, processes, runs, spec_cmds, bench, api_cmd, dlq, hooks, admin):
+    for module in (dev, db, processes, runs, spec_cmds, bench, api_cmd, dlq, hooks, admin, patterns_cmd):
         module.register(app)
     del bench_cluster  # registers its commands on `bench` when imported
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from orchestrator.cli.common import console, report_errors
+from orchestrator.spec.model import WorkflowSpec
 
 
 class PlanFormat(StrEnum):
@@ -32,6 +33,17 @@ def validate(file: Path = typer.Argument(..., help="Workflow YAML file")) -> Non
         highlight=False,
         soft_wrap=True,
     )
+    _print_expansions(spec)
+
+
+def _print_expansions(spec: WorkflowSpec) -> None:
+    """One line per `uses:` step: the steps its pattern expanded it to (the exit step last)."""
+    for expansion in spec._expansions:
+        console.print(
+            f"  step {expansion.step_id!r} uses {expansion.pattern}, expanded to: {', '.join(expansion.step_ids)}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @report_errors
@@ -43,9 +55,11 @@ def plan_command(
     from orchestrator import planner
     from orchestrator.spec import load_workflow_file
 
-    result = planner.plan(load_workflow_file(file))
+    spec = load_workflow_file(file)
+    result = planner.plan(spec)
     if fmt is PlanFormat.table:
         console.print(planner.render_table(result))
+        _print_expansions(spec)
         return
     render = {
         PlanFormat.json: planner.render_json,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import types
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
@@ -88,8 +88,11 @@ def dotted(loc: Path) -> str:
     return text
 
 
-def describe(error: ErrorDetails, data: Any) -> tuple[str, Path, bool]:  # noqa: PLR0911 - one return per kind
-    """(message, path, whether to point at the key) for one pydantic error."""
+def describe(  # noqa: PLR0911 - one return per kind
+    error: ErrorDetails, data: Any, *, keys: Callable[[Path], list[str]] | None = None
+) -> tuple[str, Path, bool]:
+    """(message, path, whether to point at the key) for one pydantic error; `keys` lists the
+    valid keys of the mapping at a path (by default, from the workflow models)."""
     loc: Path = tuple(error["loc"])
     at_key = bool(loc) and loc[-1] == "[key]"
     if at_key:
@@ -98,7 +101,7 @@ def describe(error: ErrorDetails, data: Any) -> tuple[str, Path, bool]:  # noqa:
     value = error.get("input")
     if kind == "extra_forbidden":
         key = str(loc[-1])
-        valid = keys_at(loc[:-1])
+        valid = (keys or keys_at)(loc[:-1])
         hint = Suggester(valid).hint(key) or (f"; valid keys: {', '.join(valid)}" if valid else "")
         return f"unknown key {show(key)} in {subject(loc[:-1], data)}{hint}", loc, True
     where = subject(loc, data)
@@ -124,9 +127,9 @@ def _scalar(value: Any) -> str:
     return "" if isinstance(value, dict | list) else show(value)
 
 
-def keys_at(loc: Path) -> list[str]:
-    """The keys a mapping at `loc` may have, found by walking the models' field annotations."""
-    annotation: Any = WorkflowSpec
+def keys_at(loc: Path, root: type[BaseModel] = WorkflowSpec) -> list[str]:
+    """The keys a mapping at `loc` (under `root`) may have, found by walking the models' field annotations."""
+    annotation: Any = root
     for part in loc:
         annotation = _unwrap(annotation)
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):

@@ -38,6 +38,7 @@ class _Pending:
     path: Path
     at_key: bool = False
     other: Path | None = None
+    expanded: bool = True  # the path is in the document as expanded by patterns, not as written
 
 
 class _Collector:
@@ -45,9 +46,11 @@ class _Collector:
         self.filename = filename
         self.located: list[SpecProblem] = []
         self.pending: list[_Pending] = []
+        # Maps a path of the expanded document to the written one, with a prefix for the message.
+        self.original: Callable[[Path], tuple[Path, str]] | None = None
 
-    def add(self, message: str, path: Path, *, at_key: bool = False) -> None:
-        self.pending.append(_Pending(message, path, at_key))
+    def add(self, message: str, path: Path, *, at_key: bool = False, expanded: bool = True) -> None:
+        self.pending.append(_Pending(message, path, at_key, expanded=expanded))
 
     def add_relative(self, message: Callable[[int], str], path: Path, other: Path) -> None:
         self.pending.append(_Pending(message, path, other=other))
@@ -56,6 +59,8 @@ class _Collector:
         return bool(self.located or self.pending)
 
     def problems(self, positions: PositionMap) -> list[SpecProblem]:
+        if self.original is not None:
+            self._to_original(self.original)
         wanted = [p.path for p in self.pending] + [p.other for p in self.pending if p.other is not None]
         found = positions.locate(wanted) if wanted else {}
         problems = list(self.located)
@@ -65,12 +70,31 @@ class _Collector:
             if callable(message):
                 message = message(found[pending.other].value[0] if pending.other is not None else 0)
             problems.append(SpecProblem(message, self.filename, line, col))
+        if self.original is not None:  # an inherited `needs` or `when` is checked in every entry step
+            problems = list(dict.fromkeys(problems))
         problems.sort(key=lambda p: (p.line, p.column))
         if len(problems) > MAX_REPORTED:
             extra = len(problems) - MAX_REPORTED
             problems = problems[:MAX_REPORTED]
             problems.append(SpecProblem(f"… and {extra} more problems not shown", self.filename, 0, 0))
         return problems
+
+    def _to_original(self, original: Callable[[Path], tuple[Path, str]]) -> None:
+        for pending in self.pending:
+            if not pending.expanded:
+                continue
+            pending.path, prefix = original(pending.path)
+            if pending.other is not None:
+                pending.other = original(pending.other)[0]
+            if prefix:
+                pending.message = _prefixed(prefix, pending.message)
+                pending.at_key = True
+
+
+def _prefixed(prefix: str, message: str | Callable[[int], str]) -> str | Callable[[int], str]:
+    if not callable(message):
+        return prefix + message
+    return lambda line: prefix + message(line)
 
 
 def load_workflow(
@@ -82,12 +106,17 @@ def load_workflow(
         problems = _Collector(filename)
         problems.located.extend(document.problems)
         data = document.data
+        expansions: list[Any] = []
+        if _uses_patterns(data):
+            data, expansions = _expand(data, problems)
         spec: WorkflowSpec | None = None
         try:
             spec = WorkflowSpec.model_validate(data)
         except ValidationError as e:
             for error in e.errors():
                 loc = tuple(error["loc"])
+                if problems.original is not None:
+                    loc = problems.original(loc)[0]
                 if any(loc[: len(flagged)] == flagged for flagged in document.flagged):
                     continue  # the loader already reported this value
                 message, path, at_key = diagnostics.describe(error, data)
@@ -97,7 +126,25 @@ def load_workflow(
             raise SpecValidationError(problems.problems(document.positions))
         assert spec is not None
         spec._analysis = analysis
+        spec._expansions = expansions
         return spec
+
+
+def _uses_patterns(data: dict[str, Any]) -> bool:
+    steps = data.get("steps")
+    return isinstance(steps, list) and any(isinstance(step, dict) and "uses" in step for step in steps)
+
+
+def _expand(data: dict[str, Any], problems: _Collector) -> tuple[dict[str, Any], list[Any]]:
+    """Replace `uses:` steps by the steps their patterns generate (SPEC §6, custom patterns)."""
+    # Imported here: plugins are discovered and loaded only for documents that use them.
+    from patterns.expansion import expand_document
+
+    expanded = expand_document(data)
+    for message, path, at_key in expanded.problems:
+        problems.add(message, path, at_key=at_key, expanded=False)
+    problems.original = expanded.original
+    return expanded.data, expanded.expansions
 
 
 def load_workflow_file(path: str | FsPath, limits: LimitSettings | None = None) -> WorkflowSpec:
