@@ -27,6 +27,7 @@ PROMETHEUS := $(PROMETHEUS_DIR)/usr/bin/prometheus
 
 .PHONY: help install run test test-redis7 lint fmt clean system-deps redis7 fetch-redis7
 .PHONY: prometheus fetch-prometheus dashboards dashboards-check loadtest soak
+.PHONY: multihost-demo
 
 help:
 	@echo "make install      virtualenv + dependencies + missing system pieces (PostgreSQL, redis 7)"
@@ -37,6 +38,7 @@ help:
 	@echo "make dashboards-check   evaluate every dashboard query and alert against a live cluster"
 	@echo "make dashboards         regenerate deploy/grafana/dashboards/*.json"
 	@echo "make loadtest           locust against a private local cluster (LOADTEST_ARGS=\"--users 50 --run-time 2m\")"
+	@echo "make multihost-demo     workers on 3 network-namespace hosts over a private bridge (root; MULTIHOST_ARGS=--no-cut)"
 	@echo "make clean        stop the dev servers, remove the virtualenv (data in .steppe is kept)"
 
 install: $(INSTALL_STAMP)
@@ -137,6 +139,11 @@ dashboards-check: install prometheus
 
 loadtest: install
 	$(BIN)/python loadtests/run_loadtest.py $(LOADTEST_ARGS)
+
+# Issue 9 "many hosts": Redis + PostgreSQL in one namespace, a worker per host namespace, joined by a
+# bridge that exists only inside the lab's namespaces; one host's link is cut mid-run. Needs root.
+multihost-demo: install
+	$(SUDO) $(BIN)/python -m orchestrator.dev.multihost_demo $(MULTIHOST_ARGS)
 
 # RELIABILITY.md scenario 20: hundreds of runs under random faults, bounded to a few minutes.
 soak: install
