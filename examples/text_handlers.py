@@ -24,8 +24,7 @@ def sum_counts(ctx: StepContext, results: list[dict[str, Any]], top: int = 3) ->
     total: Counter[str] = Counter()
     for result in results:
         total.update(result["counts"])
-    ranked = sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
-    return {"documents": len(results), "words": sum(r["words"] for r in results), "top": dict(ranked)}
+    return {"documents": len(results), "words": sum(r["words"] for r in results), "top": _ranked(total)[:top]}
 
 
 @handler("text.normalize")
@@ -35,15 +34,18 @@ def normalize(ctx: StepContext, input: str) -> str:
 
 
 @handler("text.word_frequencies")
-def word_frequencies(ctx: StepContext, input: str, min_length: int = 1) -> dict[str, int]:
-    """Pipeline stage: how often each word of at least `min_length` letters occurs, most frequent first."""
-    counts = Counter(word for word in input.split() if len(word) >= min_length)
-    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+def word_frequencies(ctx: StepContext, input: str, min_length: int = 1) -> list[list[Any]]:
+    """Pipeline stage: [word, count] for each word of at least `min_length` letters, most frequent first."""
+    return _ranked(Counter(word for word in input.split() if len(word) >= min_length))
 
 
 @handler("text.format_report")
-def format_report(ctx: StepContext, input: dict[str, int], title: str, top: int = 3) -> dict[str, Any]:
+def format_report(ctx: StepContext, input: list[list[Any]], title: str, top: int = 3) -> dict[str, Any]:
     """Pipeline stage: a one-line report of the `top` words."""
-    shown = list(input.items())[:top]
-    line = ", ".join(f"{word} ({count})" for word, count in shown)
+    line = ", ".join(f"{word} ({count})" for word, count in input[:top])
     return {"report": f"{title}: {line}", "distinct_words": len(input)}
+
+
+def _ranked(counts: Counter[str]) -> list[list[Any]]:
+    # A list of pairs, not a mapping: JSONB does not keep the order of an object's keys.
+    return [[word, count] for word, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
