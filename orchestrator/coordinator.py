@@ -33,6 +33,7 @@ import redis
 import structlog
 
 from orchestrator import bus, metrics, streams
+from orchestrator.children import ChildRuns
 from orchestrator.engine import Dispatch, RunEngine, Timer
 from orchestrator.errors import ConflictError, InfrastructureError
 from orchestrator.hook_runner import HookRunner
@@ -46,6 +47,7 @@ from orchestrator.store.leases import LeaseManager
 from orchestrator.store.runs import RunStore, RunWrite, StoredRun
 from orchestrator.wire import FIELD, ResultMessage, decode_control, decode_result, encode
 from orchestrator.workflow import CompiledWorkflow, compile_workflow
+from patterns.hierarchical import ChildStart
 from patterns.hooks import HOOKS_QUEUE, is_hook_key
 
 log = structlog.get_logger(__name__)
@@ -79,6 +81,8 @@ class Coordinator:
         self.id = coordinator_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.leases = LeaseManager(store, owner=self.id, partitions=self.cfg.partitions, ttl=self.cfg.lease_ttl)
         self.hooks = HookRunner(HookStore(store))
+        self.children = ChildRuns(store=store, client=client, keys=self.keys, partitions=self.cfg.partitions)
+        self._child_results: list[ResultMessage] = []  # outcomes of finished child runs, found by reconcile
         self.partitions: list[int] = []
         self.runs: dict[str, _Tracked] = {}
         self._timers: list[tuple[float, int, Timer]] = []
@@ -170,6 +174,9 @@ class Coordinator:
             touched |= self._admit(control_runs)
         processed_commands = self._apply_commands() if commands else []
         touched |= {c[1] for c in processed_commands}
+        if self._child_results:
+            results.extend(self._child_results)
+            self._child_results = []
         unknown = {r.run for r in results if r.run not in self.runs}
         if unknown:
             self._load(unknown)
@@ -178,6 +185,8 @@ class Coordinator:
             if is_hook_key(result.step):
                 self.hooks.on_result(result)
                 continue
+            if ":pre-" in result.step:
+                self.hooks.on_pre_check(result)
             tracked = self.runs.get(result.run)
             if tracked is None or not tracked.engine.on_result(result):
                 metrics.DUPLICATES.labels(kind=result.status).inc()
@@ -283,6 +292,9 @@ class Coordinator:
             timeout_grace=self.cfg.timeout_grace,
             clock=self.clock,
             rng=self.rng,
+            depth=stored.depth,
+            max_depth=self.settings.limits.workflow_depth,
+            pre_checks=self.hooks.pre_checks(workflow),
         )
         tracked = _Tracked(engine=engine, version=stored.version, workflow=stored.workflow)
         self.runs[stored.run_id] = tracked
@@ -356,12 +368,17 @@ class Coordinator:
         hook_runs: list[tuple[_Tracked, list[Event]]] = []
         timers: list[Timer] = []
         finished: list[_Tracked] = []
+        children: list[ChildStart] = []
+        child_cancels: list[str] = []
         for run_id in touched:
             tracked = self.runs.get(run_id)
             if tracked is None:
                 continue
             engine = tracked.engine
             events, dispatches, new_timers, comp_dead = engine.drain()
+            children += engine.children
+            child_cancels += engine.child_cancels
+            engine.children, engine.child_cancels = [], []
             timers.extend(new_timers)
             if not events:
                 continue
@@ -420,6 +437,8 @@ class Coordinator:
                     events=events,
                 )
             )
+        self.children.start(children)
+        self.children.cancel(child_cancels)
         for tracked in finished:
             self._on_finished(tracked)
 
@@ -445,6 +464,7 @@ class Coordinator:
         run = tracked.engine.run
         metrics.RUNS_FINISHED.labels(workflow=tracked.workflow, status=str(run.status)).inc()
         log.info("run_finished", run_id=run.run_id, workflow=tracked.workflow, status=str(run.status))
+        self.children.report(run.run_id, run.status, run.state)
         self.runs.pop(run.run_id, None)
 
     def _forget_all(self) -> None:
@@ -526,6 +546,7 @@ class Coordinator:
         before = set(self.runs)
         self._load(newly)
         loaded = set(self.runs) - before
+        self._child_results.extend(self.children.reconcile(t.engine for t in self.runs.values()))
         for tracked in self.runs.values():
             self._ensure_queues(tracked.engine.wf.queues)
         # Re-publish dispatched attempts that Redis holds nowhere (lost, or never published

@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 
 from orchestrator import metrics
-from orchestrator.engine import Dispatch
+from orchestrator.engine import Dispatch, PreCheck
 from orchestrator.errors import TemplateError
 from orchestrator.state import Event
 from orchestrator.store.hooks import HookStore
@@ -63,6 +63,29 @@ class HookRunner:
             self._by_workflow[key] = hooks
         return hooks
 
+    def pre_checks(self, workflow: CompiledWorkflow) -> tuple[PreCheck, ...]:
+        """The `pre` hooks that check every step of this workflow before its first dispatch.
+
+        The run engine runs them (they can veto), so `on_events` leaves them out.
+        """
+        hooks = [*self.workflow_hooks(workflow), *self.global_hooks]
+        return tuple(
+            PreCheck(h.hook_id, h.name, h.handler, h.args)
+            for h in hooks
+            if h.kind == "pre" and h.matches("step.dispatched", workflow.name)
+        )
+
+    def on_pre_check(self, result: ResultMessage) -> None:
+        """Count one finished execution of a `pre` hook (the engine decides what it means)."""
+        if result.status in ("started", "deferred"):
+            return
+        hook_id = int(result.step.rsplit(":pre-", 1)[1])
+        ok = result.status == "succeeded"
+        error = None if ok else (f"{result.error.type}: {result.error.message}" if result.error else result.status)
+        self.store.record([(hook_id, ok, error)])
+        metrics.HOOKS.labels(kind="pre", status="succeeded" if ok else "failed").inc()
+        log.info("pre_hook_finished", hook_id=hook_id, run_id=result.run, step=result.step, ok=ok, error=error)
+
     def on_events(
         self, *, run_id: str, partition: int, workflow: CompiledWorkflow, inputs: dict[str, Any], events: list[Event]
     ) -> list[Dispatch]:
@@ -73,6 +96,8 @@ class HookRunner:
         context = TemplateContext(inputs=inputs, run_id=run_id, workflow=workflow.name)
         for event in events:
             for hook in triggered(hooks, event.type, workflow.name):
+                if hook.kind == "pre":
+                    continue  # run by the engine before the dispatch, see `pre_checks`
                 try:
                     args = resolve(hook.args, context)
                 except TemplateError as e:

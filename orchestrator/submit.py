@@ -18,7 +18,8 @@ from orchestrator.spec import WorkflowSpec, load_workflow, validate_inputs
 from orchestrator.store.leases import partition_of
 from orchestrator.store.runs import RunStore
 from orchestrator.wire import FIELD, ControlMessage, dumps, encode
-from orchestrator.workflow import compile_workflow
+from orchestrator.workflow import CompiledWorkflow, compile_workflow
+from patterns.hierarchical import collect_children
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,19 +51,9 @@ def check_step_payloads(spec: WorkflowSpec, limit: int) -> None:
         )
 
 
-def reject_unsupported(spec: WorkflowSpec) -> None:
-    """Refuse pattern keys this release validates but cannot execute yet, instead of failing at run time."""
-    problems = []
-    for step in spec.steps:
-        for key in ("workflow", "gate", "swarm"):
-            if getattr(step, key, None) is not None:
-                problems.append(f"step {step.id!r} uses `{key}:`")
-    if problems:
-        raise SubmitError(
-            "; ".join(problems) + ": hierarchical (`workflow:`), handoff (`gate:`) and swarm (`swarm:`) steps are "
-            "validated but not executed by this release; rewrite the step with a handler, or track the patterns "
-            "issue for their runtime"
-        )
+def _with_children(definition: dict[str, Any]) -> list[CompiledWorkflow]:
+    documents = [definition, *(definition.get("workflows") or {}).values()]
+    return [compile_workflow(WorkflowSpec.model_validate(d)) for d in documents]
 
 
 class Submitter:
@@ -94,7 +85,10 @@ class Submitter:
         parent_run_id: str | None = None,
         parent_step: str | None = None,
         depth: int = 0,
+        base_dir: Path | None = None,
     ) -> Submitted:
+        """Validate and record one run. `base_dir` is where child workflows are looked for
+        (the parent file's directory), besides `STEPPE_WORKFLOW_PATH`."""
         values = validate_inputs(spec, inputs or {})
         size = len(dumps(values))
         if size > self.settings.limits.payload_bytes:
@@ -102,14 +96,12 @@ class Submitter:
                 f"inputs are {size} bytes, over the {self.settings.limits.payload_bytes}-byte limit; pass large "
                 "data by reference (a URL or object key) instead"
             )
-        reject_unsupported(spec)
         check_step_payloads(spec, self.settings.limits.payload_bytes)
-        compiled = compile_workflow(spec)
+        definition = self.definition(spec, base_dir=base_dir)
         if check_handlers:
-            self.check_handlers(compiled.handlers())
+            self.check_handlers(self.handlers_of(definition))
         run_id = new_run_id()
         partition = partition_of(run_id, self.settings.coordinator.partitions)
-        definition = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
         run_id, created = self.store.create_run(
             run_id=run_id,
             workflow=spec.name,
@@ -130,12 +122,10 @@ class Submitter:
         self, spec: WorkflowSpec, inputs: list[dict[str, Any]], *, check_handlers: bool = True
     ) -> list[str]:
         """Submit one run per inputs mapping in a single transaction (bulk loads, benchmarks)."""
-        reject_unsupported(spec)
         check_step_payloads(spec, self.settings.limits.payload_bytes)
-        compiled = compile_workflow(spec)
+        definition = self.definition(spec, base_dir=None)
         if check_handlers:
-            self.check_handlers(compiled.handlers())
-        definition = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+            self.check_handlers(self.handlers_of(definition))
         plan = make_plan(spec).to_json()
         partitions = self.settings.coordinator.partitions
         rows: list[dict[str, Any]] = []
@@ -160,6 +150,36 @@ class Submitter:
             )
         pipe.execute()
         return [r["run_id"] for r in rows]
+
+    def definition(self, spec: WorkflowSpec, *, base_dir: Path | None) -> dict[str, Any]:
+        """The document to store: the spec, with every child workflow it may start embedded."""
+        definition = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if any(step.workflow for step in spec.steps) or spec.workflows:
+            children = collect_children(
+                definition,
+                base_dir=base_dir,
+                load=lambda path: self.load_file(path).model_dump(mode="json", by_alias=True, exclude_none=True),
+            )
+            for name, child in children.items():
+                try:
+                    WorkflowSpec.model_validate(child)
+                except ValueError as e:
+                    raise SubmitError(f"child workflow {name!r} is not valid: {e}") from e
+            definition["workflows"] = children
+        return definition
+
+    @staticmethod
+    def handlers_of(definition: dict[str, Any]) -> set[str]:
+        """Handlers a run may call: its own, its gates' and compensations', and its children's."""
+        names: set[str] = set()
+        for compiled in _with_children(definition):
+            names |= compiled.handlers()
+        return names
+
+    @staticmethod
+    def queues_of(definition: dict[str, Any]) -> set[str]:
+        """Queues a run may use, its children's included."""
+        return {q for compiled in _with_children(definition) for q in compiled.queues}
 
     def check_handlers(self, needed: set[str]) -> None:
         live = bus.live_handlers(self.redis, self.keys)

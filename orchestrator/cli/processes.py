@@ -19,7 +19,6 @@ from orchestrator.cli.context import connect
 from orchestrator.cli.runs import exit_code_for, print_result, read_inputs, wait_for
 from orchestrator.metrics import serve_metrics
 from orchestrator.settings import Settings
-from orchestrator.workflow import compile_workflow
 
 
 def _split(values: list[str]) -> list[str]:
@@ -106,12 +105,14 @@ def register(app: typer.Typer) -> None:
         ):
             submitter = clients.submitter
             spec = submitter.load_file(file)
-            queues = sorted(compile_workflow(spec).queues | {"default", "hooks"})
+            queues = sorted(
+                submitter.queues_of(submitter.definition(spec, base_dir=file.parent)) | {"default", "hooks"}
+            )
             cluster.start_coordinator()
             for _ in range(workers):
                 cluster.start_worker(queues=queues, imports=imports)
             cluster.wait_for_workers(clients.redis, workers)
-            result = submitter.submit(spec, inputs=values)
+            result = submitter.submit(spec, inputs=values, base_dir=file.parent)
             console.print(
                 f"submitted [bold]{result.run_id}[/] ({result.workflow}) to {workers} worker(s); "
                 f"logs in {settings.home / 'run.log'}"

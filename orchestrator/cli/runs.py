@@ -137,7 +137,11 @@ def register(app: typer.Typer) -> None:
             submitter = clients.submitter
             spec = submitter.load_file(file)
             result = submitter.submit(
-                spec, inputs=values, idempotency_key=idempotency_key, check_handlers=not no_handler_check
+                spec,
+                inputs=values,
+                idempotency_key=idempotency_key,
+                check_handlers=not no_handler_check,
+                base_dir=file.parent,
             )
             if as_json:
                 typer.echo(json.dumps({"run_id": result.run_id, "created": result.created}))

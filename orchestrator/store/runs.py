@@ -203,6 +203,52 @@ class RunStore:
             assert row is not None
             return int(row["command_id"])
 
+    def create_child_runs(self, children: Sequence[dict[str, Any]]) -> list[str]:
+        """Insert pending child runs that do not exist yet (a coordinator may repeat itself
+        after a crash); returns the ids actually created."""
+        created: list[str] = []
+        with self.connection() as conn, conn.transaction():
+            for child in children:
+                row = conn.execute(
+                    """
+                    INSERT INTO workflow_runs (run_id, workflow, status, partition, definition, inputs, plan, state,
+                                               last_seq, parent_run_id, parent_step, depth)
+                    VALUES (%s, %s, 'pending', %s, %s, %s, %s, %s, 1, %s, %s, %s)
+                    ON CONFLICT (run_id) DO NOTHING
+                    RETURNING run_id
+                    """,
+                    (
+                        child["run_id"],
+                        child["workflow"],
+                        child["partition"],
+                        Jsonb(child["definition"]),
+                        Jsonb(child["inputs"]),
+                        Jsonb(child["plan"]),
+                        Jsonb({"workflow": child["workflow"]}),
+                        child["parent_run_id"],
+                        child["parent_step"],
+                        child["depth"],
+                    ),
+                ).fetchone()
+                if row is None:
+                    continue
+                conn.execute(
+                    "INSERT INTO workflow_events (run_id, seq, type, data) VALUES (%s, 1, %s, %s)",
+                    (child["run_id"], str(EventType.RUN_SUBMITTED), Jsonb({"workflow": child["workflow"]})),
+                )
+                created.append(child["run_id"])
+        return created
+
+    def run_outcomes(self, run_ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        """run id → (status, state) of the given runs that exist."""
+        if not run_ids:
+            return {}
+        with self.connection() as conn:
+            rows = conn.execute(
+                "SELECT run_id, status, state FROM workflow_runs WHERE run_id = ANY(%s)", (list(run_ids),)
+            ).fetchall()
+        return {r["run_id"]: (r["status"], r["state"]) for r in rows}
+
     # -- coordinator: loading -------------------------------------------------------------------------
 
     def active_run_ids(self, partitions: Sequence[int]) -> list[str]:

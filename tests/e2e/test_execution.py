@@ -352,11 +352,3 @@ def test_postgres_restart_is_survived_without_event_gaps(e2e: Env, postgres_serv
     assert set(e2e.witness("effects").values()) == {1}
     assert_projection_matches_log(e2e, run_id)
 
-
-def test_pattern_steps_without_a_runtime_are_refused_at_submit(e2e: Env) -> None:
-    with pytest.raises(SubmitError, match=r"step 'vote' uses `swarm:`.*not executed by this release"):
-        e2e.submit(
-            "name: s\nsteps:\n  - id: vote\n    handler: builtin.echo\n    swarm: {replicas: 3, quorum: 2}\n",
-            check_handlers=False,
-        )
-    assert e2e.store.list_runs() == []

@@ -1,0 +1,119 @@
+"""The coordinator's side of hierarchical workflows: create, cancel and hear back from child runs.
+
+A parent's `step.dispatched` event for a `workflow:` step is committed first; only then is
+the child run inserted (idempotently: its id derives from the parent, step and attempt)
+and its partition woken. When the child finishes, its coordinator reports the outcome on
+the parent's results stream, like a worker would. Either message can be lost in a crash;
+the parent's reconciler (`reconcile`) recreates missing children and reads finished ones
+from PostgreSQL, and attempt fencing drops whatever arrives twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+import structlog
+
+from orchestrator import bus
+from orchestrator.engine import RunEngine
+from orchestrator.keys import Keys
+from orchestrator.planner import plan as make_plan
+from orchestrator.spec import WorkflowSpec
+from orchestrator.state import TERMINAL_RUN_STATUSES, RunStatus
+from orchestrator.store.leases import partition_of
+from orchestrator.store.runs import RunStore
+from orchestrator.wire import FIELD, ControlMessage, ResultMessage, encode
+from patterns.hierarchical import ChildStart, outcome, parent_of
+
+log = structlog.get_logger(__name__)
+
+
+class ChildRuns:
+    """Creates child runs once their parent's dispatch is committed, and reports their ends."""
+
+    def __init__(self, *, store: RunStore, client: redis.Redis, keys: Keys, partitions: int) -> None:
+        self.store = store
+        self.redis = client
+        self.keys = keys
+        self.partitions = partitions
+
+    def start(self, starts: Iterable[ChildStart]) -> None:
+        rows = [self._row(s) for s in starts]
+        if not rows:
+            return
+        created = self.store.create_child_runs(rows)
+        for row in rows:
+            if row["run_id"] in created:
+                log.info(
+                    "child_run_created", run_id=row["run_id"], parent=row["parent_run_id"], workflow=row["workflow"]
+                )
+        self._wake([(r["partition"], ControlMessage(kind="submitted", run=r["run_id"])) for r in rows])
+
+    def cancel(self, run_ids: Iterable[str]) -> None:
+        wakes = []
+        for run_id in run_ids:
+            self.store.add_command(run_id, "cancel")
+            wakes.append((partition_of(run_id, self.partitions), ControlMessage(kind="cancel", run=run_id)))
+            log.info("child_run_cancel_requested", run_id=run_id)
+        self._wake(wakes)
+
+    def report(self, run_id: str, status: RunStatus, state: dict[str, Any]) -> None:
+        """A child run finished: tell its parent's coordinator (best effort; see `reconcile`)."""
+        result = outcome(run_id, status, state)
+        if result is None:
+            return
+        stream = self.keys.results_stream(partition_of(result.run, self.partitions))
+        try:
+            self.redis.xadd(stream, {FIELD: encode(result)})
+        except bus.RETRYABLE as e:
+            log.warning("child_outcome_unsent", run_id=run_id, error=str(e), recovery="the parent's reconciler")
+
+    def reconcile(self, engines: Iterable[RunEngine]) -> list[ResultMessage]:
+        """Recreate missing children of in-flight steps; return the outcomes of finished ones."""
+        wanted = {
+            start.run_id: start
+            for engine in engines
+            if engine.run.status not in TERMINAL_RUN_STATUSES
+            for start in engine.child_starts()
+        }
+        if not wanted:
+            return []
+        found = self.store.run_outcomes(list(wanted))
+        missing = [start for run_id, start in wanted.items() if run_id not in found]
+        if missing:
+            log.warning("child_runs_recreated", count=len(missing), reason="absent from PostgreSQL")
+            self.start(missing)
+        results = []
+        for run_id, (status, state) in found.items():
+            if RunStatus(status) in TERMINAL_RUN_STATUSES and parent_of(run_id) is not None:
+                result = outcome(run_id, RunStatus(status), state)
+                if result is not None:
+                    results.append(result)
+        return results
+
+    def _row(self, start: ChildStart) -> dict[str, Any]:
+        spec = WorkflowSpec.model_validate(start.definition)
+        return {
+            "run_id": start.run_id,
+            "workflow": start.workflow,
+            "partition": partition_of(start.run_id, self.partitions),
+            "definition": start.definition,
+            "inputs": start.inputs,
+            "plan": make_plan(spec).to_json(),
+            "parent_run_id": start.parent_run_id,
+            "parent_step": start.parent_step,
+            "depth": start.depth,
+        }
+
+    def _wake(self, wakes: list[tuple[int, ControlMessage]]) -> None:
+        if not wakes:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for partition, message in wakes:
+            pipe.xadd(self.keys.control_stream(partition), {FIELD: encode(message)})
+        try:
+            pipe.execute()
+        except bus.RETRYABLE as e:
+            log.warning("child_wake_unsent", error=str(e), recovery="the owning coordinator's reconciler")
