@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
+from typer.testing import CliRunner
 
+from orchestrator.cli import spec_cmds
 from orchestrator.errors import SpecProblem, SpecValidationError
 from orchestrator.spec import WorkflowSpec, load_workflow
 
@@ -271,3 +276,31 @@ def test_a_failed_expansion_does_not_cause_follow_on_errors_downstream() -> None
         """
     )
     assert problem.message.startswith("unknown pattern 'nothing_like_it'")
+
+
+# --- the examples through `steppe validate` and `steppe plan` --------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.fixture
+def app() -> typer.Typer:
+    app = typer.Typer()
+    spec_cmds.register(app)
+    return app
+
+
+def test_validate_shows_what_each_pattern_step_expanded_to(app: typer.Typer) -> None:
+    result = CliRunner().invoke(app, ["validate", str(EXAMPLES / "pipeline.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "workflow 'word-report' is valid (3 steps, 2 edges, 3 waves)" in result.output
+    assert "step 'report' uses pipeline, expanded to: report-clean, report-count, report" in result.output
+
+
+def test_plan_shows_the_sub_graph(app: typer.Typer) -> None:
+    result = CliRunner().invoke(app, ["plan", str(EXAMPLES / "map_reduce.yaml"), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["waves"] == [["count-map"], ["count"], ["announce"]]
+    table = CliRunner().invoke(app, ["plan", str(EXAMPLES / "map_reduce.yaml")])
+    assert "critical path (3 steps, length 3): count-map → count → announce" in table.output
+    assert "step 'count' uses map_reduce, expanded to: count-map, count" in table.output
