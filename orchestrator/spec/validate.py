@@ -108,7 +108,7 @@ def load_workflow(
         data = document.data
         expansions: list[Any] = []
         if _uses_patterns(data):
-            data, expansions = _expand(data, problems)
+            data, expansions = _expand(data, problems, document.flagged)
         spec: WorkflowSpec | None = None
         try:
             spec = WorkflowSpec.model_validate(data)
@@ -135,14 +135,15 @@ def _uses_patterns(data: dict[str, Any]) -> bool:
     return isinstance(steps, list) and any(isinstance(step, dict) and "uses" in step for step in steps)
 
 
-def _expand(data: dict[str, Any], problems: _Collector) -> tuple[dict[str, Any], list[Any]]:
+def _expand(data: dict[str, Any], problems: _Collector, flagged: set[Path]) -> tuple[dict[str, Any], list[Any]]:
     """Replace `uses:` steps by the steps their patterns generate (SPEC §6, custom patterns)."""
     # Imported here: plugins are discovered and loaded only for documents that use them.
     from patterns.expansion import expand_document
 
     expanded = expand_document(data)
     for message, path, at_key in expanded.problems:
-        problems.add(message, path, at_key=at_key, expanded=False)
+        if not any(path[: len(f)] == f for f in flagged):  # the loader already reported this value
+            problems.add(message, path, at_key=at_key, expanded=False)
     problems.original = expanded.original
     return expanded.data, expanded.expansions
 

@@ -304,3 +304,11 @@ def test_plan_shows_the_sub_graph(app: typer.Typer) -> None:
     table = CliRunner().invoke(app, ["plan", str(EXAMPLES / "map_reduce.yaml")])
     assert "critical path (3 steps, length 3): count-map → count → announce" in table.output
     assert "step 'count' uses map_reduce, expanded to: count-map, count" in table.output
+
+
+def test_a_value_the_loader_rejected_is_reported_once() -> None:
+    [problem] = problems(
+        "name: wf\nsteps:\n  - id: a\n    uses: pipeline\n    with: {stages: [{handler: !!python/object x}]}\n"
+    )
+    assert (problem.line, problem.column) == (5, 31)
+    assert problem.message.startswith("tag !!python/object is not allowed")
