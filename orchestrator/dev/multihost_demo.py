@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -76,12 +77,16 @@ class WideRunReport:
         return Counter(self.applied_host.values())
 
 
-def _cut_when_busy(cluster: MultihostCluster, victim: str, *, after: int, timeout: float) -> int:
+def _cut_when_busy(
+    cluster: MultihostCluster, victim: str, waiter: subprocess.Popen[str], *, after: int, timeout: float
+) -> int:
     """Pull `victim`'s cable once `steppe workers` shows it with `after` steps done and more in flight.
 
     Returns how many steps it had in flight at that moment."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if waiter.poll() is not None:
+            raise LauncherError(f"the run ended before {victim} could be cut: use more or longer steps")
         mine = [w for w in cluster.workers() if w["host"] == victim]
         if mine and mine[0]["in_flight"] > 0 and mine[0]["processed"] >= after:
             cluster.cut(victim)
@@ -100,9 +105,10 @@ def run_wide(
     started = time.monotonic()
     run_id, waiter = cluster.submit_and_wait(workflow)
     victim = cluster.host_names[-1] if cut else None
-    # Cut at about a third of the victim's fair share, so that it has done some work first.
-    after = max(1, steps // (3 * len(cluster.host_names)))
-    in_flight = _cut_when_busy(cluster, victim, after=after, timeout=timeout) if victim else 0
+    # Cut early (a sixth of the victim's fair share done) so that a slow `steppe workers` poll still
+    # catches the run in progress.
+    after = max(1, steps // (6 * len(cluster.host_names)))
+    in_flight = _cut_when_busy(cluster, victim, waiter, after=after, timeout=timeout) if victim else 0
     try:
         waiter.communicate(timeout=timeout)  # also closes its pipes
     except BaseException:
