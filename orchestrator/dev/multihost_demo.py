@@ -155,6 +155,9 @@ def demo(*, hosts: int, steps: int, seconds: float, cut: bool) -> int:
         print(f"multihost demo not run: {reason}", file=sys.stderr)
         return 2
     with MultihostCluster(hosts=hosts) as cluster:
+        print("live workers (`steppe workers --json`, run in host1's namespace):")
+        for w in sorted(cluster.wait_for_workers(), key=lambda w: str(w["host"])):
+            print(f"  {w['host']:<6} {w['id']:<24} pid {w['pid']:<7} queues {','.join(w['queues'])}", flush=True)
         report = run_wide(cluster, steps=steps, seconds=seconds, cut=cut)
         print_report(cluster, report)
     print("lab torn down: processes stopped, namespaces deleted")
