@@ -2,7 +2,8 @@
 
 Set-up mirrors `shared/bench/peers`: one Redis on loopback, one coordinator and two
 worker processes on this machine, the producer (this process) inside the measurement,
-and PostgreSQL persistence on with its normal durability settings.
+and PostgreSQL persistence on with its normal durability settings. Scale-out variants
+(`steppe bench scaleout`) swap the Redis for a Redis Cluster and start several coordinators.
 """
 
 from __future__ import annotations
@@ -68,10 +69,13 @@ def chain_yaml(name: str, length: int) -> str:
 class ClusterBench:
     """Owns a private cluster for the duration of a benchmark."""
 
-    def __init__(self, settings: Settings, *, workers: int = 2, concurrency: int | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, workers: int = 2, concurrency: int | None = None, coordinators: int = 1
+    ) -> None:
         self.settings = settings
         self.workers = workers
         self.concurrency = concurrency
+        self.coordinators = coordinators
         self.cluster: LocalCluster | None = None
 
     def __enter__(self) -> ClusterBench:
@@ -88,11 +92,29 @@ class ClusterBench:
         log = Path(tempfile.gettempdir()) / f"steppe-bench-{uuid.uuid4().hex[:6]}.log"
         env = {"STEPPE_NAMESPACE": self.settings.namespace}
         self.cluster = LocalCluster(self.settings, log_path=log, env={**_environ(), **env})
-        self.cluster.start_coordinator()
+        for _ in range(self.coordinators):
+            self.cluster.start_coordinator()
         for _ in range(self.workers):
             self.cluster.start_worker(queues=["default"], concurrency=self.concurrency)
         self.cluster.wait_for_workers(self.redis, self.workers)
+        self._wait_partitions_spread()
         return self
+
+    def _wait_partitions_spread(self, timeout: float = 60.0) -> None:
+        """Measure only once every partition is leased and each coordinator holds its share."""
+        partitions = self.settings.coordinator.partitions
+        wanted = min(self.coordinators, partitions)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.store.connection() as conn:
+                rows = conn.execute(
+                    "SELECT owner FROM coordinator_leases WHERE expires_at > now() AND owner IS NOT NULL"
+                ).fetchall()
+            owners = [r["owner"] for r in rows]
+            if len(owners) == partitions and len(set(owners)) == wanted:
+                return
+            time.sleep(0.2)
+        raise InfrastructureError(f"partitions were not spread over {wanted} coordinators within {timeout:.0f}s")
 
     def __exit__(self, *exc: object) -> None:
         if self.cluster is not None:
@@ -202,8 +224,11 @@ class ClusterBench:
                 name: conn.execute(f"SHOW {name}").fetchone()[name]  # type: ignore[index]
                 for name in ("fsync", "synchronous_commit")
             }
-        aof = self.redis.config_get("appendonly").get("appendonly", "?")
-        fsync = self.redis.config_get("appendfsync").get("appendfsync", "?")
+        from orchestrator import redis_clients
+
+        node = redis_clients.masters(self.redis)[0]  # every cluster node runs with the same settings
+        aof = node.config_get("appendonly").get("appendonly", "?")
+        fsync = node.config_get("appendfsync").get("appendfsync", "?")
         return {
             "postgresql": f"fsync={pg['fsync']} synchronous_commit={pg['synchronous_commit']}",
             "redis": f"appendonly={aof} appendfsync={fsync}",

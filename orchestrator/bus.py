@@ -7,11 +7,10 @@ from typing import Any
 
 import redis
 import structlog
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
+from orchestrator import redis_clients
 from orchestrator.engine import Dispatch
-from orchestrator.errors import RedisUnavailableError
+from orchestrator.errors import InfrastructureError, RedisUnavailableError
 from orchestrator.keys import COORDINATOR_GROUP, WORKER_GROUP, Keys
 from orchestrator.settings import Settings
 from orchestrator.wire import FIELD, ControlMessage, encode
@@ -19,21 +18,21 @@ from orchestrator.wire import FIELD, ControlMessage, encode
 log = structlog.get_logger(__name__)
 
 # Step messages carry at most this many bytes (the payload limit plus envelope).
-RETRYABLE = (redis.ConnectionError, redis.TimeoutError)
+# Redis unreachable, or a cluster in transition (failover): back off and try again.
+RETRYABLE: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError, *redis_clients.CLUSTER_ERRORS)
+# What the coordinator's loop survives: back off, reload from PostgreSQL, carry on.
+RECOVERABLE: tuple[type[Exception], ...] = (InfrastructureError, *RETRYABLE)
 
 
 def connect(settings: Settings, url: str | None = None) -> redis.Redis:
-    """A client whose socket timeout stays above the BLOCK time of blocking reads."""
+    """A client (one server, or a cluster for `redis+cluster://`) whose socket timeout stays
+    above the BLOCK time of blocking reads."""
     url = url or settings.resolved_redis_url()
     socket_timeout = max(settings.redis.socket_timeout, settings.redis.block_ms / 1000 + 5)
     # No client-side retries: re-sending a timed-out XADD can publish a step twice. The
     # coordinator handles failures itself (back off, reload, re-publish only what is absent).
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=settings.redis.connect_timeout,
-        health_check_interval=30,
-        retry=Retry(NoBackoff(), 0),
+    return redis_clients.sync_client(
+        url, socket_timeout=socket_timeout, connect_timeout=settings.redis.connect_timeout, retries=0
     )
 
 
@@ -47,13 +46,14 @@ def ping(client: redis.Redis, url_hint: str) -> None:
 
 
 def check_noeviction(client: redis.Redis) -> str | None:
-    """Return a warning when Redis may evict keys (streams and groups would vanish)."""
-    try:
-        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
-    except redis.ResponseError:  # CONFIG may be disabled by ACLs
-        return None
-    if policy not in (None, "noeviction"):
-        return f"Redis maxmemory-policy is {policy!r}; set it to 'noeviction' or Steppe may lose queued steps"
+    """Return a warning when Redis (any cluster master) may evict keys (streams and groups would vanish)."""
+    for node in redis_clients.masters(client):
+        try:
+            policy = node.config_get("maxmemory-policy").get("maxmemory-policy")
+        except redis.ResponseError:  # CONFIG may be disabled by ACLs
+            return None
+        if policy not in (None, "noeviction"):
+            return f"Redis maxmemory-policy is {policy!r}; set it to 'noeviction' or Steppe may lose queued steps"
     return None
 
 

@@ -32,7 +32,7 @@ import orjson
 import redis
 import structlog
 
-from orchestrator import bus, metrics, streams
+from orchestrator import bus, metrics, redis_clients, streams
 from orchestrator.children import ChildRuns
 from orchestrator.engine import Dispatch, RunEngine, Timer
 from orchestrator.errors import ConflictError, InfrastructureError
@@ -79,6 +79,7 @@ class Coordinator:
         self.clock = clock
         self.keys = Keys(settings.namespace)
         self.id = coordinator_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._reader = redis_clients.SlotReader(COORDINATOR_GROUP, self.id)
         self.leases = LeaseManager(store, owner=self.id, partitions=self.cfg.partitions, ttl=self.cfg.lease_ttl)
         self.hooks = HookRunner(HookStore(store))
         self.children = ChildRuns(store=store, client=client, keys=self.keys, partitions=self.cfg.partitions)
@@ -128,7 +129,7 @@ class Coordinator:
                 try:
                     self.step()
                     backoff = 0.1
-                except (InfrastructureError, redis.ConnectionError, redis.TimeoutError) as e:
+                except bus.RECOVERABLE as e:
                     log.warning("coordinator_infrastructure_error", error=str(e), retry_in=round(backoff, 2))
                     self._forget_all()
                     time.sleep(backoff * random.uniform(0.5, 1.0))
@@ -225,9 +226,9 @@ class Coordinator:
             if self._timers:
                 block_ms = max(1, min(block_ms, int((self._timers[0][0] - self.clock()) * 1000)))
         try:
-            reply = self.redis.xreadgroup(
-                COORDINATOR_GROUP,
-                self.id,
+            # One XREADGROUP; against a Redis Cluster, one per partition (each is its own slot).
+            reply = self._reader.read(
+                self.redis,
                 streams,
                 count=self.cfg.batch_size,
                 block=None if self._replay_pending else block_ms,

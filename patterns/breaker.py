@@ -16,8 +16,10 @@ workers can both trip it, or both take the half-open trial), lets every caller t
 half-open and compares the clocks of different hosts. Here the state is pybreaker's model
 (its `STATE_*` names, `fail_counter`, `opened_at`) in one hash; each transition is decided by
 a pure function below and written under WATCH/MULTI, so exactly one worker makes it (and logs
-and counts it); the clock is Redis's `TIME`. `PybreakerStorage` exposes the same hash to a plain
-`pybreaker.CircuitBreaker` for synchronous code that wants to share a breaker with the workers.
+and counts it); the clock is Redis's `TIME` (in a Redis Cluster, that of the node serving the
+breaker's slot; the hash is one key, so its transaction stays in one slot). `PybreakerStorage`
+exposes the same hash to a plain `pybreaker.CircuitBreaker` for synchronous code that wants to
+share a breaker with the workers.
 
 Layout of `Keys.breaker(name)` (hash)::
 
@@ -43,6 +45,7 @@ from pybreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN
 from orchestrator import metrics
 from orchestrator.errors import SteppeError
 from orchestrator.keys import Keys
+from orchestrator.redis_clients import is_cluster
 
 log = structlog.get_logger(__name__)
 
@@ -257,6 +260,9 @@ class SharedBreaker:
             log.warning("breaker_unavailable", breaker=self.name, error=str(e))
 
     async def _read(self) -> tuple[BreakerState, float]:
+        if self.clock is None and is_cluster(self.client):
+            raw = await self.client.hgetall(self.key)
+            return BreakerState.from_hash(raw), self._time(await self._cluster_time())
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(self.key)
         if self.clock is None:
@@ -274,7 +280,7 @@ class SharedBreaker:
             async with self.client.pipeline(transaction=True) as pipe:
                 await pipe.watch(self.key)
                 current = BreakerState.from_hash(await pipe.hgetall(self.key))
-                now = self._time(await pipe.time() if self.clock is None else None)
+                now = self._time(await self._server_time(pipe) if self.clock is None else None)
                 decision = decide(current, now)
                 if decision.state != current:
                     pipe.multi()
@@ -286,6 +292,15 @@ class SharedBreaker:
             self._observe(current, decision.state)
             return decision
         raise redis.WatchError(f"breaker {self.name!r}: {MAX_CONFLICTS} conflicting updates in a row")
+
+    async def _server_time(self, pipe: Any) -> Any:
+        return await (self._cluster_time() if is_cluster(self.client) else pipe.time())
+
+    async def _cluster_time(self) -> Any:
+        # A cluster pipeline refuses keyless commands; TIME goes to the node serving this
+        # breaker's slot, so that every worker still reads one clock for this breaker.
+        await self.client.initialize()
+        return await self.client.time(target_nodes=self.client.get_node_from_key(self.key))
 
     def _time(self, reply: Any) -> float:
         if self.clock is not None:

@@ -1,10 +1,13 @@
 """The worker process: read step messages from queue streams, run them, report results.
 
 Reading: one XREADGROUP over the queue's priority streams (high, normal, low) with
-COUNT = free slots; entries are started highest priority first. Reporting: finished
-attempts are batched; each batch is one MULTI/EXEC of result XADDs and XACKs, so a
-result is never acknowledged without being published. Liveness: every heartbeat the
-worker refreshes its registry entry, resets the idle time of its in-flight entries
+COUNT = free slots; entries are started highest priority first (against a Redis Cluster,
+one XREADGROUP per queue: each queue is its own slot). Reporting: finished attempts are
+batched; against one Redis each batch is one MULTI/EXEC of result XADDs and XACKs; against
+a cluster, where those keys live in different slots, the XADDs are written first and the
+XACKs only once every XADD succeeded. Either way a result is never acknowledged without being
+published (a crash in between leaves a duplicate result, which the coordinator fences by attempt).
+Liveness: every heartbeat the worker refreshes its registry entry, resets the idle time of its in-flight entries
 (XCLAIM … JUSTID, i.e. extends their lease), cancels steps of cancelled runs, and
 reclaims entries idle past the visibility timeout (XPENDING IDLE + XCLAIM) from dead workers;
 entries delivered more than `max_deliveries` times, undecodable or trimmed ones are
@@ -29,10 +32,9 @@ from typing import Any
 import msgspec
 import orjson
 import redis
-import redis.asyncio as aioredis
 import structlog
 
-from orchestrator import metrics
+from orchestrator import metrics, redis_clients
 from orchestrator.keys import WORKER_GROUP, Keys
 from orchestrator.settings import Settings
 from orchestrator.wire import FIELD, ResultMessage, StepErrorInfo, StepMessage, decode_step, encode
@@ -44,7 +46,7 @@ log = structlog.get_logger(__name__)
 
 # A still-running attempt is reported as started after this long (fast steps report only once).
 STARTED_AFTER = 0.5
-CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError, *redis_clients.CLUSTER_ERRORS)
 
 
 class _HandlerThreads(ThreadPoolExecutor):
@@ -112,6 +114,8 @@ class Worker:
             redactor=self.redactor,
         )
         self.inflight: dict[tuple[str, bytes], _InFlight] = {}
+        self._reader = redis_clients.SlotReader(WORKER_GROUP, self.id)
+        self._cluster = False
         self._outbox: list[tuple[_InFlight | None, ResultMessage | None, dict[str, Any] | None]] = []
         self._outbox_ready = asyncio.Event()
         self._slots = asyncio.Event()
@@ -124,12 +128,10 @@ class Worker:
 
     async def run(self, *, install_signals: bool = True) -> int:
         socket_timeout = max(self.settings.redis.socket_timeout, self.settings.redis.block_ms / 1000 + 5)
-        self.redis = aioredis.Redis.from_url(
-            self.redis_url,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=self.settings.redis.connect_timeout,
-            health_check_interval=30,
+        self.redis = redis_clients.async_client(
+            self.redis_url, socket_timeout=socket_timeout, connect_timeout=self.settings.redis.connect_timeout
         )
+        self._cluster = redis_clients.is_cluster(self.redis)
         # Circuit breakers share their state through this worker's Redis (patterns.breaker).
         self.runner.breakers = BreakerRegistry(client=self.redis, keys=self.keys)
         # Secrets resolved for handlers are redacted from every log line of this process.
@@ -240,12 +242,8 @@ class Worker:
                 await self._slots.wait()
                 continue
             try:
-                reply = await self.redis.xreadgroup(
-                    WORKER_GROUP,
-                    self.id,
-                    dict.fromkeys(self.streams, ">"),
-                    count=free,
-                    block=self.settings.redis.block_ms,
+                reply = await self._reader.aread(
+                    self.redis, dict.fromkeys(self.streams, ">"), count=free, block=self.settings.redis.block_ms
                 )
                 backoff = 0.1
             except CONNECTION_ERRORS as e:
@@ -353,7 +351,8 @@ class Worker:
                     await asyncio.sleep(0.5)
 
     async def _flush(self, batch: list[tuple[_InFlight | None, ResultMessage | None, dict[str, Any] | None]]) -> None:
-        pipe = self.redis.pipeline(transaction=True)
+        # One Redis: a MULTI/EXEC. A cluster: the XADDs (other slots), and only then the XACKs.
+        pipe = self.redis.pipeline(transaction=not self._cluster)
         acks: dict[str, list[bytes]] = {}
         for entry, result, dead in batch:
             if dead is not None:
@@ -365,6 +364,9 @@ class Worker:
                 acks.setdefault(entry.stream, []).append(entry.entry_id)
             elif dead is not None:
                 acks.setdefault(dead["stream"], []).append(dead["id"])
+        if self._cluster:
+            await pipe.execute()  # raises unless every XADD succeeded: nothing is acknowledged then
+            pipe = self.redis.pipeline(transaction=False)
         for stream, ids in acks.items():
             pipe.xack(stream, WORKER_GROUP, *ids)
         await pipe.execute()

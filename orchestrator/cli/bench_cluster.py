@@ -1,4 +1,4 @@
-"""`steppe bench throughput | chain | fanout | all | scale`: cluster benchmarks on private servers."""
+"""`steppe bench all | scale | scaleout`: cluster benchmarks on private servers."""
 
 from __future__ import annotations
 
@@ -25,25 +25,48 @@ PEERS_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "bench" / "p
 
 
 @contextmanager
-def private_cluster(workers: int, concurrency: int | None, keep_home: Path | None) -> Iterator[Any]:
-    """Fresh embedded servers in a private STEPPE_HOME (so nothing else competes), torn down after."""
+def private_cluster(
+    workers: int,
+    concurrency: int | None,
+    keep_home: Path | None,
+    *,
+    redis_masters: int = 0,
+    coordinators: int = 1,
+    partitions: int | None = None,
+) -> Iterator[Any]:
+    """Fresh embedded servers in a private STEPPE_HOME (so nothing else competes), torn down after.
+
+    `redis_masters` > 0 runs Steppe on a private Redis Cluster of that many masters (no replicas)
+    instead of the embedded Redis; `coordinators` coordinator processes share `partitions`.
+    """
     from orchestrator.benchmark import ClusterBench
     from orchestrator.dev.launcher import DevServers
+    from orchestrator.dev.redis_cluster import LocalRedisCluster
 
     home = keep_home or Path(tempfile.mkdtemp(prefix="steppe-bench-"))
     os.chmod(home, 0o755)  # noqa: S103 - PostgreSQL runs as another user and must traverse it
     namespace = f"bench{uuid.uuid4().hex[:6]}"
     os.environ["STEPPE_HOME"] = str(home)
     os.environ["STEPPE_NAMESPACE"] = namespace
-    for var in ("STEPPE_REDIS_URL", "STEPPE_DATABASE_URL"):
+    for var in ("STEPPE_REDIS_URL", "STEPPE_DATABASE_URL", "STEPPE_COORDINATOR__PARTITIONS"):
         os.environ.pop(var, None)
+    if partitions:
+        os.environ["STEPPE_COORDINATOR__PARTITIONS"] = str(partitions)
     settings = Settings(home=home, namespace=namespace)
     servers = DevServers(settings=settings)
     servers.up()
+    cluster = None
     try:
-        with ClusterBench(settings, workers=workers, concurrency=concurrency) as bench:
+        if redis_masters:
+            cluster = LocalRedisCluster.start(home / "redis-cluster", masters=redis_masters, replicas=0)
+            os.environ["STEPPE_REDIS_URL"] = cluster.url
+            settings = Settings(home=home, namespace=namespace, redis_url=cluster.url)
+        with ClusterBench(settings, workers=workers, concurrency=concurrency, coordinators=coordinators) as bench:
             yield bench
     finally:
+        if cluster is not None:
+            cluster.stop()
+            os.environ.pop("STEPPE_REDIS_URL", None)
         servers.down()
         if keep_home is None:
             shutil.rmtree(home, ignore_errors=True)
@@ -202,3 +225,50 @@ def bench_scale(
         if runs:
             memory = bench.active_runs_memory(runs)
             console.print(f"coordinator RSS with {runs:,} active runs: {memory:.0f} MiB")
+
+
+@bench_app.command("scaleout")
+@report_errors
+def bench_scaleout(
+    configs: str = typer.Option(
+        "0x1,1x1,3x1,1x3,3x3",
+        help="Comma-separated MASTERSxCOORDINATORS; 0 masters = the single embedded Redis",
+    ),
+    size: int = typer.Option(20000, help="Steps per measurement (one wide workflow; as many one-step runs)"),
+    repeat: int = typer.Option(3, help="Repetitions; the median is reported"),
+    workers: int = typer.Option(2, help="Worker processes"),
+    partitions: int = typer.Option(6, help="Run partitions (the same for every configuration)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Throughput for 1 vs N Redis Cluster masters and 1 vs N coordinators, each on fresh servers."""
+    from orchestrator.benchmark import repeat as rep
+
+    results: dict[str, Any] = {}
+    for config in (c.strip() for c in configs.split(",") if c.strip()):
+        masters, _, coordinators = config.partition("x")
+        err_console.print(f"measuring {config} (Redis Cluster masters x coordinators)…")
+        with private_cluster(
+            workers, None, None, redis_masters=int(masters), coordinators=int(coordinators or 1), partitions=partitions
+        ) as bench:
+            bench.chain(5)  # warm-up: imports, connections, consumer groups
+            results[config] = {
+                "throughput_wide": rep(bench.one_wide_workflow, size, repeat, "one wide workflow").to_json(),
+                "throughput_runs": rep(bench.many_one_step_workflows, size, repeat, "one-step workflows").to_json(),
+                "peak_rss_mib": bench.peak_rss_mib(),
+            }
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    table = Table(title=f"steppe bench scaleout: {size:,} noop steps, median of {repeat} (min–max)")
+    for col in ("Redis", "coordinators", "one wide workflow", "one-step workflows"):
+        table.add_column(col)
+    for config, r in results.items():
+        masters, _, coordinators = config.partition("x")
+        redis_label = "single" if masters == "0" else f"cluster, {masters} master(s)"
+        table.add_row(redis_label, coordinators, _rate(r["throughput_wide"]), _rate(r["throughput_runs"]))
+    console.print(table)
+
+
+def _rate(r: dict[str, Any]) -> str:
+    rates = sorted(r["size"] / s for s in r["seconds"])
+    return f"{r['per_second']:,.0f} steps/s ({rates[0]:,.0f}–{rates[-1]:,.0f})"

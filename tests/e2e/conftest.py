@@ -10,8 +10,8 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
 
+from orchestrator import redis_clients
 from orchestrator.cli.cluster import LocalCluster
 from orchestrator.cli.context import Clients
 from orchestrator.dev import RedisServer
@@ -60,7 +60,8 @@ class Env:
         self.settings = settings
         self.env = env
         self.home = home
-        self.redis = redis.Redis.from_url(settings.resolved_redis_url())
+        # One Redis or a Redis Cluster (tests/cluster), as the processes under test see it.
+        self.redis = redis_clients.sync_client(settings.resolved_redis_url(), socket_timeout=30, connect_timeout=5)
         self.store = RunStore(settings.resolved_database_url(), pool_size=2)
         self.store.open()
         self.cluster = LocalCluster(settings, log_path=home / "cluster.log", env=env)
