@@ -55,8 +55,9 @@ def unavailable_reason() -> str | None:
         ip = ip_binary()
     except LauncherError as e:
         return str(e)
-    if shutil.which("unshare") is None:
-        return "the `unshare` command (util-linux) is missing"
+    for command, package in (("unshare", "util-linux"), ("hostname", "hostname")):
+        if shutil.which(command) is None:
+            return f"the `{command}` command ({package}) is missing"
     probe = f"{PREFIX}{os.getpid()}-probe{secrets.token_hex(2)}-x"
     done = subprocess.run([ip, "netns", "add", probe], capture_output=True, text=True, check=False)
     if done.returncode != 0:

@@ -44,10 +44,20 @@ def cluster() -> MultihostCluster:
     return MultihostCluster(hosts=3, concurrency=4)
 
 
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
 @pytest.mark.timeout(180)
 def test_a_wide_run_spreads_over_hosts_and_survives_a_host_losing_its_network(cluster: MultihostCluster) -> None:
     links_before = root_links()
+    # A lab abandoned by a killed run (its owner pid is gone) is removed by the next one.
+    abandoned = f"steppe-mh-{dead_pid()}-0a0a0a-core"
+    subprocess.run([ip_binary(), "netns", "add", abandoned], check=True)
     with cluster:
+        assert abandoned not in namespaces()
         assert root_links() == links_before, "the lab must create no interface in the root namespace"
         report = run_wide(cluster, steps=STEPS, seconds=1.0, cut=True, timeout=90)
         hosts = {h.name: h.netns for h in cluster.lab.hosts.values()}
