@@ -25,7 +25,7 @@ EXAMPLE ?= examples/order_saga.yaml
 PROMETHEUS_DIR := $(TOOLS)/prometheus
 PROMETHEUS := $(PROMETHEUS_DIR)/usr/bin/prometheus
 
-.PHONY: help install run test test-redis7 lint fmt clean system-deps redis7 fetch-redis7
+.PHONY: help install run test test-redis7 test-cluster lint fmt clean system-deps redis7 fetch-redis7
 .PHONY: prometheus fetch-prometheus dashboards dashboards-check loadtest soak
 .PHONY: multihost-demo
 
@@ -34,6 +34,7 @@ help:
 	@echo "make run          start the embedded Redis + PostgreSQL and run $(EXAMPLE)"
 	@echo "make test         the whole test suite against real servers (PYTEST_ARGS=... to narrow)"
 	@echo "make test-redis7  the same against Debian's redis-server 7 from $(TOOLS)"
+	@echo "make test-cluster only tests/cluster: a private Redis Cluster, several coordinators (part of make test)"
 	@echo "make lint | fmt   ruff + mypy | ruff format"
 	@echo "make dashboards-check   evaluate every dashboard query and alert against a live cluster"
 	@echo "make dashboards         regenerate deploy/grafana/dashboards/*.json"
@@ -98,6 +99,10 @@ run-example:
 
 test: install prometheus
 	$(PYTEST) $(PYTEST_ARGS)
+
+# Also part of `make test`; this target runs just the Redis Cluster and multi-coordinator suite.
+test-cluster: install
+	$(PYTEST) tests/cluster
 
 test-redis7: install
 	STEPPE_TEST_REDIS_SERVER=$(CURDIR)/$(REDIS7) $(PYTEST) $(PYTEST_ARGS)

@@ -8,6 +8,7 @@ and PostgreSQL persistence on with its normal durability settings. Scale-out var
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
@@ -77,6 +78,8 @@ class ClusterBench:
         self.concurrency = concurrency
         self.coordinators = coordinators
         self.cluster: LocalCluster | None = None
+        # Server processes whose CPU `cpu_by_role` counts: {"redis": [pids], "postgresql": [postmaster]}.
+        self.server_pids: dict[str, list[int]] = {}
 
     def __enter__(self) -> ClusterBench:
         import redis
@@ -218,6 +221,22 @@ class ClusterBench:
             out[label] = max((_vm_hwm(p.pid) for p in procs), default=0.0)
         return out
 
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds used so far by each part of the deployment (user + system, from /proc).
+
+        PostgreSQL counts the postmaster and every backend and helper under it; the producer is
+        this process (it loads, validates, plans and submits)."""
+        assert self.cluster is not None
+        postgres = [p for root in self.server_pids.get("postgresql", []) for p in (root, *_descendants(root))]
+        roles = {
+            "coordinators": [p.pid for p in self.cluster.coordinators],
+            "workers": [p.pid for p in self.cluster.workers],
+            "redis": self.server_pids.get("redis", []),
+            "postgresql": postgres,
+            "producer": [os.getpid()],
+        }
+        return {role: sum(_cpu_seconds(pid) for pid in pids) for role, pids in roles.items()}
+
     def durability(self) -> dict[str, str]:
         with self.store.connection() as conn:
             pg = {
@@ -268,6 +287,31 @@ def _vm_rss(pid: int) -> float:
 
 
 def _environ() -> dict[str, str]:
-    import os
-
     return dict(os.environ)
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out

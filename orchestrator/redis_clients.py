@@ -24,7 +24,7 @@ the places that must behave differently ask `is_cluster(client)`.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
@@ -211,11 +211,3 @@ class SlotReader:
         node = cluster.get_node_from_key(next(iter(g)))
         args = _xreadgroup_args(self.group, self.consumer, g, count, block)
         return cast(list[Any], await cluster.execute_command("XREADGROUP", *args, target_nodes=node) or [])
-
-
-def group_by_slot(keys: Sequence[str]) -> list[list[str]]:
-    """Keys split into lists that share a hash slot (for multi-key commands such as XACK batches)."""
-    groups: dict[int, list[str]] = {}
-    for key in keys:
-        groups.setdefault(synccluster.key_slot(key.encode()), []).append(key)
-    return list(groups.values())

@@ -62,6 +62,11 @@ def private_cluster(
             os.environ["STEPPE_REDIS_URL"] = cluster.url
             settings = Settings(home=home, namespace=namespace, redis_url=cluster.url)
         with ClusterBench(settings, workers=workers, concurrency=concurrency, coordinators=coordinators) as bench:
+            state = json.loads(settings.dev_state_path.read_text())
+            bench.server_pids = {
+                "redis": [n.pid for n in cluster.nodes] if cluster else [state["redis"]["pid"]],
+                "postgresql": [state["postgres"]["pid"]],
+            }
             yield bench
     finally:
         if cluster is not None:
@@ -251,10 +256,17 @@ def bench_scaleout(
             workers, None, None, redis_masters=int(masters), coordinators=int(coordinators or 1), partitions=partitions
         ) as bench:
             bench.chain(5)  # warm-up: imports, connections, consumer groups
+            before = bench.cpu_by_role()
             results[config] = {
                 "throughput_wide": rep(bench.one_wide_workflow, size, repeat, "one wide workflow").to_json(),
                 "throughput_runs": rep(bench.many_one_step_workflows, size, repeat, "one-step workflows").to_json(),
                 "peak_rss_mib": bench.peak_rss_mib(),
+            }
+            after = bench.cpu_by_role()
+            steps = 2 * size * repeat
+            # CPU milliseconds per 1,000 steps, by role (settling between repeats included).
+            results[config]["cpu_ms_per_1000_steps"] = {
+                role: round(1e6 * (after[role] - before[role]) / steps, 1) for role in after
             }
     if as_json:
         typer.echo(json.dumps(results, indent=2))
@@ -267,6 +279,13 @@ def bench_scaleout(
         redis_label = "single" if masters == "0" else f"cluster, {masters} master(s)"
         table.add_row(redis_label, coordinators, _rate(r["throughput_wide"]), _rate(r["throughput_runs"]))
     console.print(table)
+    cpu = Table(title="CPU milliseconds per 1,000 steps, by process role (both shapes)")
+    roles = list(next(iter(results.values()))["cpu_ms_per_1000_steps"]) if results else []
+    for col in ("masters x coordinators", *roles):
+        cpu.add_column(col)
+    for config, r in results.items():
+        cpu.add_row(config, *(f"{r['cpu_ms_per_1000_steps'][role]:,.0f}" for role in roles))
+    console.print(cpu)
 
 
 def _rate(r: dict[str, Any]) -> str:
