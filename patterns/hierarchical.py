@@ -6,7 +6,8 @@ Where children come from: the parent document's `workflows:` section, which
 files that may change later. The child's run id is derived from the parent's, the step
 and the attempt, so that the coordinator can create it idempotently and find it again
 after a crash. The child's outputs become the step's output; a child that does not
-succeed fails the step, which then follows the parent's retry and failure policy.
+succeed fails the step, which then follows the parent's retry and failure policy (a
+child that failed with a non-retryable error is not retried).
 """
 
 from __future__ import annotations
@@ -68,7 +69,9 @@ def outcome(child_run_id: str, status: RunStatus, state: dict[str, Any]) -> Resu
         error=StepErrorInfo(
             type="ChildRunFailed",
             message=f"child run {child_run_id} ended {status}{where}: {detail}",
-            retryable=True,
+            # A permanent failure inside the child (non-retryable error, depth limit) is not retried
+            # by starting another child; anything else follows the parent step's retry policy.
+            retryable=bool(error.get("retryable", True)) and status is not RunStatus.CANCELLED,
         ),
     )
 

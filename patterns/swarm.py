@@ -53,7 +53,7 @@ def tally(
     needed = quorum
     reached = len(best) >= needed and (vote != "unanimous" or len(groups) == 1)
     hopeless = len(best) + left < needed
-    decided = (reached or hopeless) if vote == "first" else (left == 0 or hopeless)
+    decided = (reached or hopeless) if vote == "first" else left == 0
     dissent = [{"replica": i, "output": outputs[i]} for i in sorted(outputs) if i not in best]
     dissent += [{"replica": i, "error": errors[i]} for i in sorted(errors)]
     record = {

@@ -7,7 +7,7 @@ from typing import Any
 
 from orchestrator.engine import PreCheck, RunEngine
 from orchestrator.spec import load_workflow
-from orchestrator.state import Event, EventType, RunProjection, RunStatus, StepStatus, fold
+from orchestrator.state import Event, RunProjection, RunStatus, StepStatus, fold
 from orchestrator.wire import ResultMessage, StepErrorInfo
 from orchestrator.workflow import compile_workflow
 from patterns.hierarchical import outcome, parent_of
@@ -91,7 +91,8 @@ def test_swarm_without_quorum_fails_the_step_and_the_run() -> None:
     run.result("answer[2]", output={"v": 2})
     record = run.engine.run.steps["answer"]
     assert record.status is StepStatus.FAILED
-    assert record.error is not None and record.error["type"] == "NoQuorum"
+    assert record.error is not None
+    assert record.error["type"] == "NoQuorum"
     assert {"replica": 1, "error": "Boom: boom"} in record.detail["vote"]["dissent"]
     assert run.engine.run.status is RunStatus.FAILED
     assert run.status("after") is StepStatus.CANCELLED
@@ -154,7 +155,8 @@ def test_gate_rejection_reruns_the_step_with_feedback_then_fails_after_max_attem
     assert run.result("draft:gate", attempt=3, output=False) == []
     record = run.engine.run.steps["draft"]
     assert record.status is StepStatus.FAILED
-    assert record.error is not None and record.error["type"] == "GateRejected"
+    assert record.error is not None
+    assert record.error["type"] == "GateRejected"
     assert "3 time(s)" in record.error["message"]
     assert run.engine.run.status is RunStatus.FAILED
     run.assert_fold_matches()
@@ -165,7 +167,8 @@ def test_a_gate_that_returns_no_verdict_fails_the_step_clearly() -> None:
     run.result("draft", output={"text": "a b c"})
     run.result("draft:gate", output="looks fine")
     error = run.engine.run.steps["draft"].error
-    assert error is not None and "must return true/false" in error["message"]
+    assert error is not None
+    assert "must return true/false" in error["message"]
 
 
 HOOKED = """
@@ -181,7 +184,9 @@ def test_pre_hook_veto_fails_the_step_before_it_is_dispatched() -> None:
     assert run.sent[0].queue == "hooks"
     assert run.result("charge:pre-7", output={"veto": True, "reason": "over budget"}) == []
     error = run.engine.run.steps["charge"].error
-    assert error is not None and error["type"] == "Vetoed" and "over budget" in error["message"]
+    assert error is not None
+    assert error["type"] == "Vetoed"
+    assert "over budget" in error["message"]
     assert run.engine.run.status is RunStatus.FAILED
     assert not any(d.message.step == "charge" for d in run.sent)
     run.assert_fold_matches()
@@ -231,7 +236,8 @@ def test_child_workflow_is_started_with_its_inputs_and_its_outputs_become_the_st
 def test_failed_child_is_retried_as_a_new_child_run_then_fails_the_parent() -> None:
     run = Run(PARENT)
     failure = outcome("r1.child.1", RunStatus.FAILED, {"error": {"step": "work", "message": "boom"}})
-    assert failure is not None and failure.error is not None
+    assert failure is not None
+    assert failure.error is not None
     assert "ended failed at step 'work': boom" in failure.error.message
     run.engine.on_result(failure)
     _, _, timers, _ = run.engine.drain()
@@ -248,10 +254,13 @@ def test_failed_child_is_retried_as_a_new_child_run_then_fails_the_parent() -> N
 def test_depth_limit_and_bad_child_inputs_fail_the_step_without_retrying() -> None:
     run = Run(PARENT, depth=5, max_depth=5)
     error = run.engine.run.steps["child"].error
-    assert error is not None and "levels deep" in error["message"] and run.engine.children == []
+    assert error is not None
+    assert "levels deep" in error["message"]
+    assert run.engine.children == []
     bad = Run(PARENT.replace("with: {n: 2}", "with: {n: two}"))
     error = bad.engine.run.steps["child"].error
-    assert error is not None and "must be of type integer" in error["message"]
+    assert error is not None
+    assert "must be of type integer" in error["message"]
     assert bad.engine.run.status is RunStatus.FAILED
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from orchestrator.durations import DurationError, format_duration, parse_duration
-from orchestrator.errors import SubmitError
+from orchestrator.errors import SpecValidationError, SubmitError
 from orchestrator.settings import LimitSettings
 from orchestrator.spec import RetryPolicy, WorkflowSpec, load_workflow, parse_cli_inputs, validate_inputs
 
@@ -50,7 +50,10 @@ steps:
     handler: llm.judge
     needs: [reserve]
     swarm: {replicas: 5}
-    gate: {handler: checks.schema, with: {out: "${{ steps.vote.output }}"}}
+  - id: summary
+    handler: llm.summarise
+    needs: [vote]
+    gate: {handler: checks.schema, with: {strict: true}}
 hooks:
   - {on: step.failed, handler: alerts.notify}
 """
@@ -108,8 +111,9 @@ def test_patterns_are_parsed() -> None:
     vote = spec.step("vote")
     assert vote.swarm is not None
     assert vote.swarm.effective_quorum == 3
-    assert vote.gate is not None
-    assert vote.gate.max_attempts == 3
+    summary = spec.step("summary")
+    assert summary.gate is not None
+    assert summary.gate.max_attempts == 3
     assert spec.breaker("shared").exclude == ["ValueError"]
     assert spec.breaker("unknown").fail_max == 5
     assert spec.hooks[0].on == ["step.failed"]
@@ -185,3 +189,17 @@ def test_parse_duration_rejects(bad: object) -> None:
 def test_format_duration_is_the_inverse() -> None:
     for seconds in (0.25, 10, 90, 5400, 86400 + 61):
         assert parse_duration(format_duration(seconds)) == seconds
+
+
+@pytest.mark.parametrize(
+    ("step", "message"),
+    [
+        ("{id: a, handler: h.x, swarm: {replicas: 3}, for_each: [1]}", "`swarm` and `for_each` cannot be combined"),
+        ("{id: a, handler: h.x, swarm: {replicas: 3}, gate: {handler: h.g}}", "a `gate` checks one output"),
+        ("{id: a, workflow: child, for_each: [1]}", "`for_each` over a child `workflow` is not supported"),
+    ],
+)
+def test_pattern_keys_that_cannot_be_combined_are_rejected_at_the_step(step: str, message: str) -> None:
+    with pytest.raises(SpecValidationError, match=message) as info:
+        load_workflow(f"name: w\nsteps:\n  - {step}\n")
+    assert "<string>:3:" in str(info.value)
