@@ -196,8 +196,13 @@ class SlotReader:
         groups = slot_groups(streams)
         if len(groups) > 1:
             found: list[Any] = []
+            remaining = count  # a worker's free slots: the sweep takes no more than that in all
             for g in groups:
-                found += await self._aone(cluster, g, count, None)
+                if remaining <= 0:
+                    break
+                got = await self._aone(cluster, g, remaining, None)
+                found += got
+                remaining -= sum(len(messages) for _, messages in got)
             if block is None or any(messages for _, messages in found):
                 return found
             groups = [groups[next(self._turn) % len(groups)]]
