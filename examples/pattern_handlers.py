@@ -1,6 +1,6 @@
 """Handlers for the pattern examples: handoff, swarm, hierarchical and pre hooks.
 
-    steppe run examples/handoff.yaml --import examples.pattern_handlers
+steppe run examples/handoff.yaml --import examples.pattern_handlers
 """
 
 from __future__ import annotations

@@ -105,4 +105,3 @@ async def secret_log(ctx: StepContext, token: str) -> dict[str, Any]:
     """Logs its secret argument through `ctx.log` (the worker must redact it) and returns its length."""
     ctx.log.info("calling_upstream", token=token, header=f"Bearer {token}")
     return {"length": len(token)}
-

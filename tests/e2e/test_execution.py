@@ -351,4 +351,3 @@ def test_postgres_restart_is_survived_without_event_gaps(e2e: Env, postgres_serv
     assert doc["status"] == "succeeded", e2e.log()
     assert set(e2e.witness("effects").values()) == {1}
     assert_projection_matches_log(e2e, run_id)
-
