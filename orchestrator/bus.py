@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import orjson
 import redis
 import structlog
 
@@ -112,3 +113,16 @@ def live_handlers(client: redis.Redis, keys: Keys) -> dict[str, list[str]]:
         for name in info.get("handlers", []):
             handlers.setdefault(name, []).append(worker_id)
     return handlers
+
+
+def coordinator_heartbeat(client: redis.Redis, keys: Keys, info: dict[str, Any], *, ttl: float) -> int:
+    """Register a live coordinator (`steppe workers` lists it); returns how many are alive."""
+    now = float(info["heartbeat"])
+    pipe = client.pipeline(transaction=False)
+    pipe.set(keys.coordinator(str(info["id"])), orjson.dumps(info), ex=max(1, int(ttl * 2)))
+    pipe.zadd(keys.coordinators, {str(info["id"]): now})
+    # A coordinator that missed a whole lease TTL of heartbeats is gone: stop counting it as a
+    # peer, so that survivors claim all of its partitions as soon as its leases expire.
+    pipe.zremrangebyscore(keys.coordinators, 0, now - ttl)
+    pipe.zcard(keys.coordinators)
+    return int(pipe.execute()[-1])

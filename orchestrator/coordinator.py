@@ -32,7 +32,7 @@ import orjson
 import redis
 import structlog
 
-from orchestrator import bus, metrics, redis_clients, streams
+from orchestrator import bus, fault_points, metrics, redis_clients, streams
 from orchestrator.children import ChildRuns
 from orchestrator.engine import Dispatch, RunEngine, Timer
 from orchestrator.errors import ConflictError, InfrastructureError
@@ -40,8 +40,8 @@ from orchestrator.hook_runner import HookRunner
 from orchestrator.keys import COORDINATOR_GROUP, Keys
 from orchestrator.settings import Settings
 from orchestrator.spec import WorkflowSpec
-from orchestrator.state import TERMINAL_RUN_STATUSES, Event, EventType, RunStatus
-from orchestrator.store.dead_letters import DeadLetterStore, sync_from_stream
+from orchestrator.state import TERMINAL_RUN_STATUSES, Event, RunStatus
+from orchestrator.store.dead_letters import DeadLetterStore, row_from_compensation, row_from_result, sync_from_stream
 from orchestrator.store.hooks import HookStore
 from orchestrator.store.leases import LeaseManager
 from orchestrator.store.runs import RunStore, RunWrite, StoredRun
@@ -95,7 +95,7 @@ class Coordinator:
         self._next_lease = 0.0
         self._next_reconcile = 0.0
         self._known_queues: set[str] = set()
-        self._absent_before: set[tuple[str, str, int]] = set()
+        self._lost = streams.LostMessages()
         self.stopping = False
         self.rng = random.Random()
 
@@ -202,7 +202,7 @@ class Coordinator:
                 continue
             touched.add(result.run)
             if result.status == "dead_lettered":
-                dead_letters.append(_dead_letter_row(result))
+                dead_letters.append(row_from_result(result))
         touched |= self._fire_timers()
         self._unpublished.extend(self.hooks.due(self.clock()))
         self._commit(touched, [c[0] for c in processed_commands], dead_letters)
@@ -397,15 +397,15 @@ class Coordinator:
                     finished=engine.finished,
                 )
             )
-            _count_steps(engine, events)
+            metrics.count_step_events(events, engine.run.steps, engine.messages.labels_of)
             outbox.extend(dispatches)
             hook_runs.append((tracked, events))
-            dead_letters.extend(_compensation_dead_letter(d) for d in comp_dead)
+            dead_letters.extend(row_from_compensation(d) for d in comp_dead)
             if engine.finished:
                 finished.append(tracked)
         if not writes and not commands and not dead_letters:
             return
-        _fault_crash_point("BEFORE_COMMIT", len(outbox))
+        fault_points.crash_point("BEFORE_COMMIT", len(outbox))
         try:
             self.store.commit_batch(
                 writes,
@@ -421,7 +421,7 @@ class Coordinator:
         except Exception:
             self._forget_all()
             raise
-        _fault_crash_point("AFTER_COMMIT", len(outbox))
+        fault_points.crash_point("AFTER_COMMIT", len(outbox))
         for w in writes:
             self.runs[w.run_id].version += 1
         for timer in timers:
@@ -479,7 +479,15 @@ class Coordinator:
     # -- leases and reconciliation --------------------------------------------------------------------
 
     def _maintain_leases(self, *, force: bool = False) -> None:
-        peers = self._heartbeat()
+        info = {
+            "id": self.id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "partitions": self.partitions,
+            "runs": len(self.runs),
+            "heartbeat": self.clock(),
+        }
+        peers = bus.coordinator_heartbeat(self.redis, self.keys, info, ttl=self.cfg.lease_ttl)
         held = self.leases.rebalance(self.partitions, peers_hint=peers)
         gained = sorted(set(held) - set(self.partitions))
         lost = set(self.partitions) - set(held)
@@ -490,44 +498,12 @@ class Coordinator:
                 self.runs.pop(run_id, None)
         if gained or force:
             bus.ensure_partition_groups(self.redis, self.keys, self.partitions)
-            self._claim_partition_backlog(gained)
+            streams.claim_backlog(self.redis, self.keys, gained, consumer=self.id)
             self._replay_pending = True
             self._next_reconcile = 0.0
             log.info("partitions_acquired", partitions=gained)
         self._next_lease = self.clock() + self.cfg.lease_ttl / 3
         metrics.ACTIVE_RUNS.set(len(self.runs))
-
-    def _heartbeat(self) -> int:
-        now = self.clock()
-        ttl = self.cfg.lease_ttl
-        info = {
-            "id": self.id,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "partitions": self.partitions,
-            "runs": len(self.runs),
-            "heartbeat": now,
-        }
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.set(self.keys.coordinator(self.id), orjson.dumps(info), ex=max(1, int(ttl * 2)))
-        pipe.zadd(self.keys.coordinators, {self.id: now})
-        # A coordinator that missed a whole lease TTL of heartbeats is gone: stop counting it as a
-        # peer, so that survivors claim all of its partitions as soon as its leases expire.
-        pipe.zremrangebyscore(self.keys.coordinators, 0, now - ttl)
-        pipe.zcard(self.keys.coordinators)
-        return int(pipe.execute()[-1])
-
-    def _claim_partition_backlog(self, partitions: Iterable[int]) -> None:
-        """Move entries another (dead) coordinator had read but not acknowledged to us."""
-        for p in partitions:
-            for stream in (self.keys.control_stream(p), self.keys.results_stream(p)):
-                cursor: bytes | str = "0-0"
-                while True:
-                    # Redis 6.2 replies [cursor, entries]; 7.x appends the ids of deleted entries.
-                    reply = self.redis.xautoclaim(stream, COORDINATOR_GROUP, self.id, 0, cursor, count=500)
-                    cursor = reply[0]
-                    if cursor in (b"0-0", "0-0") or not reply[1]:
-                        break
 
     def _reconcile(self) -> None:
         """Recover what a crash or a Redis data loss left behind; see the module docstring."""
@@ -561,7 +537,11 @@ class Coordinator:
             for d in self.runs[run_id].engine.in_flight_dispatches()
         ]
         if candidates:
-            present = set() if redis_lost_data else self._attempts_in_redis({d.queue for d in candidates})
+            present = (
+                set()
+                if redis_lost_data
+                else streams.attempts_in_redis(self.redis, self.keys, {d.queue for d in candidates}, self.partitions)
+            )
             missing = [d for d in candidates if (d.message.run, d.message.step, d.message.attempt) not in present]
             if missing:
                 log.warning("steps_republished", count=len(missing), reason="absent from Redis")
@@ -584,29 +564,14 @@ class Coordinator:
         self._trim_streams()
         self._queue_metrics()
 
-    def _republish_lost_messages(self, limit: int = 20_000) -> None:
-        """Re-publish dispatched attempts absent from Redis at two reconciles in a row.
-
-        A single message can vanish while Redis keeps the rest (failover to a replica that
-        missed the write, an operator's XDEL). Requiring two consecutive misses leaves time
-        for entries in transit; fencing makes a needless re-publish harmless. Skipped above
-        `limit` dispatched steps, where scanning every queue stream each reconcile costs too much.
-        """
-        candidates = {
-            (d.message.run, d.message.step, d.message.attempt): d
-            for tracked in self.runs.values()
-            for d in tracked.engine.in_flight_dispatches(started=False)
-        }
-        if not candidates or len(candidates) > limit:
-            self._absent_before = set()
-            return
-        present = self._attempts_in_redis({d.queue for d in candidates.values()})
-        absent = set(candidates) - present
-        lost = absent & self._absent_before
-        self._absent_before = absent - lost
+    def _republish_lost_messages(self) -> None:
+        """Re-publish dispatched attempts absent from Redis at two reconciles in a row (see
+        `streams.LostMessages`)."""
+        candidates = [d for t in self.runs.values() for d in t.engine.in_flight_dispatches(started=False)]
+        lost = self._lost.check(candidates, self._attempts_in_redis)
         if lost:
             log.warning("steps_republished", count=len(lost), reason="message missing from Redis")
-            self._unpublished.extend(candidates[k] for k in sorted(lost))
+            self._unpublished.extend(lost)
 
     def _attempts_in_redis(self, queues: set[str]) -> set[tuple[str, str, int]]:
         return streams.attempts_in_redis(self.redis, self.keys, queues, self.partitions)
@@ -622,78 +587,3 @@ class Coordinator:
 
 
 # -- TEST-ONLY fault injection (tests/faults, RELIABILITY.md scenario 5) -----------------------------
-_fault_batches: dict[str, int] = {}
-
-
-def _fault_crash_point(point: str, dispatches: int) -> None:
-    """TEST-ONLY: die at once, as SIGKILL would, right before or after a commit that dispatches steps.
-
-    With `STEPPE_FAULT_CRASH_BEFORE_COMMIT=N` or `STEPPE_FAULT_CRASH_AFTER_COMMIT=N` in its
-    environment, the coordinator exits with status 137 at its N-th batch that dispatches steps.
-    Never set outside the fault tests; costs one environment lookup per dispatching batch.
-    """
-    wanted = os.environ.get(f"STEPPE_FAULT_CRASH_{point}") if dispatches else None
-    if wanted is not None:
-        _fault_batches[point] = _fault_batches.get(point, 0) + 1
-        if _fault_batches[point] == int(wanted):
-            os._exit(137)
-
-
-# ---------------------------------------------------------------------------------------------------
-
-
-_COUNTED = {
-    EventType.STEP_SUCCEEDED: "succeeded",
-    EventType.STEP_FAILED: "failed",
-    EventType.STEP_DEAD_LETTERED: "dead_lettered",
-    EventType.STEP_SKIPPED: "skipped",
-    EventType.STEP_CANCELLED: "cancelled",
-    EventType.STEP_RETRY_SCHEDULED: "retry_scheduled",
-    EventType.STEP_DISPATCHED: "dispatched",
-}
-
-
-def _count_steps(engine: RunEngine, events: list[Event]) -> None:
-    """Step metrics by queue, handler and status (for_each parents are not counted twice)."""
-    for event in events:
-        status = _COUNTED.get(event.type)
-        if status is None or event.step is None:
-            continue
-        record = engine.run.steps.get(event.step)
-        if record is not None and record.detail.get("items") is not None:
-            continue
-        queue, handler = engine.labels_of(event.step)
-        metrics.STEPS.labels(queue=queue, handler=handler, status=status).inc()
-        if event.type is EventType.STEP_RETRY_SCHEDULED:
-            metrics.RETRIES.labels(queue=queue, handler=handler).inc()
-        if event.step.endswith(":compensate") and status in ("succeeded", "failed", "dead_lettered"):
-            metrics.COMPENSATIONS.labels(status=status).inc()
-
-
-def _dead_letter_row(result: ResultMessage) -> dict[str, Any]:
-    return {
-        "run_id": result.run,
-        "step_key": result.step,
-        "attempt": result.attempt,
-        "queue": result.queue or "?",
-        "stream_id": result.stream_id or f"{result.run}/{result.step}/{result.attempt}",
-        "delivery_count": result.deliveries,
-        "reason": "max_deliveries" if result.error is None else result.error.type,
-        "error": result.error.message if result.error else "dead-lettered",
-        "payload": None,
-    }
-
-
-def _compensation_dead_letter(d: dict[str, Any]) -> dict[str, Any]:
-    error = d.get("error") or {}
-    return {
-        "run_id": d["run_id"],
-        "step_key": d["step_key"],
-        "attempt": d["attempt"],
-        "queue": d["queue"],
-        "stream_id": f"compensation:{d['run_id']}/{d['step_key']}/{d['attempt']}",
-        "delivery_count": 0,
-        "reason": d["reason"],
-        "error": f"{error.get('type', 'Error')}: {error.get('message', '')}",
-        "payload": None,
-    }

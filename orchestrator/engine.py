@@ -4,6 +4,8 @@ A `RunEngine` owns one run's projection. Every change goes through `_emit`, whic
 an event and folds it into the projection with `state.apply_event`, so the in-memory
 state is by construction the fold of the log. The coordinator drains `events` (to
 commit), then `outbox` (to publish) and `timers` (to schedule). No I/O happens here.
+Messages are built by `orchestrator.messages`; the handoff, pre-hook and child-workflow
+transitions live in `orchestrator.engine_patterns`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.engine_patterns import PatternTransitions
 from orchestrator.errors import TemplateError
 from orchestrator.messages import PRE_CHECK_QUEUE, Dispatch, PreCheck, StepMessages
 from orchestrator.state import (
@@ -32,15 +35,13 @@ from orchestrator.state import (
     gate_key,
     item_key,
     key_role,
-    pre_check_key,
 )
 from orchestrator.wire import ResultMessage
 from orchestrator.workflow import CompiledWorkflow, StepDef
-from patterns.handoff import verdict_of
 from patterns.hierarchical import ChildStart
 from patterns.retry import compute_backoff
 from patterns.saga import compensation_blockers, ready_compensations
-from patterns.swarm import tally
+from patterns.swarm import count_votes
 
 __all__ = ["DEFER_DELAY", "PRE_CHECK_QUEUE", "Dispatch", "PreCheck", "RunEngine", "Timer"]
 
@@ -59,7 +60,7 @@ class Timer:
     kind: str  # "retry" | "timeout"
 
 
-class RunEngine:
+class RunEngine(PatternTransitions):
     """Decides what happens next in one run."""
 
     def __init__(
@@ -319,18 +320,6 @@ class RunEngine:
             return
         self._dispatch(step.id)
 
-    def _pre_checks_passed(self, sid: str) -> bool:
-        """Dispatch the `pre` hooks not run yet for this step; True once all of them approved."""
-        passed = True
-        for check in self.pre_checks:
-            key = pre_check_key(sid, check.hook_id)
-            status = _status(self.run.steps, key)
-            if status is StepStatus.PENDING:
-                self._dispatch(key)
-            if status is not StepStatus.SUCCEEDED:
-                passed = False
-        return passed
-
     def _fan_out(self, step: StepDef) -> None:
         """Dispatch every for_each item, or every swarm replica."""
         if step.swarm is not None:
@@ -374,42 +363,14 @@ class RunEngine:
         self._in_flight.add(key)
         self.outbox.append(dispatch)
 
-    def _start_child(self, key: str, attempt: int) -> None:
-        """Hierarchical: record the dispatch of a child run; the coordinator creates it once committed."""
-        try:
-            start = self.messages.child_start(key, attempt)
-        except (TemplateError, ValueError) as e:
-            self._fail_now(key, {"type": "ChildWorkflowError", "message": str(e), "retryable": False})
-            return
-        self._emit(
-            EventType.STEP_DISPATCHED, step=key, attempt=attempt, workflow=start.workflow, child_run=start.run_id
-        )
-        self._in_flight.add(key)
-        self.children.append(start)
-
     def child_starts(self) -> list[ChildStart]:
         """Child runs of in-flight hierarchical steps, to create again if PostgreSQL lacks them."""
-        out = []
-        for key, record in self.run.steps.items():
-            if record.status in IN_FLIGHT_STEP_STATUSES and "child_run" in record.detail:
-                try:
-                    out.append(self.messages.child_start(key, record.attempt))
-                except (TemplateError, ValueError):
-                    continue  # it was created with the same inputs; nothing to recreate
-        return out
+        return self.messages.in_flight_children()
 
     def in_flight_dispatches(self, *, started: bool = True) -> list[Dispatch]:
         """Messages of every dispatched (and, unless `started=False`, running) attempt, to re-publish
         what Redis lost. Child runs are not messages: see `child_starts`."""
-        statuses = IN_FLIGHT_STEP_STATUSES if started else {StepStatus.DISPATCHED}
-        out = []
-        for key, record in self.run.steps.items():
-            if record.status in statuses and record.detail.get("items") is None and "child_run" not in record.detail:
-                try:
-                    out.append(self.messages.message(key, record.attempt))
-                except TemplateError:
-                    continue  # cannot happen for an attempt that was dispatched with the same inputs
-        return out
+        return self.messages.in_flight(started=started)
 
     def _on_success(self, key: str) -> None:
         sid = base_step_id(key)
@@ -439,83 +400,15 @@ class RunEngine:
             self._emit(EventType.STEP_SUCCEEDED, step=sid, output=gathered)
             self._after_terminal(sid)
             return
-        outputs: dict[int, Any] = {}
-        errors: dict[int, str] = {}
-        for i in range(count):
-            replica = self.run.steps.get(item_key(sid, i))
-            if replica is None:
-                continue
-            if replica.status is StepStatus.SUCCEEDED:
-                outputs[i] = replica.output
-            elif replica.status in TERMINAL_STEP_STATUSES:
-                errors[i] = f"{(replica.error or {}).get('type', 'Error')}: {(replica.error or {}).get('message', '')}"
-        result = tally(replicas=count, quorum=swarm.quorum, vote=swarm.vote, outputs=outputs, errors=errors)
+        result = count_votes(self.run.steps, sid, replicas=count, quorum=swarm.quorum, vote=swarm.vote)
         if not result.decided:
             return
         if result.consensus:
             self._emit(EventType.STEP_SUCCEEDED, step=sid, output=result.output, vote=result.record)
-            self._after_terminal(sid)
-            return
-        agreed = len(result.record["agreed"])
-        error = {
-            "type": "NoQuorum",
-            "message": f"no {swarm.vote} consensus: the largest group of agreeing replicas has {agreed}, "
-            f"{result.record['quorum']} needed ({len(errors)} of {count} replicas failed)",
-            "retryable": False,
-        }
-        self._emit(EventType.STEP_FAILED, step=sid, error=error, vote=result.record)
+        else:
+            self._emit(EventType.STEP_FAILED, step=sid, error=result.error, vote=result.record)
+            self._failing = True
         self._after_terminal(sid)
-        self._failing = True
-
-    def _on_verdict(self, sid: str, output: Any) -> None:
-        """Handoff: the gate approved or rejected the output the step proposed."""
-        record = self.run.steps[sid]
-        if record.status is not StepStatus.CHECKING:
-            return
-        gate = self.wf.steps[sid].gate
-        assert gate is not None
-        verdict = verdict_of(output)
-        if verdict.approved:
-            self._emit(EventType.STEP_SUCCEEDED, step=sid, attempt=record.attempt, output=record.output)
-            self._after_terminal(sid)
-            return
-        rejections = int(record.detail.get("rejections", 0)) + 1
-        if verdict.problem is None and rejections < gate.max_attempts and not self._failing:
-            self._emit(EventType.STEP_REJECTED, step=sid, attempt=record.attempt, feedback=verdict.feedback)
-            self._dispatch(sid)
-            return
-        message = verdict.problem or (
-            f"gate {gate.handler!r} rejected the output {rejections} time(s) (max_attempts {gate.max_attempts})"
-            + (f"; last feedback: {verdict.feedback}" if verdict.feedback is not None else "")
-        )
-        error = {"type": "GateRejected", "message": message, "feedback": verdict.feedback, "retryable": False}
-        self._emit(EventType.STEP_FAILED, step=sid, attempt=record.attempt, error=error)
-        self._after_terminal(sid)
-        self._failing = True
-
-    def _on_pre_check(self, sid: str, key: str) -> None:
-        """A `pre` hook answered: veto fails the step; otherwise it starts once every check is in."""
-        if _status(self.run.steps, sid) is not StepStatus.PENDING:
-            return  # cancelled meanwhile
-        output = self.run.steps[key].output
-        if isinstance(output, dict) and output.get("veto"):
-            check = self.messages.pre_check(key)
-            reason = output.get("reason") or "no reason given"
-            error = {"type": "Vetoed", "message": f"pre hook {check.name!r} vetoed the step: {reason}"}
-            self._fail_now(sid, {**error, "retryable": False})
-            return
-        if all(_status(self.run.steps, pre_check_key(sid, c.hook_id)) is StepStatus.SUCCEEDED for c in self.pre_checks):
-            self._ready.append(sid)
-
-    def _abandon_checked(self, key: str) -> None:
-        """A gate or pre check was cancelled: the step it was checking is cancelled with it."""
-        sid = base_step_id(key)
-        if key_role(key) in ("gate", "pre") and _status(self.run.steps, sid) in (
-            StepStatus.CHECKING,
-            StepStatus.PENDING,
-        ):
-            self._emit(EventType.STEP_CANCELLED, step=sid)
-            self._open.discard(sid)
 
     def _after_terminal(self, sid: str) -> None:
         """Bookkeeping once a step id (not an item or compensation) is terminal."""
@@ -651,10 +544,6 @@ class RunEngine:
                 self._emit(EventType.RUN_COMPENSATED)
 
     # -- helpers ------------------------------------------------------------------------------------
-
-    def labels_of(self, key: str) -> tuple[str, str]:
-        """(queue, handler) of a step key, for metrics."""
-        return self.messages.labels_of(key)
 
     def _arm_timeout(self, key: str, attempt: int, started_at: float) -> None:
         due = started_at + self.messages.timeout_of(key) + self.timeout_grace

@@ -14,7 +14,14 @@ from typing import Any
 
 from orchestrator.errors import SteppeError, TemplateError
 from orchestrator.spec import WorkflowSpec, validate_inputs
-from orchestrator.state import RunProjection, StepStatus, base_step_id, key_role, pre_check_key
+from orchestrator.state import (
+    IN_FLIGHT_STEP_STATUSES,
+    RunProjection,
+    StepStatus,
+    base_step_id,
+    key_role,
+    pre_check_key,
+)
 from orchestrator.templates import TemplateContext, resolve
 from orchestrator.wire import StepKind, StepMessage
 from orchestrator.workflow import CompiledWorkflow
@@ -244,3 +251,26 @@ class StepMessages:
 
     def queue_of(self, key: str) -> str:
         return self.labels_of(key)[0]
+
+    def in_flight(self, *, started: bool = True) -> list[Dispatch]:
+        """The messages of every dispatched (and, when `started`, running) attempt."""
+        statuses = IN_FLIGHT_STEP_STATUSES if started else {StepStatus.DISPATCHED}
+        out = []
+        for key, record in self.run.steps.items():
+            if record.status in statuses and record.detail.get("items") is None and "child_run" not in record.detail:
+                try:
+                    out.append(self.message(key, record.attempt))
+                except TemplateError:
+                    continue  # cannot happen for an attempt that was dispatched with the same inputs
+        return out
+
+    def in_flight_children(self) -> list[ChildStart]:
+        """The child runs of every in-flight hierarchical step."""
+        out = []
+        for key, record in self.run.steps.items():
+            if record.status in IN_FLIGHT_STEP_STATUSES and "child_run" in record.detail:
+                try:
+                    out.append(self.child_start(key, record.attempt))
+                except (TemplateError, ValueError):
+                    continue  # it was created with the same inputs; nothing to recreate
+        return out

@@ -6,7 +6,11 @@ Run ids and step ids never become label values.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from orchestrator.state import Event, EventType, StepRecord
 
 RUNS_SUBMITTED = Counter("steppe_runs_submitted_total", "Runs accepted by the coordinator", ["workflow"])
 RUNS_FINISHED = Counter("steppe_runs_finished_total", "Runs that reached a terminal state", ["workflow", "status"])
@@ -51,3 +55,33 @@ def serve_metrics(port: int | None, host: str = "127.0.0.1") -> None:
     """Expose /metrics on `host`:`port` unless `port` is None (loopback unless told otherwise)."""
     if port is not None:
         start_http_server(port, addr=host)
+
+
+_COUNTED = {
+    EventType.STEP_SUCCEEDED: "succeeded",
+    EventType.STEP_FAILED: "failed",
+    EventType.STEP_DEAD_LETTERED: "dead_lettered",
+    EventType.STEP_SKIPPED: "skipped",
+    EventType.STEP_CANCELLED: "cancelled",
+    EventType.STEP_RETRY_SCHEDULED: "retry_scheduled",
+    EventType.STEP_DISPATCHED: "dispatched",
+}
+
+
+def count_step_events(
+    events: Iterable[Event], steps: Mapping[str, StepRecord], labels_of: Callable[[str], tuple[str, str]]
+) -> None:
+    """Step metrics by queue, handler and status (for_each parents are not counted twice)."""
+    for event in events:
+        status = _COUNTED.get(event.type)
+        if status is None or event.step is None:
+            continue
+        record = steps.get(event.step)
+        if record is not None and record.detail.get("items") is not None:
+            continue
+        queue, handler = labels_of(event.step)
+        STEPS.labels(queue=queue, handler=handler, status=status).inc()
+        if event.type is EventType.STEP_RETRY_SCHEDULED:
+            RETRIES.labels(queue=queue, handler=handler).inc()
+        if event.step.endswith(":compensate") and status in ("succeeded", "failed", "dead_lettered"):
+            COMPENSATIONS.labels(status=status).inc()

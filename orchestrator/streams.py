@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import msgspec
 import redis
@@ -10,6 +11,9 @@ import redis
 from orchestrator import metrics
 from orchestrator.keys import COORDINATOR_GROUP, WORKER_GROUP, Keys
 from orchestrator.wire import FIELD, decode_result, decode_step
+
+if TYPE_CHECKING:
+    from orchestrator.messages import Dispatch
 
 
 def scan(client: redis.Redis, stream: str, chunk: int = 1000) -> Iterable[tuple[bytes, dict[bytes, bytes]]]:
@@ -102,3 +106,46 @@ def export_queue_metrics(client: redis.Redis, keys: Keys, queues: Iterable[str])
         metrics.QUEUE_PENDING.labels(queue=queue).set(pending)
         metrics.QUEUE_OLDEST_PENDING_AGE.labels(queue=queue).set(oldest)
     metrics.DLQ_DEPTH.set(int(client.xlen(keys.dlq_stream)))
+
+
+def claim_backlog(client: redis.Redis, keys: Keys, partitions: Iterable[int], *, consumer: str) -> None:
+    """Move the entries another (dead) coordinator had read but not acknowledged to `consumer`."""
+    for p in partitions:
+        for stream in (keys.control_stream(p), keys.results_stream(p)):
+            cursor: bytes | str = "0-0"
+            while True:
+                # Redis 6.2 replies [cursor, entries]; 7.x appends the ids of deleted entries.
+                reply = client.xautoclaim(stream, COORDINATOR_GROUP, consumer, 0, cursor, count=500)
+                cursor = reply[0]
+                if cursor in (b"0-0", "0-0") or not reply[1]:
+                    break
+
+
+class LostMessages:
+    """Finds step messages that PostgreSQL says are dispatched but Redis holds nowhere.
+
+    A single message can vanish while Redis keeps the rest (failover to a replica that missed
+    the write, an operator's XDEL). Only attempts absent at two checks in a row count as lost,
+    which leaves time for entries in transit; attempt fencing makes a needless re-publish
+    harmless. Above `limit` dispatched attempts the check is skipped: scanning every queue
+    stream each time would cost too much.
+    """
+
+    def __init__(self, limit: int = 20_000) -> None:
+        self.limit = limit
+        self._absent_before: set[tuple[str, str, int]] = set()
+
+    def check(
+        self,
+        dispatched: Iterable[Dispatch],
+        present_in: Callable[[set[str]], set[tuple[str, str, int]]],
+    ) -> list[Dispatch]:
+        """The dispatches to publish again; `present_in(queues)` lists the attempts Redis holds."""
+        candidates = {(d.message.run, d.message.step, d.message.attempt): d for d in dispatched}
+        if not candidates or len(candidates) > self.limit:
+            self._absent_before = set()
+            return []
+        absent = set(candidates) - present_in({d.queue for d in candidates.values()})
+        lost = absent & self._absent_before
+        self._absent_before = absent - lost
+        return [candidates[k] for k in sorted(lost)]

@@ -20,6 +20,7 @@ from psycopg.types.json import Jsonb
 from orchestrator.errors import RedisUnavailableError, SteppeError
 from orchestrator.keys import Keys
 from orchestrator.store.runs import RunStore
+from orchestrator.wire import ResultMessage
 from patterns.dead_letter import minid_before, record_from_stream
 
 COLUMNS = (
@@ -187,3 +188,34 @@ def trim_stream(client: redis.Redis, keys: Keys, *, before: dt.datetime) -> int:
         return int(client.xtrim(keys.dlq_stream, minid=minid_before(before), approximate=False))
     except (redis.ConnectionError, redis.TimeoutError) as e:
         raise RedisUnavailableError(f"cannot trim the dead-letter stream {keys.dlq_stream}: {e}") from e
+
+
+def row_from_result(result: ResultMessage) -> dict[str, Any]:
+    """The row of a step a worker dead-lettered (its stream entry is in the dead-letter stream)."""
+    return {
+        "run_id": result.run,
+        "step_key": result.step,
+        "attempt": result.attempt,
+        "queue": result.queue or "?",
+        "stream_id": result.stream_id or f"{result.run}/{result.step}/{result.attempt}",
+        "delivery_count": result.deliveries,
+        "reason": "max_deliveries" if result.error is None else result.error.type,
+        "error": result.error.message if result.error else "dead-lettered",
+        "payload": None,
+    }
+
+
+def row_from_compensation(d: dict[str, Any]) -> dict[str, Any]:
+    """The row of a compensation that failed for good (`RunEngine.dead_letters`)."""
+    error = d.get("error") or {}
+    return {
+        "run_id": d["run_id"],
+        "step_key": d["step_key"],
+        "attempt": d["attempt"],
+        "queue": d["queue"],
+        "stream_id": f"compensation:{d['run_id']}/{d['step_key']}/{d['attempt']}",
+        "delivery_count": 0,
+        "reason": d["reason"],
+        "error": f"{error.get('type', 'Error')}: {error.get('message', '')}",
+        "payload": None,
+    }
