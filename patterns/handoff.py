@@ -18,6 +18,14 @@ class Verdict:
     feedback: Any = None
     problem: str | None = None  # the gate's output was not a verdict
 
+    def error(self, handler: str, rejections: int, max_attempts: int) -> dict[str, Any]:
+        """The gated step's error once it may not run again."""
+        message = self.problem or (
+            f"gate {handler!r} rejected the output {rejections} time(s) (max_attempts {max_attempts})"
+            + (f"; last feedback: {self.feedback}" if self.feedback is not None else "")
+        )
+        return {"type": "GateRejected", "message": message, "feedback": self.feedback, "retryable": False}
+
 
 def verdict_of(output: Any) -> Verdict:
     """Read a gate handler's output; anything but a bool or `{approved: bool, …}` is a problem."""

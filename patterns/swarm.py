@@ -7,10 +7,13 @@ is the consensus; the replicas that disagreed or failed are recorded as dissent.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from orchestrator.state import TERMINAL_STEP_STATUSES, StepRecord, StepStatus, item_key
 
 VOTES = ("majority", "unanimous", "first")
 
@@ -21,6 +24,34 @@ class Tally:
     consensus: bool
     output: Any
     record: dict[str, Any]  # agreed replicas, dissent, counts: stored with the step
+
+    @property
+    def error(self) -> dict[str, Any]:
+        """The step's error when the vote decided without a consensus."""
+        failed = sum(1 for d in self.record["dissent"] if "error" in d)
+        return {
+            "type": "NoQuorum",
+            "message": f"no {self.record['vote']} consensus: the largest group of agreeing replicas has "
+            f"{len(self.record['agreed'])}, {self.record['quorum']} needed ({failed} of "
+            f"{self.record['replicas']} replicas failed)",
+            "retryable": False,
+        }
+
+
+def count_votes(steps: Mapping[str, StepRecord], step_id: str, *, replicas: int, quorum: int, vote: str) -> Tally:
+    """Tally the replicas `step_id[0..replicas-1]` of a run's projection heard so far."""
+    outputs: dict[int, Any] = {}
+    errors: dict[int, str] = {}
+    for index in range(replicas):
+        replica = steps.get(item_key(step_id, index))
+        if replica is None:
+            continue
+        if replica.status is StepStatus.SUCCEEDED:
+            outputs[index] = replica.output
+        elif replica.status in TERMINAL_STEP_STATUSES:
+            error = replica.error or {}
+            errors[index] = f"{error.get('type', 'Error')}: {error.get('message', '')}"
+    return tally(replicas=replicas, quorum=quorum, vote=vote, outputs=outputs, errors=errors)
 
 
 def _canonical(value: Any) -> bytes:
