@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import typer
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.cli.common import console, err_console, load_settings, report_errors
@@ -69,8 +70,30 @@ def status_table(doc: dict[str, Any]) -> Table:
             detail = f"{step['error'].get('type')}: {step['error'].get('message')}"
         elif step.get("output") is not None:
             detail = orjson.dumps(step["output"]).decode()[:200]
+        notes = pattern_notes(step.get("detail") or {})
+        if notes:
+            detail = f"{escape(detail)} [dim]({escape(notes)})[/]" if detail else f"[dim]{escape(notes)}[/]"
+        else:
+            detail = escape(detail)
         table.add_row(key, f"[{STATUS_STYLE.get(status, '')}]{status}[/]", str(step["attempts"]), detail)
     return table
+
+
+def pattern_notes(detail: dict[str, Any]) -> str:
+    """What a pattern recorded about a step: its child run, its swarm vote, its gate's rejections."""
+    notes = []
+    if detail.get("child_run"):
+        notes.append(f"child run {detail['child_run']}")
+    vote = detail.get("vote")
+    if isinstance(vote, dict):
+        dissent = ", ".join(str(d.get("replica")) for d in vote.get("dissent", []))
+        notes.append(
+            f"{len(vote.get('agreed', []))}/{vote.get('replicas')} replicas agreed"
+            + (f"; dissent: replica {dissent}" if dissent else "")
+        )
+    if detail.get("rejections"):
+        notes.append(f"gate rejected {detail['rejections']}x")
+    return "; ".join(notes)
 
 
 def _plan_order(doc: dict[str, Any], key: str) -> tuple[int, str]:

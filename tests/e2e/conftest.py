@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,6 +95,19 @@ class Env:
         ns = self.settings.namespace
         raw = self.redis.hgetall(f"witness:{ns}:{kind}")
         return {k.decode(): int(v) for k, v in raw.items()}
+
+    def rebuild_check(self) -> str:
+        """Run `steppe admin rebuild --all --check` against this cluster; its output (it must succeed)."""
+        check = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli.main", "admin", "rebuild", "--all", "--check"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+        return check.stdout
 
     def log(self) -> str:
         path = self.home / "cluster.log"

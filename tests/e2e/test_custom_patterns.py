@@ -3,8 +3,6 @@ workers that have no plugin code, and rebuildable from their event logs."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -61,16 +59,8 @@ def test_examples_run_to_success_and_their_projections_rebuild_from_the_log(e2e:
     for run_id in (word_count, report):
         assert_projection_matches_log(e2e, run_id)
         assert rebuild(e2e.store, run_id, write=False).matched
-    check = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli.main", "admin", "rebuild", "--all", "--check"],
-        env=e2e.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert check.returncode == 0, check.stdout + check.stderr
-    assert "2 run(s) checked, 0 projection(s) differ" in check.stdout
+    output = e2e.rebuild_check()
+    assert "2 run(s) checked, 0 projection(s) differ" in output
 
 
 FAILING_MAP = """

@@ -4,8 +4,6 @@ from its event log."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -192,15 +190,7 @@ def test_admin_rebuild_reproduces_every_pattern_run(e2e: Env) -> None:
     ]
     for run_id in runs:
         finish(e2e, run_id, timeout=60)
-    check = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli.main", "admin", "rebuild", "--all", "--check"],
-        env=e2e.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert check.returncode == 0, check.stdout + check.stderr
+    output = e2e.rebuild_check()
     total = len(e2e.store.list_runs())
     assert total >= len(runs) + 2  # the child runs are runs too
-    assert f"{total} run(s) checked, 0 projection(s) differ" in check.stdout
+    assert f"{total} run(s) checked, 0 projection(s) differ" in output

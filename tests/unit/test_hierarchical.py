@@ -1,4 +1,4 @@
-"""Finding child workflows at submit, and what a finished child tells its parent."""
+"""Finding child workflows at submit, what a finished child tells its parent, and how status shows it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
+from orchestrator.cli.runs import status_table
 from orchestrator.errors import SubmitError
 from orchestrator.spec import load_workflow_file
 from orchestrator.state import RunStatus
@@ -65,3 +67,33 @@ def test_outcome_maps_a_child_status_onto_the_parent_step() -> None:
     assert permanent.error is not None
     assert not permanent.error.retryable
     assert outcome("r-1", RunStatus.SUCCEEDED, {}) is None
+
+
+def test_status_table_shows_child_runs_votes_and_rejections() -> None:
+    doc = {
+        "workflow": "w",
+        "run_id": "r-1",
+        "status": "succeeded",
+        "plan": {"waves": [["ship", "label", "draft"]]},
+        "steps": {
+            "ship": {
+                "status": "succeeded",
+                "attempts": 1,
+                "output": {"ok": [1]},
+                "detail": {"child_run": "r-1.ship.1"},
+            },
+            "label": {
+                "status": "succeeded",
+                "attempts": 0,
+                "output": "urgent",
+                "detail": {"vote": {"agreed": [0, 1, 2], "replicas": 4, "dissent": [{"replica": 3, "output": "x"}]}},
+            },
+            "draft": {"status": "succeeded", "attempts": 3, "output": None, "detail": {"rejections": 2}},
+        },
+    }
+    console = Console(record=True, width=200)
+    console.print(status_table(doc))
+    text = console.export_text()
+    assert '{"ok":[1]} (child run r-1.ship.1)' in text
+    assert '"urgent" (3/4 replicas agreed; dissent: replica 3)' in text
+    assert "gate rejected 2x" in text
