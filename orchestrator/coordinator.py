@@ -405,7 +405,7 @@ class Coordinator:
                 finished.append(tracked)
         if not writes and not commands and not dead_letters:
             return
-        fault_points.crash_point("BEFORE_COMMIT", len(outbox))
+        fault_points.crash_point("BEFORE_COMMIT", len(outbox) + len(children))
         try:
             self.store.commit_batch(
                 writes,
@@ -421,7 +421,7 @@ class Coordinator:
         except Exception:
             self._forget_all()
             raise
-        fault_points.crash_point("AFTER_COMMIT", len(outbox))
+        fault_points.crash_point("AFTER_COMMIT", len(outbox) + len(children))
         for w in writes:
             self.runs[w.run_id].version += 1
         for timer in timers:

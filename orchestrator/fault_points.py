@@ -12,7 +12,8 @@ _batches: dict[str, int] = {}
 
 
 def crash_point(point: str, dispatches: int) -> None:
-    """TEST-ONLY: die at once, as SIGKILL would, right before or after a commit that dispatches steps.
+    """TEST-ONLY: die at once, as SIGKILL would, right before or after a commit that dispatches steps
+    (or child runs).
 
     With `STEPPE_FAULT_CRASH_BEFORE_COMMIT=N` or `STEPPE_FAULT_CRASH_AFTER_COMMIT=N` in its
     environment, the coordinator exits with status 137 at its N-th batch that dispatches steps.
