@@ -35,6 +35,7 @@ from orchestrator.state import (
     gate_key,
     item_key,
     key_role,
+    pre_check_key,
 )
 from orchestrator.wire import ResultMessage
 from orchestrator.workflow import CompiledWorkflow, StepDef
@@ -199,6 +200,11 @@ class RunEngine(PatternTransitions):
                     continue  # a `when` that was false stays false: the inputs are unchanged
                 extra = {"args": overrides[key]} if key in overrides else {}
                 self._emit(EventType.STEP_RESET, step=key, attempt=record.attempt, **extra)
+                if key_role(key) == "step":  # its `pre` hooks decide again: a veto is not bypassed
+                    for check in self.pre_checks:
+                        pre_key = pre_check_key(key, check.hook_id)
+                        if _status(self.run.steps, pre_key) is StepStatus.SUCCEEDED:
+                            self._emit(EventType.STEP_RESET, step=pre_key, attempt=self.run.steps[pre_key].attempt)
         self._rebuild_indexes()
         self._ready = [sid for sid in self.wf.order if self._waiting.get(sid) == 0]
         self.advance()

@@ -272,3 +272,17 @@ def test_cancel_propagates_to_in_flight_child_runs() -> None:
     assert cancelled is not None
     run.engine.on_result(cancelled)
     assert run.engine.run.status is RunStatus.CANCELLED
+
+
+def test_resuming_a_vetoed_step_asks_its_pre_hooks_again() -> None:
+    run = Run(HOOKED, pre_checks=(PreCheck(7, "policy", "policy.check", {}),))
+    run.result("charge:pre-7", output={"veto": True, "reason": "over budget"})
+    assert run.engine.run.status is RunStatus.FAILED
+    assert run.engine.resume()
+    events, outbox, _, _ = run.engine.drain()
+    run.log.extend(events)
+    assert [d.message.step for d in outbox] == ["charge:pre-7"]  # not the step itself
+    assert outbox[0].message.attempt == 2
+    run.sent.extend(outbox)
+    assert run.result("charge:pre-7", attempt=2, output={}) == ["charge"]
+    run.assert_fold_matches()
