@@ -213,12 +213,13 @@ def _force_second_delivery(faults: FaultEnv, entry_id: bytes, stream: str, key: 
 
 def test_11_duplicate_delivery_has_one_effect(faults: FaultEnv) -> None:
     faults.start_coordinator()
-    busy = faults.start_worker(concurrency=1)  # busy with one step: it cannot reclaim
+    # Busy with one step, long enough to outlast the second worker's start on a loaded machine.
+    busy = faults.start_worker(concurrency=1)
     faults.wait_for_workers(1)
     run_id = faults.submit("""
 name: dup
 steps:
-  - {id: claimed, handler: test.ledger, with: {seconds: 2.5}}
+  - {id: claimed, handler: test.ledger, with: {seconds: 6}}
   - {id: copied, handler: test.ledger, with: {seconds: 1.5}, needs: [claimed]}
 """)
     stream = faults.keys.queue_stream("default")
@@ -235,7 +236,7 @@ steps:
         fields for _, fields in faults.redis.xrange(stream) if decode_step(fields[FIELD]).idempotency_key == copied_key
     )
     faults.redis.xadd(stream, {FIELD: original[FIELD]})
-    wait_terminal(faults, [run_id], deadline=20)
+    wait_terminal(faults, [run_id], deadline=30)
     assert_eventually(
         lambda: all(faults.witness("completions").get(k) == 2 for k in (claimed_key, copied_key)), timeout=10
     )
