@@ -40,7 +40,7 @@ from orchestrator.hook_runner import HookRunner
 from orchestrator.keys import COORDINATOR_GROUP, Keys
 from orchestrator.settings import Settings
 from orchestrator.spec import WorkflowSpec
-from orchestrator.state import TERMINAL_RUN_STATUSES, Event, RunStatus
+from orchestrator.state import TERMINAL_RUN_STATUSES, Event, RunStatus, key_role
 from orchestrator.store.dead_letters import DeadLetterStore, row_from_compensation, row_from_result, sync_from_stream
 from orchestrator.store.hooks import HookStore
 from orchestrator.store.leases import LeaseManager
@@ -186,7 +186,7 @@ class Coordinator:
             if is_hook_key(result.step):
                 self.hooks.on_result(result)
                 continue
-            if ":pre-" in result.step:
+            if key_role(result.step) == "pre":
                 self.hooks.on_pre_check(result)
             tracked = self.runs.get(result.run)
             if tracked is None or not tracked.engine.on_result(result):

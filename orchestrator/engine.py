@@ -135,7 +135,7 @@ class RunEngine(PatternTransitions):
                     self.timers.append(Timer(record.due_at, self.run.run_id, key, record.attempt, "retry"))
                 elif record.status is StepStatus.RUNNING:
                     self._arm_timeout(key, record.attempt, float(record.detail.get("started_at") or self.clock()))
-            if "[" in key and record.status not in TERMINAL_STEP_STATUSES:
+            if key_role(key) == "item" and record.status not in TERMINAL_STEP_STATUSES:
                 parent = base_step_id(key)
                 self._items_left[parent] = self._items_left.get(parent, 0) + 1
         if self.run.state.get("cancel_requested"):
@@ -215,7 +215,7 @@ class RunEngine(PatternTransitions):
         if record is None or record.attempt != timer.attempt or self.finished:
             return
         if timer.kind == "retry" and record.status is StepStatus.RETRY_SCHEDULED:
-            if self._failing and not timer.step.endswith(":compensate"):
+            if self._failing and key_role(timer.step) != "compensate":
                 self._emit(EventType.STEP_CANCELLED, step=timer.step, attempt=record.attempt)
                 self._in_flight.discard(timer.step)
                 self._abandon_checked(timer.step)
@@ -418,7 +418,7 @@ class RunEngine(PatternTransitions):
 
     def _after_terminal(self, sid: str) -> None:
         """Bookkeeping once a step id (not an item or compensation) is terminal."""
-        if "[" in sid or ":" in sid:
+        if key_role(sid) != "step":
             return
         self._open.discard(sid)
         if _status(self.run.steps, sid) is not StepStatus.SUCCEEDED:
@@ -443,7 +443,7 @@ class RunEngine(PatternTransitions):
         record = self.run.steps[key]
         policy = self.messages.policy_of(key)
         failures = int(record.detail.get("failures", 0)) + 1
-        unwinding = self._failing and not key.endswith(":compensate")
+        unwinding = self._failing and key_role(key) != "compensate"
         if error.get("retryable", True) and failures < policy.max_attempts and not unwinding:
             due = round(self.clock() + compute_backoff(failures, policy, self.rng), 3)
             self._emit(EventType.STEP_RETRY_SCHEDULED, step=key, attempt=attempt, due_at=due, error=error)

@@ -11,7 +11,7 @@ import structlog
 from orchestrator import metrics
 from orchestrator.engine import Dispatch, PreCheck
 from orchestrator.errors import TemplateError
-from orchestrator.state import Event
+from orchestrator.state import Event, pre_check_hook_id
 from orchestrator.store.hooks import HookStore
 from orchestrator.templates import TemplateContext, resolve
 from orchestrator.wire import ResultMessage, StepMessage
@@ -79,7 +79,7 @@ class HookRunner:
         """Count one finished execution of a `pre` hook (the engine decides what it means)."""
         if result.status in ("started", "deferred"):
             return
-        hook_id = int(result.step.rsplit(":pre-", 1)[1])
+        hook_id = pre_check_hook_id(result.step)
         ok = result.status == "succeeded"
         error = None if ok else (f"{result.error.type}: {result.error.message}" if result.error else result.status)
         self.store.record([(hook_id, ok, error)])

@@ -20,6 +20,7 @@ from orchestrator.state import (
     StepStatus,
     base_step_id,
     key_role,
+    pre_check_hook_id,
     pre_check_key,
 )
 from orchestrator.templates import TemplateContext, resolve
@@ -197,7 +198,7 @@ class StepMessages:
         return Dispatch(queue, priority, message)
 
     def pre_check(self, key: str) -> PreCheck:
-        hook_id = int(key.rsplit(":pre-", 1)[1])
+        hook_id = pre_check_hook_id(key)
         for check in self.pre_checks:
             if check.hook_id == hook_id:
                 return check

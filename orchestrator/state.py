@@ -183,6 +183,11 @@ def pre_check_key(step_id: str, hook_id: int) -> str:
     return f"{step_id}:pre-{hook_id}"
 
 
+def pre_check_hook_id(step_key: str) -> int:
+    """`charge:pre-7` → 7: the hook a pre-check key runs."""
+    return int(step_key.rsplit(":pre-", 1)[1])
+
+
 def key_role(step_key: str) -> str:
     """What a step key stands for: `step`, `item` (for_each item or swarm replica), `compensate`, `gate`, `pre`."""
     if "[" in step_key:

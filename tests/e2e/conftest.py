@@ -119,20 +119,23 @@ class Env:
         self.redis.close()
 
 
+def process_env(redis_url: str, db_url: str, namespace: str, home: Path, **extra: str) -> dict[str, str]:
+    """The environment of the coordinator and worker subprocesses of one test (short timeouts)."""
+    return {
+        **os.environ,
+        **FAST_ENV,
+        "STEPPE_REDIS_URL": redis_url,
+        "STEPPE_DATABASE_URL": db_url,
+        "STEPPE_NAMESPACE": namespace,
+        "STEPPE_HOME": str(home),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        **extra,
+    }
+
+
 def make_env(redis_url: str, db_url: str, namespace: str, home: Path) -> Env:
-    env = dict(os.environ)
-    env.update(FAST_ENV)
-    env.update(
-        {
-            "STEPPE_REDIS_URL": redis_url,
-            "STEPPE_DATABASE_URL": db_url,
-            "STEPPE_NAMESPACE": namespace,
-            "STEPPE_HOME": str(home),
-            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-        }
-    )
     settings = Settings(redis_url=redis_url, database_url=db_url, namespace=namespace, home=home)
-    return Env(settings=settings, env=env, home=home)
+    return Env(settings=settings, env=process_env(redis_url, db_url, namespace, home), home=home)
 
 
 @pytest.fixture

@@ -21,9 +21,8 @@ import redis
 
 from orchestrator.keys import Keys
 from orchestrator.settings import Settings
-from tests.e2e.conftest import FAST_ENV, Env
+from tests.e2e.conftest import Env, process_env
 
-REPO = Path(__file__).resolve().parents[2]
 HANDLER_MODULES = ["tests.e2e.handlers"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -207,18 +206,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def make_fault_env(redis_url: str, db_url: str, namespace: str, home: Path, witness_url: str) -> FaultEnv:
-    env = dict(os.environ)
-    env.update(FAST_ENV)
-    env.update(
-        {
-            "STEPPE_REDIS_URL": redis_url,
-            "STEPPE_DATABASE_URL": db_url,
-            "STEPPE_NAMESPACE": namespace,
-            "STEPPE_HOME": str(home),
-            "STEPPE_TEST_WITNESS_URL": witness_url,
-            "PYTHONPATH": str(REPO),
-        }
-    )
+    env = process_env(redis_url, db_url, namespace, home, STEPPE_TEST_WITNESS_URL=witness_url)
     settings = Settings(redis_url=redis_url, database_url=db_url, namespace=namespace, home=home)
     return FaultEnv(settings=settings, env=env, home=home, witness_url=witness_url)
 
