@@ -72,16 +72,24 @@ async def secret_echo(ctx: StepContext, token: str) -> dict[str, Any]:
 
 
 @handler("test.ledger")
-async def ledger(ctx: StepContext, seconds: float = 0.0, value: Any = None) -> dict[str, Any]:
+async def ledger(
+    ctx: StepContext, seconds: float = 0.0, value: Any = None, hold: str | None = None
+) -> dict[str, Any]:
     """An idempotent side effect keyed by `ctx.idempotency_key` (like a payment API with one).
 
     Records every call and every completed execution; the effect itself is written once per key
-    (HSETNX), so a redelivered or zombie execution completes without a second effect.
+    (HSETNX), so a redelivered or zombie execution completes without a second effect. With
+    `hold`, the call stays in flight until the test sets that flag (at most 60 s): a test that
+    needs a step in flight does not race a timer.
     """
     r = _redis()
     call = r.hincrby(witness_key("calls"), ctx.idempotency_key, 1)
     if seconds:
         await asyncio.sleep(seconds)
+    if hold is not None:
+        deadline = time.monotonic() + 60
+        while not r.exists(witness_key(hold)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
     r.hincrby(witness_key("completions"), ctx.idempotency_key, 1)
     if r.hsetnx(witness_key("ledger"), ctx.idempotency_key, f"{os.getpid()}/{ctx.attempt}/{call}"):
         r.hincrby(witness_key("effects"), ctx.idempotency_key, 1)

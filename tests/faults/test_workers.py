@@ -213,13 +213,13 @@ def _force_second_delivery(faults: FaultEnv, entry_id: bytes, stream: str, key: 
 
 def test_11_duplicate_delivery_has_one_effect(faults: FaultEnv) -> None:
     faults.start_coordinator()
-    # Busy with one step, long enough to outlast the second worker's start on a loaded machine.
+    # Busy with one step, held in flight until the forced second delivery has been picked up.
     busy = faults.start_worker(concurrency=1)
     faults.wait_for_workers(1)
     run_id = faults.submit("""
 name: dup
 steps:
-  - {id: claimed, handler: test.ledger, with: {seconds: 6}}
+  - {id: claimed, handler: test.ledger, with: {hold: release-claimed}}
   - {id: copied, handler: test.ledger, with: {seconds: 1.5}, needs: [claimed]}
 """)
     stream = faults.keys.queue_stream("default")
@@ -230,6 +230,7 @@ steps:
     faults.wait_for_workers(2)
     # 1. forced claim of the pending entry to a second consumer, which executes it again
     claim_s = _force_second_delivery(faults, entry_id, stream, claimed_key)
+    faults.set_flag("release-claimed", True)
     # 2. the same message published twice (a producer retry that had in fact succeeded)
     assert_eventually(lambda: faults.witness("calls").get(copied_key) == 1, timeout=15)
     original = next(
