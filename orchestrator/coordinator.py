@@ -40,7 +40,7 @@ from orchestrator.hook_runner import HookRunner
 from orchestrator.keys import COORDINATOR_GROUP, Keys
 from orchestrator.settings import Settings
 from orchestrator.spec import WorkflowSpec
-from orchestrator.state import TERMINAL_RUN_STATUSES, Event, RunStatus, key_role
+from orchestrator.state import TERMINAL_RUN_STATUSES, RunStatus, key_role
 from orchestrator.store.dead_letters import DeadLetterStore, row_from_compensation, row_from_result, sync_from_stream
 from orchestrator.store.hooks import HookStore
 from orchestrator.store.leases import LeaseManager
@@ -81,7 +81,7 @@ class Coordinator:
         self.id = coordinator_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._reader = redis_clients.SlotReader(COORDINATOR_GROUP, self.id)
         self.leases = LeaseManager(store, owner=self.id, partitions=self.cfg.partitions, ttl=self.cfg.lease_ttl)
-        self.hooks = HookRunner(HookStore(store))
+        self.hooks = HookRunner(HookStore(store), clock=clock)
         self.children = ChildRuns(store=store, client=client, keys=self.keys, partitions=self.cfg.partitions)
         self._child_results: list[ResultMessage] = []  # outcomes of finished child runs, found by reconcile
         self.partitions: list[int] = []
@@ -366,7 +366,6 @@ class Coordinator:
     def _commit(self, touched: set[str], commands: list[int], dead_letters: list[dict[str, Any]]) -> None:
         writes: list[RunWrite] = []
         outbox: list[Dispatch] = []
-        hook_runs: list[tuple[_Tracked, list[Event]]] = []
         timers: list[Timer] = []
         finished: list[_Tracked] = []
         children: list[ChildStart] = []
@@ -399,19 +398,25 @@ class Coordinator:
             )
             metrics.count_step_events(events, engine.run.steps, engine.messages.labels_of)
             outbox.extend(dispatches)
-            hook_runs.append((tracked, events))
+            self.hooks.on_events(
+                run_id=run_id, partition=engine.partition, workflow=engine.wf, inputs=engine.inputs, events=events
+            )
             dead_letters.extend(row_from_compensation(d) for d in comp_dead)
             if engine.finished:
                 finished.append(tracked)
-        if not writes and not commands and not dead_letters:
+        hooks = self.hooks.take_batch()
+        if not writes and not commands and not dead_letters and not hooks:
             return
-        fault_points.crash_point("BEFORE_COMMIT", len(outbox) + len(children))
+        dispatching = len(outbox) + len(children) + len(hooks.dispatches)
+        fault_points.crash_point("BEFORE_COMMIT", dispatching)
         try:
             self.store.commit_batch(
                 writes,
                 owner=self.id,
                 processed_commands=commands,
                 dead_letters=dead_letters,
+                hook_rows=hooks.rows,
+                hook_counts=hooks.counts,
             )
         except ConflictError as e:
             log.warning("batch_conflict", error=str(e), runs=len(writes))
@@ -421,23 +426,13 @@ class Coordinator:
         except Exception:
             self._forget_all()
             raise
-        fault_points.crash_point("AFTER_COMMIT", len(outbox) + len(children))
+        fault_points.crash_point("AFTER_COMMIT", dispatching)
         for w in writes:
             self.runs[w.run_id].version += 1
         for timer in timers:
             heapq.heappush(self._timers, (timer.due, next(self._timer_seq), timer))
         self._unpublished.extend(outbox)
-        for tracked, events in hook_runs:  # only committed events trigger hooks
-            engine = tracked.engine
-            self._unpublished.extend(
-                self.hooks.on_events(
-                    run_id=engine.run.run_id,
-                    partition=engine.partition,
-                    workflow=engine.wf,
-                    inputs=engine.inputs,
-                    events=events,
-                )
-            )
+        self._unpublished.extend(self.hooks.committed())
         self.children.start(children)
         self.children.cancel(child_cancels)
         for tracked in finished:
@@ -473,6 +468,7 @@ class Coordinator:
         self.runs.clear()
         self._timers.clear()
         self._unpublished.clear()  # the reconciler re-publishes what Redis lacks once runs reload
+        self.hooks.forget()
         self._replay_pending = True
         self._next_reconcile = 0.0
 
@@ -496,6 +492,7 @@ class Coordinator:
             log.info("partitions_released", partitions=sorted(lost))
             for run_id in [r for r, t in self.runs.items() if t.engine.partition in lost]:
                 self.runs.pop(run_id, None)
+            self.hooks.forget(lost)
         if gained or force:
             bus.ensure_partition_groups(self.redis, self.keys, self.partitions)
             streams.claim_backlog(self.redis, self.keys, gained, consumer=self.id)
@@ -530,12 +527,14 @@ class Coordinator:
         # because a coordinator died between its commit and its XADD). Runs started just
         # below are excluded: their first dispatches are not published yet.
         check = set(self.runs) if redis_lost_data else loaded
+        hooks_due = self.hooks.reload(self.partitions)
         candidates = [
             d
             for run_id in check
             if self.runs[run_id].engine.run.status is not RunStatus.PENDING
             for d in self.runs[run_id].engine.in_flight_dispatches()
         ]
+        candidates += self.hooks.in_flight() if redis_lost_data else hooks_due
         if candidates:
             present = (
                 set()
@@ -568,6 +567,7 @@ class Coordinator:
         """Re-publish dispatched attempts absent from Redis at two reconciles in a row (see
         `streams.LostMessages`)."""
         candidates = [d for t in self.runs.values() for d in t.engine.in_flight_dispatches(started=False)]
+        candidates += self.hooks.in_flight()
         lost = self._lost.check(candidates, self._attempts_in_redis)
         if lost:
             log.warning("steps_republished", count=len(lost), reason="message missing from Redis")

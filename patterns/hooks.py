@@ -3,8 +3,9 @@
 A hook is a handler run asynchronously, as a step message on the `hooks` queue, when a
 run or step event matches one of its `on` patterns (`step.failed`, `run.*`, `*`). Kinds:
 `post` (after step or run events), `session` (run start and end: `run.started`,
-`run.finished`), `pre` (when a step is dispatched; it cannot veto yet — see the README).
-A hook's failure is recorded and logged and never changes the run.
+`run.finished`), `pre` (before a step's first dispatch: run by the engine as steps of the run,
+it may veto or annotate the step). A post/session hook's failure is recorded and logged and never
+changes the run; its executions are durable rows (`orchestrator/hook_runner.py`), run at least once.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from orchestrator.errors import SubmitError
+from orchestrator.store import hook_executions
+from orchestrator.store.hook_executions import HookExecutionRow
 from orchestrator.store.runs import RunStore
 from patterns.hooks import HookDef
 
@@ -76,14 +78,9 @@ class HookStore:
             for r in rows
         ]
 
-    def record(self, results: list[tuple[int, bool, str | None]]) -> None:
-        """Count finished executions: (hook id, succeeded, error)."""
-        if not results:
-            return
-        with self.store.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            cur.executemany(
-                "UPDATE workflow_hooks SET trigger_count = trigger_count + 1, last_triggered_at = now(),"
-                " error_count = error_count + CASE WHEN %s THEN 0 ELSE 1 END,"
-                " last_error = CASE WHEN %s THEN last_error ELSE %s END WHERE hook_id = %s",
-                [(ok, ok, error, hook_id) for hook_id, ok, error in results],
-            )
+    def pending_executions(self, partitions: list[int], skip: set[tuple[str, str]]) -> list[HookExecutionRow]:
+        """Executions of these partitions not finished yet, except the (run id, step key) pairs in `skip`."""
+        if not partitions:
+            return []
+        with self.store.connection() as conn:
+            return hook_executions.load_pending(conn, partitions, skip)

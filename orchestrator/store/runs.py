@@ -21,6 +21,8 @@ from psycopg_pool import ConnectionPool
 
 from orchestrator.errors import ConflictError, DatabaseUnavailableError, RunNotFoundError
 from orchestrator.state import Event, EventType, RunProjection, RunStatus, StepRecord, StepStatus
+from orchestrator.store import hook_executions
+from orchestrator.store.hook_executions import HookCount, HookExecutionRow
 
 
 def _dumps(value: Any) -> str:
@@ -317,6 +319,8 @@ class RunStore:
         owner: str,
         processed_commands: Sequence[int] = (),
         dead_letters: Sequence[dict[str, Any]] = (),
+        hook_rows: Sequence[HookExecutionRow] = (),
+        hook_counts: Sequence[HookCount] = (),
     ) -> None:
         """Persist one batch atomically; raises ConflictError if a run or partition changed hands."""
         writes = list(writes)
@@ -439,6 +443,7 @@ class RunStore:
                             for d in dead_letters
                         ],
                     )
+                hook_executions.write(cur, hook_rows, hook_counts)
         except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as e:
             raise ConflictError(f"a run changed hands or was changed by another writer; reloading ({e})") from e
 

@@ -114,6 +114,26 @@ workflow_hooks = Table(
     UniqueConstraint("name"),
 )
 
+# One row per post/session hook execution, written in the same transaction as the event that
+# triggered it: a coordinator that dies before publishing it, or Redis losing it, cannot lose it.
+hook_executions = Table(
+    "hook_executions",
+    metadata,
+    Column("run_id", Text, ForeignKey("workflow_runs.run_id", ondelete="CASCADE"), nullable=False),
+    Column("step_key", Text, nullable=False),
+    Column("hook_id", BigInteger, nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("status", Text, nullable=False),  # pending | succeeded | failed
+    Column("due_at", DateTime(timezone=True), nullable=True),  # a scheduled retry
+    Column("message", JSONB, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("run_id", "step_key"),
+    Index("ix_hook_executions_partition", "partition", postgresql_where=text("status = 'pending'")),
+)
+
 workflow_definitions = Table(
     "workflow_definitions",
     metadata,

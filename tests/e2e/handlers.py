@@ -62,6 +62,14 @@ async def reject(ctx: StepContext, reason: str = "rejected") -> dict[str, Any]:
     raise NonRetryableStepError(reason)
 
 
+@handler("test.flaky_once")
+async def flaky_once(ctx: StepContext) -> dict[str, Any]:
+    """Fails (retryably) on its first call per idempotency key, succeeds afterwards; counts calls."""
+    if _redis().hincrby(witness_key("flaky_attempts"), ctx.idempotency_key, 1) == 1:
+        raise RuntimeError("first call fails")
+    return {"attempt": ctx.attempt}
+
+
 @handler("test.secret_echo")
 async def secret_echo(ctx: StepContext, token: str) -> dict[str, Any]:
     """Fails with the secret in its message: the worker must redact it."""
@@ -72,9 +80,7 @@ async def secret_echo(ctx: StepContext, token: str) -> dict[str, Any]:
 
 
 @handler("test.ledger")
-async def ledger(
-    ctx: StepContext, seconds: float = 0.0, value: Any = None, hold: str | None = None
-) -> dict[str, Any]:
+async def ledger(ctx: StepContext, seconds: float = 0.0, value: Any = None, hold: str | None = None) -> dict[str, Any]:
     """An idempotent side effect keyed by `ctx.idempotency_key` (like a payment API with one).
 
     Records every call and every completed execution; the effect itself is written once per key

@@ -55,6 +55,10 @@ def test_hooks_run_on_the_hooks_queue_and_are_counted(e2e: Env) -> None:
     assert "hook bug" in last_error
     calls = e2e.witness("calls")
     assert len([k for k in calls if k.startswith(f"{run_id}/hook:")]) == 3
+    # Every execution is a durable row that ends with its outcome (none left pending).
+    with e2e.store.connection() as conn:
+        rows = conn.execute("SELECT status FROM hook_executions WHERE run_id = %s", (run_id,)).fetchall()
+    assert sorted(r["status"] for r in rows) == ["failed", "failed", "succeeded", "succeeded", "succeeded"]
     # Hooks are not part of the run: its steps and event log know nothing of them.
     assert set(doc["steps"]) == {"a", "b"}
     assert "hook_failed" in e2e.log()
