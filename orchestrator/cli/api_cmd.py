@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 
-import structlog
 import typer
 
 from orchestrator.cli.common import console, load_settings, report_errors
-
-log = structlog.get_logger(__name__)
 
 
 def _is_loopback(host: str) -> bool:
@@ -29,10 +26,12 @@ def api(
     access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="Log every request"),
 ) -> None:
     """Serve the HTTP API: submit, status, cancel, retry, list runs, /healthz, /readyz; docs at /docs."""
+    import structlog
     import uvicorn
 
     from orchestrator.api import ApiSettings
 
+    log = structlog.get_logger(__name__)
     settings = load_settings()
     api_settings = ApiSettings()
     # Fail here, with the CLI's message and exit code 3, rather than inside the server's start-up.

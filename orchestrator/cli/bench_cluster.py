@@ -19,7 +19,6 @@ from rich.table import Table
 
 from orchestrator.cli.bench import bench_app
 from orchestrator.cli.common import console, err_console, load_settings, report_errors
-from orchestrator.settings import Settings
 
 PEERS_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "bench" / "peers"
 
@@ -42,6 +41,7 @@ def private_cluster(
     from orchestrator.benchmark import ClusterBench
     from orchestrator.dev.launcher import DevServers
     from orchestrator.dev.redis_cluster import LocalRedisCluster
+    from orchestrator.settings import Settings
 
     home = keep_home or Path(tempfile.mkdtemp(prefix="steppe-bench-"))
     os.chmod(home, 0o755)  # noqa: S103 - PostgreSQL runs as another user and must traverse it

@@ -9,13 +9,15 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
-
-import redis
+from typing import IO, TYPE_CHECKING
 
 from orchestrator.errors import InfrastructureError
 from orchestrator.keys import Keys
-from orchestrator.settings import Settings
+
+if TYPE_CHECKING:
+    import redis
+
+    from orchestrator.settings import Settings
 
 
 def steppe_argv() -> list[str]:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
 
 from orchestrator.errors import SpecValidationError, SteppeError
-from orchestrator.settings import Settings
+
+if TYPE_CHECKING:
+    from orchestrator.settings import Settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -21,6 +23,8 @@ err_console = Console(stderr=True)
 
 def load_settings() -> Settings:
     """Settings from the environment, read at command time (never at import time)."""
+    from orchestrator.settings import Settings
+
     return Settings()
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import redis
+# Redis, PostgreSQL and the submit path (which brings the engine) load when a command connects,
+# not when `steppe --help` or `steppe validate` starts.
+if TYPE_CHECKING:
+    import redis
 
-from orchestrator import bus
-from orchestrator.settings import Settings
-from orchestrator.store.runs import RunStore
-from orchestrator.submit import Submitter
+    from orchestrator.settings import Settings
+    from orchestrator.store.runs import RunStore
+    from orchestrator.submit import Submitter
 
 
 @dataclass
@@ -22,16 +25,23 @@ class Clients:
 
     @property
     def submitter(self) -> Submitter:
+        from orchestrator.submit import Submitter
+
         return Submitter(settings=self.settings, store=self.store, client=self.redis)
 
 
 @contextmanager
 def connect(settings: Settings, *, need_redis: bool = True) -> Iterator[Clients]:
     """Open Redis and PostgreSQL, failing with exit code 3 and a how-to when either is down."""
+    from orchestrator.store.runs import RunStore
+
     db_url = settings.resolved_database_url()
     redis_url = settings.resolved_redis_url() if need_redis else None
-    client = bus.connect(settings, redis_url) if redis_url else None
-    if client is not None and redis_url is not None:
+    client = None
+    if redis_url:
+        from orchestrator import bus
+
+        client = bus.connect(settings, redis_url)
         bus.ping(client, redis_url)
     store = RunStore(db_url, pool_size=2, connect_timeout=settings.database.connect_timeout)
     store.open()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import typer
 
 from orchestrator.cli.common import console, load_settings, report_errors
-from orchestrator.dev import DevServers, ServerReport
+
+if TYPE_CHECKING:
+    from orchestrator.dev import DevServers, ServerReport
 
 _NAMES = {"redis": "Redis", "postgres": "PostgreSQL"}
 _STYLES = {
@@ -21,6 +24,8 @@ _STYLES = {
 
 
 def _servers() -> DevServers:
+    from orchestrator.dev import DevServers
+
     return DevServers(settings=load_settings())
 
 

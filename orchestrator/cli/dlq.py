@@ -6,22 +6,21 @@ import datetime as dt
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import typer
 from rich.table import Table
 
-from orchestrator import bus
 from orchestrator.cli.common import console, load_settings, report_errors
 from orchestrator.cli.context import Clients, connect
 from orchestrator.durations import format_duration, parse_duration
 from orchestrator.errors import SubmitError
 from orchestrator.keys import Keys
-from orchestrator.store.dead_letters import DeadLetterStore, sync_from_stream, trim_stream
-from orchestrator.store.leases import partition_of
-from orchestrator.wire import ControlMessage
-from patterns.dead_letter import one_line, overrides_payload, parse_args, replay_problem
+
+# The stores, the bus and the wire format load when a command runs, not with `steppe --help`.
+if TYPE_CHECKING:
+    from orchestrator.store.dead_letters import DeadLetterStore
 
 dlq_app = typer.Typer(
     help="Dead letters: messages delivered more than max_deliveries times, undecodable ones, failed compensations.",
@@ -33,6 +32,8 @@ STATUS_STYLE = {"dead": "red", "replayed": "green"}
 
 def _synced(clients: Clients) -> DeadLetterStore:
     """The store, with the dead-letter stream merged in (undecodable entries exist only there)."""
+    from orchestrator.store.dead_letters import DeadLetterStore, sync_from_stream
+
     store = DeadLetterStore(clients.store)
     sync_from_stream(clients.redis, Keys(clients.settings.namespace), store)
     return store
@@ -56,6 +57,8 @@ def list_(
     as_json: bool = typer.Option(False, "--json", help="A JSON list for scripts"),
 ) -> None:
     """Dead letters, newest first."""
+    from patterns.dead_letter import one_line
+
     if status is not None and status not in STATUSES:
         raise typer.BadParameter(f"{status!r}: use one of {', '.join(STATUSES)}", param_hint="--status")
     with connect(load_settings()) as clients:
@@ -155,6 +158,8 @@ def _edited_args(row: dict[str, Any], *, edit: bool, payload_file: Path | None) 
 
 
 def _parse(text: str, *, source: str) -> dict[str, Any]:
+    from patterns.dead_letter import parse_args
+
     try:
         return parse_args(text, source=source)
     except ValueError as e:
@@ -172,6 +177,11 @@ def replay(
     as_json: bool = typer.Option(False, "--json", help='Print {"run_id", "step", "overrides"}'),
 ) -> None:
     """Resume the dead letter's run from its failed steps, optionally with edited arguments for its step."""
+    from orchestrator import bus
+    from orchestrator.store.leases import partition_of
+    from orchestrator.wire import ControlMessage
+    from patterns.dead_letter import overrides_payload, replay_problem
+
     if edit and payload_file is not None:
         raise typer.BadParameter("give either --edit or --payload-file, not both", param_hint="--edit")
     settings = load_settings()
@@ -206,6 +216,8 @@ def purge(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation"),
 ) -> None:
     """Delete old dead letters and trim the dead-letter stream to match."""
+    from orchestrator.store.dead_letters import DeadLetterStore, trim_stream
+
     age = parse_duration(older_than)
     before = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=age)
     settings = load_settings()

@@ -10,7 +10,6 @@ from rich.table import Table
 from orchestrator.cli.common import console, load_settings, report_errors
 from orchestrator.cli.context import connect
 from orchestrator.errors import SubmitError
-from orchestrator.store.hooks import HookStore
 
 hooks_app = typer.Typer(
     help="Hooks: handlers run on the `hooks` queue when run or step events match.", no_args_is_help=True
@@ -21,6 +20,8 @@ hooks_app = typer.Typer(
 @report_errors
 def list_hooks(as_json: bool = typer.Option(False, "--json")) -> None:
     """Every hook (from `hooks add` and from workflows' `hooks:`) with its execution counters."""
+    from orchestrator.store.hooks import HookStore
+
     with connect(load_settings(), need_redis=False) as clients:
         rows = HookStore(clients.store).all()
     if as_json:
@@ -58,6 +59,7 @@ def add_hook(
 ) -> None:
     """Add a hook for every workflow (or one, with --workflow)."""
     from orchestrator.spec.model import HookSpec
+    from orchestrator.store.hooks import HookStore
 
     try:
         args = json.loads(with_)
@@ -82,6 +84,8 @@ def add_hook(
 @report_errors
 def remove_hook(name: str) -> None:
     """Remove a hook by name."""
+    from orchestrator.store.hooks import HookStore
+
     with connect(load_settings(), need_redis=False) as clients:
         if not HookStore(clients.store).remove(name):
             raise SubmitError(f"no hook named {name!r}; see `steppe hooks list`")

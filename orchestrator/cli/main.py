@@ -5,7 +5,6 @@ from __future__ import annotations
 import typer
 
 from orchestrator import __version__
-from orchestrator.logging import configure_logging
 
 app = typer.Typer(
     name="steppe",
@@ -28,6 +27,8 @@ def _root(
     log_json: bool | None = typer.Option(None, "--log-json/--log-console", help="Log format (default: by tty)"),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True),
 ) -> None:
+    from orchestrator.logging import configure_logging  # structlog: not needed for --help
+
     configure_logging(level=log_level, json=log_json)
 
 

@@ -5,11 +5,11 @@ This is the only module that ties the coordinator side and the worker side toget
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -17,8 +17,9 @@ from orchestrator.cli.cluster import LocalCluster
 from orchestrator.cli.common import console, err_console, load_settings, report_errors
 from orchestrator.cli.context import connect
 from orchestrator.cli.runs import exit_code_for, print_result, read_inputs, wait_for
-from orchestrator.metrics import serve_metrics
-from orchestrator.settings import Settings
+
+if TYPE_CHECKING:
+    from orchestrator.settings import Settings
 
 
 def _split(values: list[str]) -> list[str]:
@@ -37,6 +38,7 @@ def register(app: typer.Typer) -> None:
         """Run a coordinator: plan, dispatch, apply results, retry, reconcile (SIGTERM stops it)."""
         from orchestrator import bus
         from orchestrator.coordinator import Coordinator
+        from orchestrator.metrics import serve_metrics
         from orchestrator.store.runs import RunStore
 
         settings = load_settings()
@@ -72,6 +74,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Run a worker that executes steps from the given queues (SIGTERM drains it)."""
+        from orchestrator.metrics import serve_metrics
         from workers.builtins import register_builtins
         from workers.consumer import Worker
         from workers.registry import default_registry, import_modules
@@ -124,6 +127,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _run_async(coro: object) -> None:
+    import asyncio
+
     try:
         import uvloop
 

@@ -17,7 +17,6 @@ from orchestrator.cli.common import console, err_console, load_settings, report_
 from orchestrator.cli.context import Clients, connect
 from orchestrator.errors import SubmitError
 from orchestrator.keys import Keys
-from orchestrator.spec import parse_cli_inputs
 from orchestrator.state import TERMINAL_RUN_STATUSES, RunStatus, base_step_id
 
 STATUS_STYLE = {
@@ -37,6 +36,8 @@ STATUS_STYLE = {
 
 
 def read_inputs(pairs: list[str], inputs_file: Path | None) -> dict[str, Any]:
+    from orchestrator.spec import parse_cli_inputs
+
     values: dict[str, Any] = {}
     if inputs_file is not None:
         try:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import sys
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from orchestrator.cli.common import console, report_errors
-from orchestrator.spec.model import WorkflowSpec
+
+if TYPE_CHECKING:
+    from orchestrator.spec.model import WorkflowSpec
 
 
 class PlanFormat(StrEnum):
