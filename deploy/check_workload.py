@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -217,9 +219,31 @@ class Workload:
             _wait(lambda: "steppe_duplicates_suppressed_total{" in self._coordinator_metrics(), self.left(15))
         except TimeoutError:
             notes.append("the resumed victim's late result was not counted as a duplicate")
-        self.victim.send_signal(signal.SIGTERM)
-        self.victim.wait(timeout=self.left(45))  # it drains its (fenced) step first: up to drain_timeout
+        self.stop_victim(timeout=self.left(45))  # it drains its (fenced) step first: up to drain_timeout
         return notes
+
+    def stop_victim(self, *, timeout: float) -> None:
+        """SIGTERM the victim; one that outlives `timeout` is dumped (py-spy), killed, and reported."""
+        assert self.victim is not None
+        self.victim.send_signal(signal.SIGTERM)
+        try:
+            self.victim.wait(timeout=timeout)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        pid = self.victim.pid
+        dump = _py_spy_dump(pid)
+        self.victim.kill()
+        self.victim.wait()
+        lines = _log_lines_of(self.workers.log_path, pid)
+        raise RuntimeError(
+            f"the victim worker (pid {pid}) did not exit within {timeout:.0f}s of SIGTERM (drain_timeout "
+            f"{FAST['STEPPE_WORKER__DRAIN_TIMEOUT']}s); killed it. `worker_stopping` without `worker_stopped` "
+            "below means it hung in its drain; a dump idling in the event loop (Runner.run) means a task "
+            "that never finished, a thread in the dump a blocking call.\n"
+            f"--- py-spy dump of pid {pid}:\n{dump}\n"
+            f"--- its last {len(lines)} log lines ({self.workers.log_path}):\n" + "\n".join(lines)
+        )
 
     def wait_terminal(self, runs: list[tuple[str, str]], *, timeout: float) -> dict[str, str]:
         ids = [run_id for run_id, _ in runs]
@@ -237,6 +261,29 @@ class Workload:
 
     def _coordinator_metrics(self) -> str:
         return httpx.get(f"http://127.0.0.1:{self.ports['coordinator']}/metrics", timeout=2).text
+
+
+def _py_spy_dump(pid: int) -> str:
+    """The Python stacks of process `pid` (py-spy next to this interpreter or on PATH), or why there are none."""
+    found = Path(sys.executable).with_name("py-spy")
+    py_spy = str(found) if found.exists() else shutil.which("py-spy")
+    if py_spy is None:
+        return "(py-spy is not installed: pip install py-spy)"
+    try:
+        done = subprocess.run(
+            [py_spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"(py-spy failed: {e})"
+    return (done.stdout + done.stderr).strip() or f"(py-spy printed nothing, exit {done.returncode})"
+
+
+def _log_lines_of(log: Path, pid: int, count: int = 40) -> list[str]:
+    """The last `count` lines of the cluster log written by the worker with `pid` (its id is host-PID-xxxxxx)."""
+    if not log.exists():
+        return []
+    tag = f"-{pid}-"
+    return [line for line in log.read_text(errors="replace").splitlines() if tag in line][-count:]
 
 
 def _wait(predicate: Callable[[], Any], timeout: float, interval: float = 0.1) -> None:

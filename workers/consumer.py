@@ -157,17 +157,18 @@ class Worker:
         for task in tasks:
             task.add_done_callback(self._on_task_done)
         await self._stopping.wait()
-        exit_code = await self._drain(tasks)
-        if self._crashed:
-            exit_code = 1
+        stuck = await self._drain(tasks)
+        exit_code = 1 if self._crashed else 0
         self.executor.shutdown(wait=False, cancel_futures=True)
         await self.redis.aclose()
-        if install_signals and self.executor.running:
+        if install_signals and (self.executor.running or stuck):
             # Sync handlers that ignored their timeout still hold threads that cannot be
-            # interrupted, and the interpreter joins every pool thread at exit: a handler stuck
-            # for good would keep the process alive past its drain timeout. Their attempts were
-            # reported as timed out or are left pending for another worker, so exit now.
-            log.warning("worker_abandoned_handler_threads", worker=self.id, threads=self.executor.running)
+            # interrupted, and the interpreter joins every pool thread at exit; a task that
+            # outlived its cancels would be awaited by the event loop's shutdown: either would
+            # keep the process alive past its drain timeout. Their attempts were reported as
+            # timed out or are left pending for another worker, so exit now.
+            if self.executor.running:
+                log.warning("worker_abandoned_handler_threads", worker=self.id, threads=self.executor.running)
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(exit_code)
@@ -190,28 +191,42 @@ class Worker:
             self._slots.set()
 
     async def _drain(self, tasks: list[asyncio.Task[None]]) -> int:
-        """Stop reading, let in-flight steps finish (bounded), publish their results, deregister."""
+        """Stop reading, let in-flight steps finish (bounded), publish their results, deregister.
+
+        Everything after the drain timeout shares 5 more seconds. Returns how many tasks
+        outlived every cancel (the caller then exits without waiting for them).
+        """
         reader, flusher, liveness = tasks
         reader.cancel()
         deadline = time.monotonic() + self.cfg.drain_timeout
         while self.inflight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         drained = not self.inflight
-        while self._outbox and time.monotonic() < deadline + 5:
+        finish_by = deadline + 5
+        while self._outbox and time.monotonic() < finish_by:
             await asyncio.sleep(0.02)
-        for task in (flusher, liveness):
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for entry in list(self.inflight.values()):
-            if entry.task is not None:
-                entry.task.cancel()  # left pending in Redis: reclaimed after the visibility timeout
+        # Left pending in Redis, abandoned steps are reclaimed after the visibility timeout.
+        steps = [e.task for e in self.inflight.values() if e.task is not None]
+        # One cancel is not enough: Python 3.11's asyncio.wait_for, which redis-py wraps around
+        # every socket write, swallows a cancel that arrives as the write completes (CPython
+        # gh-86296), and the flush and liveness loops then run on forever. Cancel until they end.
+        pending = {t for t in [reader, flusher, liveness, *steps] if not t.done()}
+        give_up = max(finish_by, time.monotonic() + 1.0)
+        while pending and time.monotonic() < give_up:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.1)
+        for task in pending:
+            where = [f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}" for f in task.get_stack(limit=8)]
+            log.warning("worker_task_ignored_cancel", worker=self.id, task=task.get_name(), stack=where)
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.zrem(self.keys.workers, self.id)
-            pipe.delete(self.keys.worker(self.id))
-            await pipe.execute()
-        except CONNECTION_ERRORS as e:
-            log.warning("worker_deregister_failed", error=str(e))
+            async with asyncio.timeout(max(finish_by - time.monotonic(), 1.0)):
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.zrem(self.keys.workers, self.id)
+                pipe.delete(self.keys.worker(self.id))
+                await pipe.execute()
+        except CONNECTION_ERRORS as e:  # TimeoutError included (an OSError)
+            log.warning("worker_deregister_failed", error=str(e) or type(e).__name__)
         log.info(
             "worker_stopped",
             worker=self.id,
@@ -219,7 +234,7 @@ class Worker:
             processed=self.processed,
             abandoned=len(self.inflight),
         )
-        return 0
+        return len(pending)
 
     async def _ensure_groups(self) -> None:
         for stream in self.streams:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import time
 
 import pytest
+import redis
+from structlog.testing import capture_logs
 
-from orchestrator.keys import WORKER_GROUP
+from orchestrator.keys import WORKER_GROUP, Keys
+from orchestrator.settings import Settings
 from orchestrator.wire import FIELD, decode_step
 from tests.faults.harness import FaultEnv
 from tests.faults.invariants import (
@@ -21,6 +25,9 @@ from tests.faults.invariants import (
     wait_terminal,
 )
 from tests.helpers import assert_eventually
+from workers.builtins import register_builtins
+from workers.consumer import Worker
+from workers.registry import HandlerRegistry
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -317,3 +324,54 @@ steps:
     assert code == 0
     assert exit_s < 2 + 2, "the worker waited for a handler thread that ignores cancellation"
     assert faults.log_events("worker_abandoned_handler_threads")
+
+
+async def _stop_while_a_loop_swallows_its_cancel(settings: Settings) -> tuple[int, int, float]:
+    """Run a worker whose liveness loop ignores its first cancel; stop it: (exit code, cancels, seconds)."""
+    registry = HandlerRegistry()
+    register_builtins(registry)
+    worker = Worker(settings=settings, registry=registry, queues=["default"], concurrency=2)
+    cancels = 0
+    looping = asyncio.Event()  # the worker has registered and started its loops
+
+    async def liveness() -> None:
+        nonlocal cancels
+        looping.set()
+        while True:
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                cancels += 1
+                if cancels > 1:
+                    raise
+                # Swallowed, as Python 3.11's asyncio.wait_for does when redis-py's socket write
+                # that it wraps completed just before the cancel (CPython gh-86296).
+
+    worker._liveness_loop = liveness  # type: ignore[method-assign]
+    running = asyncio.create_task(worker.run(install_signals=False))
+    async with asyncio.timeout(20):
+        await looping.wait()
+    worker.request_stop()
+    stopped = time.monotonic()
+    async with asyncio.timeout(20):  # the bug: without a second cancel, the drain waited forever
+        code = await running
+    return code, cancels, time.monotonic() - stopped
+
+
+def test_sigterm_exits_although_a_worker_loop_swallowed_its_cancel(redis_url: str, namespace: str) -> None:
+    """CI once saw a victim worker outlive SIGTERM by 45 s: its drain cancelled the liveness loop
+    once and gathered it, and the cancel had been swallowed inside redis-py (see above)."""
+    settings = Settings(
+        _env_file=None,
+        redis_url=redis_url,
+        namespace=namespace,
+        worker={"heartbeat_interval": 0.5, "drain_timeout": 2},
+    )
+    with capture_logs() as logs:
+        code, cancels, stop_s = asyncio.run(_stop_while_a_loop_swallows_its_cancel(settings))
+    assert code == 0
+    assert cancels == 2, "the drain should cancel the loop again"
+    assert stop_s < 2, stop_s
+    assert [e for e in logs if e["event"] == "worker_stopped"]
+    assert not [e for e in logs if e["event"] == "worker_task_ignored_cancel"]
+    assert redis.Redis.from_url(redis_url).zrange(Keys(namespace).workers, 0, -1) == [], "not deregistered"
