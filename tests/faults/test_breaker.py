@@ -20,7 +20,10 @@ from tests.helpers import assert_eventually
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 IMPORTS = ["tests.e2e.handlers", "tests.e2e.breaker_handlers"]  # test.downstream lives in the latter
-FAIL_MAX, RESET_S, MAX_ATTEMPTS = 3, 2.0, 3
+# Attempts that really reach the failing service (the burst before the breaker opens, a call
+# that raced the open state on a loaded machine, half-open trials) legitimately burn attempts;
+# enough are allowed that only deferrals burning attempts could fail a run during the outage.
+FAIL_MAX, RESET_S, MAX_ATTEMPTS = 3, 2.0, 6
 
 FLOW = f"""
 name: behind-a-breaker
