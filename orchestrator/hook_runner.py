@@ -1,9 +1,10 @@
 """The coordinator's side of hooks: match events, stage durable executions, count results.
 
 Every post/session hook execution is a row of `hook_executions`, written in the batch that
-commits its triggering event (`stage` → the coordinator's commit → `committed`), and updated in
-the batch that applies each result, so a crash or a Redis data loss does not lose it: the
-reconciler reloads pending rows (`load`) and republishes what Redis does not hold. Hooks run at
+commits its triggering event (`on_events` stages it, the coordinator commits `take_batch()`, then
+`committed`), and updated in the batch that applies each result, so a crash or a Redis data loss
+does not lose it: the reconciler reloads pending rows (`reload`) and republishes what Redis does
+not hold. Hooks run at
 least once: a handler must tolerate a repeat (its `ctx.idempotency_key` is stable).
 """
 
