@@ -19,18 +19,24 @@ REDIS7 := $(REDIS7_DIR)/usr/bin/redis-server
 # The unpacked binary finds its two extra libraries here (the launcher does the same).
 REDIS7_ENV := LD_LIBRARY_PATH=$(REDIS7_DIR)/usr/lib/$(shell uname -m)-linux-gnu
 INSTALL_STAMP := $(VENV)/.steppe-installed
+# Every package of the application and its dev tools, pinned with hashes (`make lock` refreshes it).
+LOCK := requirements.lock
+LATEST_VENV := .venv-latest
+LATEST_PYTHON ?= $(PYTHON)
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 EXAMPLE ?= examples/order_saga.yaml
 
 PROMETHEUS_DIR := $(TOOLS)/prometheus
 PROMETHEUS := $(PROMETHEUS_DIR)/usr/bin/prometheus
 
-.PHONY: help install run test test-redis7 test-cluster lint fmt clean system-deps redis7 fetch-redis7
+.PHONY: help install lock test-latest run test test-redis7 test-cluster lint fmt clean system-deps redis7 fetch-redis7
 .PHONY: prometheus fetch-prometheus dashboards dashboards-check loadtest soak
 .PHONY: multihost-demo
 
 help:
-	@echo "make install      virtualenv + dependencies + missing system pieces (PostgreSQL, redis 7)"
+	@echo "make install      virtualenv with exactly $(LOCK) + missing system pieces (PostgreSQL, redis 7)"
+	@echo "make lock         re-resolve $(LOCK) from pyproject.toml (newest versions the bounds allow)"
+	@echo "make test-latest  unit suite in a throwaway venv of the newest allowed versions (drift check)"
 	@echo "make run          start the embedded Redis + PostgreSQL and run $(EXAMPLE)"
 	@echo "make test         the whole test suite against real servers (PYTEST_ARGS=... to narrow)"
 	@echo "make test-redis7  the same against Debian's redis-server 7 from $(TOOLS)"
@@ -44,10 +50,13 @@ help:
 
 install: $(INSTALL_STAMP)
 
-# Re-runs only when pyproject.toml changes; delete the stamp (or `make clean`) to force it.
-$(INSTALL_STAMP): pyproject.toml
+# Re-runs only when the lock or pyproject.toml changes; delete the stamp (or `make clean`) to force it.
+# pip installs exactly the lock (hash-checked, no resolution), then Steppe itself without dependencies.
+$(INSTALL_STAMP): $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip check
 	@$(MAKE) --no-print-directory system-deps
 	@$(MAKE) --no-print-directory redis7
 	@touch $@
@@ -82,6 +91,22 @@ fetch-redis7:
 	rm -rf $(REDIS7_DIR); mkdir -p $(REDIS7_DIR); \
 	for deb in "$$tmp"/*.deb; do dpkg -x "$$deb" $(REDIS7_DIR); done; \
 	$(REDIS7_ENV) $(REDIS7) --version
+
+# Universal (every platform and Python >= 3.11), with hashes; commit the result.
+lock: install
+	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+		--generate-hashes --upgrade --quiet -o $(LOCK)
+
+# Drift check, not part of `make test`: what a user gets who installs Steppe without the lock today.
+test-latest: install
+	rm -rf $(LATEST_VENV)
+	$(BIN)/uv venv --quiet --python $(LATEST_PYTHON) $(LATEST_VENV)
+	VIRTUAL_ENV=$(CURDIR)/$(LATEST_VENV) $(BIN)/uv pip install --quiet --refresh -e '.[dev]'
+	@echo "versions that differ from $(LOCK):"
+	@VIRTUAL_ENV=$(CURDIR)/$(LATEST_VENV) $(BIN)/uv pip freeze --exclude-editable | sort > $(LATEST_VENV)/freeze.txt
+	@grep -E '^[A-Za-z0-9_.-]+==' $(LOCK) | sed 's/ .*//' | sort > $(LATEST_VENV)/lock.txt
+	@comm -13 <(tr A-Z_ a-z- < $(LATEST_VENV)/lock.txt) <(tr A-Z_ a-z- < $(LATEST_VENV)/freeze.txt) | sed 's/^/  /' || true
+	$(LATEST_VENV)/bin/python -m pytest tests/unit -p no:cacheprovider -q
 
 # ---------------------------------------------------------------------------------------------
 # run: servers, schema, then the example workflow.
@@ -118,7 +143,7 @@ fmt: install
 
 clean:
 	@if [ -x $(STEPPE) ]; then $(STEPPE) dev down || echo "steppe dev down failed; continuing" >&2; fi
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(LATEST_VENV) .mypy_cache .ruff_cache .pytest_cache
 
 # Debian's prometheus + promtool unpacked into $(PROMETHEUS_DIR): no package installed, no service started.
 prometheus:

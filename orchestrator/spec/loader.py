@@ -37,6 +37,7 @@ from orchestrator.settings import LimitSettings
 from orchestrator.spec.positions import Path, Point, PositionMap
 
 MAX_DEPTH = 100
+_DEPTH_MESSAGE = f"nesting deeper than {MAX_DEPTH} levels: flatten this data"
 # An alias-free document cannot hold more values than it has bytes; aliases may multiply that
 # tenfold before the expansion is treated as a bomb.
 EXPANSION_FACTOR = 10
@@ -152,6 +153,10 @@ def _yaml_problem(e: yaml.MarkedYAMLError, filename: str) -> SpecProblem:
     mark = e.problem_mark or e.context_mark
     what = " ".join(part for part in (e.context, e.problem) if part)
     line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    if "maximum nesting depth" in what:
+        # libyaml >= 0.2.6 (PyYAML 6.0.2+ wheels) scans flow collections ahead and stops at its own
+        # limit before the builder sees the events: report it as the builder would.
+        return SpecProblem(_DEPTH_MESSAGE, filename, line, col)
     return SpecProblem(f"invalid YAML: {what}; fix the syntax here", filename, line, col)
 
 
@@ -260,9 +265,7 @@ class _Builder:
                 if stack and stack[-1].mapping and stack[-1].key is _NO_KEY:
                     self._problem("mapping keys must be plain strings, not collections", _mark(event), fatal=True)
                 if len(stack) >= MAX_DEPTH:
-                    self._problem(
-                        f"nesting deeper than {MAX_DEPTH} levels: flatten this data", _mark(event), fatal=True
-                    )
+                    self._problem(_DEPTH_MESSAGE, _mark(event), fatal=True)
                 self._spend(1, _mark(event))
                 mapping = cls is ev.MappingStartEvent
                 bad = self._collection_tag_bad(event, MAP if mapping else SEQ)

@@ -86,10 +86,27 @@ def test_top_level_must_be_a_mapping() -> None:
     assert "top level must be a mapping" in problem.message
 
 
-def test_deep_nesting_is_rejected_without_crashing() -> None:
-    problem = only(STEP + "    with: {x: " + "[" * 100_000 + "]" * 100_000 + "}\n")
+@pytest.mark.parametrize(
+    "depth",
+    [
+        150,  # past Steppe's limit (100), below libyaml's own flow-level limit
+        100_000,  # past libyaml's limit too (libyaml >= 0.2.6 stops scanning first)
+    ],
+)
+def test_deep_nesting_is_rejected_without_crashing(depth: int) -> None:
+    problem = only(STEP + "    with: {x: " + "[" * depth + "]" * depth + "}\n")
     assert problem.line == 5
-    assert "nesting deeper than" in problem.message
+    assert problem.message == "nesting deeper than 100 levels: flatten this data"
+
+
+def test_deep_block_nesting_is_rejected_without_crashing() -> None:
+    nested = "".join("  " * i + f"k{i}:\n" for i in range(150)) + "  " * 150 + "v\n"
+    problem = only("name: wf\nsteps:\n  - id: a\n    handler: builtin.noop\n    with:\n" + _indent(nested, 6))
+    assert problem.message == "nesting deeper than 100 levels: flatten this data"
+
+
+def _indent(text: str, width: int) -> str:
+    return "".join(" " * width + line + "\n" for line in text.splitlines())
 
 
 def test_syntax_error_has_position() -> None:
