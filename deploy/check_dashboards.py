@@ -214,7 +214,7 @@ def prepare_database(procs: Processes, admin_url: str, workdir: Path, env: dict[
         timeout=120,
     )
     with psycopg.connect(database_admin_url, autocommit=True) as conn:
-        conn.execute(roles)  # again after an upgrade, as deploy/README.md says
+        conn.execute(roles)  # again after an upgrade, as docs/deployment.md says
     return _url(admin_url, user="steppe_app", database=name)
 
 
