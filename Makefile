@@ -187,7 +187,7 @@ loadtest: install
 multihost-demo: install
 	$(SUDO) $(BIN)/python -m orchestrator.dev.multihost_demo $(MULTIHOST_ARGS)
 
-# RELIABILITY.md scenario 20: hundreds of runs under random faults, bounded to a few minutes.
+# docs/reliability.md scenario 20: hundreds of runs under random faults, bounded to a few minutes.
 soak: install
 	$(PYTEST) tests/faults -m soak -s
 

@@ -60,7 +60,7 @@ class Plan:
         return set(nx.descendants(self.graph, step_id))
 
     def to_json(self) -> dict[str, Any]:
-        """The `steppe plan --format json` document (SPEC §8)."""
+        """The `steppe plan --format json` document (docs/spec.md §8)."""
         return {
             "nodes": len(self.nodes),
             "edges": len(self.edges),

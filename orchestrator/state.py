@@ -2,7 +2,7 @@
 
 This module is pure: the coordinator appends events and applies them with `apply_event`
 to its in-memory projection; `steppe admin rebuild` and the tests fold the stored log
-with the same function and compare with the stored rows (event sourcing, SPEC §6).
+with the same function and compare with the stored rows (event sourcing, docs/spec.md §6).
 """
 
 from __future__ import annotations

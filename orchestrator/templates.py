@@ -1,4 +1,4 @@
-"""`${{ … }}` references in step arguments (SPEC §3): found, checked and resolved without evaluation.
+"""`${{ … }}` references in step arguments (docs/spec.md §3): found, checked and resolved without evaluation.
 
 A template is a reference, never an expression:
 

@@ -1,4 +1,4 @@
-"""Pydantic models of a workflow document (SPEC §3), and each step's settings resolved against `defaults`.
+"""Pydantic models of a workflow document (docs/spec.md §3), and each step's settings resolved against `defaults`.
 
 The models round-trip through JSON (`model_dump(mode="json", by_alias=True)` then
 `WorkflowSpec.model_validate`): durations are stored as seconds, and settings a step does

@@ -136,7 +136,7 @@ def _uses_patterns(data: dict[str, Any]) -> bool:
 
 
 def _expand(data: dict[str, Any], problems: _Collector, flagged: set[Path]) -> tuple[dict[str, Any], list[Any]]:
-    """Replace `uses:` steps by the steps their patterns generate (SPEC §6, custom patterns)."""
+    """Replace `uses:` steps by the steps their patterns generate (docs/spec.md §6, custom patterns)."""
     # Imported here: plugins are discovered and loaded only for documents that use them.
     from patterns.expansion import expand_document
 

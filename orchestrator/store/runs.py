@@ -456,7 +456,7 @@ class RunStore:
         return row
 
     def get_run(self, run_id: str) -> dict[str, Any]:
-        """The status document of SPEC §8 (`status --json`)."""
+        """The status document of docs/spec.md §8 (`status --json`)."""
         with self.connection() as conn:
             run = self._require_run(conn, run_id)
             steps = conn.execute(

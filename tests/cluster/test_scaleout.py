@@ -1,5 +1,5 @@
 """Scale-out faults on a real Redis Cluster: one coordinator of three SIGKILLed mid-load, and a
-master killed so that its replica takes over (RELIABILITY.md invariants I1-I5 after each)."""
+master killed so that its replica takes over (docs/reliability.md invariants I1-I5 after each)."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ def witness_key(kind: str) -> str:
 
 @handler("test.witness")
 async def witness(ctx: StepContext, seconds: float = 0.0, value: Any = None) -> dict[str, Any]:
-    """Records every call, sleeps, then records its single effect (I2 of RELIABILITY.md)."""
+    """Records every call, sleeps, then records its single effect (I2 of docs/reliability.md)."""
     calls = _redis().hincrby(witness_key("calls"), ctx.idempotency_key, 1)
     if seconds:
         await asyncio.sleep(seconds)

@@ -1,4 +1,4 @@
-"""Fault-injection fixtures (RELIABILITY.md): the e2e fixtures plus a witness kept apart from faulted Redis.
+"""Fault-injection fixtures (docs/reliability.md): the e2e fixtures plus a witness kept apart from faulted Redis.
 
 faults           FaultEnv  session redis-server, a private database, a namespace, subprocesses
 faults_own_redis FaultEnv  the same on a Redis of the test's own (`own_redis`), for Redis faults;

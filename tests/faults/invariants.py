@@ -1,4 +1,4 @@
-"""The invariants of RELIABILITY.md, as checks that every fault scenario runs after its fault.
+"""The invariants of docs/reliability.md, as checks that every fault scenario runs after its fault.
 
     I1  wait_terminal(env, runs, deadline)          every run terminal before the deadline
     I2  check_effectively_once(env, keys, injected) one effect per step key; duplicate calls

@@ -1,4 +1,4 @@
-"""Downstream outage behind a circuit breaker (RELIABILITY.md 14)."""
+"""Downstream outage behind a circuit breaker (docs/reliability.md 14)."""
 
 from __future__ import annotations
 

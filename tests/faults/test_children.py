@@ -1,4 +1,4 @@
-"""Child workflows across a coordinator crash (RELIABILITY.md 5 applied to hierarchical steps):
+"""Child workflows across a coordinator crash (docs/reliability.md 5 applied to hierarchical steps):
 a parent whose dispatch of a child was committed, or not, gets exactly one child run and finishes."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Coordinator faults (RELIABILITY.md 5, 6, and SIGKILL mid-run): crash points, two at once, takeover."""
+"""Coordinator faults (docs/reliability.md 5, 6, and SIGKILL mid-run): crash points, two at once, takeover."""
 
 from __future__ import annotations
 

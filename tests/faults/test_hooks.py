@@ -1,4 +1,4 @@
-"""Post/session hooks across a coordinator crash (RELIABILITY.md 5 applied to hooks): an execution
+"""Post/session hooks across a coordinator crash (docs/reliability.md 5 applied to hooks): an execution
 committed with its triggering event but never published, or a retry scheduled but not yet sent,
 runs after the next coordinator starts — once."""
 

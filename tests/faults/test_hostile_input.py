@@ -1,4 +1,4 @@
-"""Hostile input (RELIABILITY.md 17): rejected before any write, with a specific message, nothing evaluated."""
+"""Hostile input (docs/reliability.md 17): rejected before any write, with a specific message, nothing evaluated."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Poison messages (RELIABILITY.md 12): a handler that kills its worker, and undecodable payloads."""
+"""Poison messages (docs/reliability.md 12): a handler that kills its worker, and undecodable payloads."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""PostgreSQL faults (RELIABILITY.md 10, 19): restarts under load, and migrations on a populated database.
+"""PostgreSQL faults (docs/reliability.md 10, 19): restarts under load, and migrations on a populated database.
 
 The schema-level migration checks (every table populated, upgrade → downgrade → upgrade, the
 migrated schema equal to tables.py's) live in tests/integration/test_migrations.py; the test here

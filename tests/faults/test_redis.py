@@ -1,4 +1,4 @@
-"""Redis faults (RELIABILITY.md 7, 8, 9, 16): crash with AOF, data loss, unreachable, trimming and deletion.
+"""Redis faults (docs/reliability.md 7, 8, 9, 16): crash with AOF, data loss, unreachable, trimming and deletion.
 
 Every test here runs on a Redis of its own (`own_redis`); the witness handlers record into the
 session Redis, so their records survive what these tests do to the cluster's Redis.

@@ -1,4 +1,4 @@
-"""Saga faults (RELIABILITY.md 15): a compensation that fails, and a worker killed mid-compensation."""
+"""Saga faults (docs/reliability.md 15): a compensation that fails, and a worker killed mid-compensation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Secrets (RELIABILITY.md 18): resolved in the worker from its environment, absent from everything stored."""
+"""Secrets (docs/reliability.md 18): resolved in the worker from its environment, absent from everything stored."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Soak (RELIABILITY.md 20): hundreds of runs under random faults from scenarios 1, 4, 7 and 9; I1-I5 hold.
+"""Soak (docs/reliability.md 20): hundreds of runs under random faults from scenarios 1, 4, 7 and 9; I1-I5 hold.
 
 Run with `make soak` (or `pytest tests/faults/test_soak.py -m soak -s`); `STEPPE_SOAK_SECONDS`
 sets how long faults are injected (default 150 s), `STEPPE_SOAK_SEED` replays a fault sequence.

@@ -1,4 +1,4 @@
-"""Worker faults (RELIABILITY.md 1-4, 11, 13): kill, drain, zombie, duplicate delivery, hung handlers."""
+"""Worker faults (docs/reliability.md 1-4, 11, 13): kill, drain, zombie, duplicate delivery, hung handlers."""
 
 from __future__ import annotations
 
