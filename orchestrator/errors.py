@@ -6,16 +6,22 @@ SteppeError
 │   ├── RedisUnavailableError
 │   └── DatabaseUnavailableError
 ├── LauncherError                `steppe dev` could not start or stop a server
+├── DurationError                a duration could not be parsed (orchestrator/durations.py; also a ValueError)
 ├── SpecError                    a workflow document is invalid (CLI exit code 2)
 │   ├── SpecValidationError      carries every problem found, each with file:line:col
 │   └── PatternError             a pattern plugin (`uses:`) rejected its step's configuration
 ├── TemplateError                a `${{ … }}` reference could not be resolved
 ├── SubmitError                  a submission was refused (unknown handler, bad inputs, …)
 ├── RunNotFoundError             no run with that id
+├── DeadLetterNotFoundError      no dead letter with that id (orchestrator/store/dead_letters.py)
+├── CircuitOpenError             a breaker is open: the step is deferred (patterns/breaker.py; also pybreaker's)
 ├── ConflictError                optimistic-concurrency or lease conflict; retry the operation
 └── StepError                    raised by handlers (re-exported by `workers`)
     ├── RetryableStepError
-    └── NonRetryableStepError
+    ├── NonRetryableStepError
+    └── UnknownHandlerError      this worker does not serve the handler (workers/runner.py)
+
+Errors that belong to one module are defined beside the code that raises them and listed here.
 """
 
 from __future__ import annotations
