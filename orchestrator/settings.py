@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from orchestrator.errors import ConfigError, InfrastructureError
 
@@ -70,12 +71,24 @@ class Settings(BaseSettings):
     namespace: str = "steppe"
     home: Path = Path(".steppe")
     imports: list[str] = Field(default_factory=list)
+    # What a worker exposes to `${{ secrets.NAME }}` (workers/secrets.py), nothing else of its
+    # environment: these names, read from the environment, and the files of `secrets_dir`.
+    secrets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="STEPPE_SECRETS: comma-separated names of environment variables"
+    )
+    secrets_dir: Path | None = Field(default=None, description="STEPPE_SECRETS_DIR: one file per secret")
 
     redis: RedisSettings = Field(default_factory=RedisSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     coordinator: CoordinatorSettings = Field(default_factory=CoordinatorSettings)
+
+    @field_validator("secrets", mode="before")
+    @classmethod
+    def _split_secret_names(cls, value: Any) -> Any:
+        # `STEPPE_SECRETS=API_TOKEN,DB_PASSWORD` (commas and/or spaces), not JSON.
+        return value.replace(",", " ").split() if isinstance(value, str) else value
 
     @property
     def dev_state_path(self) -> Path:
