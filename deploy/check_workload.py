@@ -27,7 +27,7 @@ import httpx
 import psycopg
 import redis
 
-from orchestrator.cli.cluster import LocalCluster, steppe_argv
+from orchestrator.dev.cluster import LocalCluster, steppe_argv
 from orchestrator.keys import WORKER_GROUP, Keys
 from orchestrator.settings import Settings
 

@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.cli.cluster import LocalCluster, steppe_argv  # noqa: E402 - after the path set-up above
+from orchestrator.dev.cluster import LocalCluster, steppe_argv  # noqa: E402 - after the path set-up above
 from orchestrator.settings import Settings  # noqa: E402
 
 MAX_USERS = 500

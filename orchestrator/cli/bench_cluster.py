@@ -38,7 +38,7 @@ def private_cluster(
     `redis_masters` > 0 runs Steppe on a private Redis Cluster of that many masters (no replicas)
     instead of the embedded Redis; `coordinators` coordinator processes share `partitions`.
     """
-    from orchestrator.benchmark import ClusterBench
+    from orchestrator.dev.benchmark import ClusterBench
     from orchestrator.dev.launcher import DevServers
     from orchestrator.dev.redis_cluster import LocalRedisCluster
     from orchestrator.settings import Settings
@@ -82,7 +82,7 @@ def _fmt(values: list[float]) -> str:
 
 
 def run_shapes(bench: Any, *, throughput: int, chain: int, fanout: int, repeat: int) -> dict[str, Any]:
-    from orchestrator.benchmark import repeat as rep
+    from orchestrator.dev.benchmark import repeat as rep
 
     bench.chain(5)  # warm-up: imports, connections, consumer groups
     results: dict[str, Any] = {}
@@ -246,7 +246,7 @@ def bench_scaleout(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Throughput for 1 vs N Redis Cluster masters and 1 vs N coordinators, each on fresh servers."""
-    from orchestrator.benchmark import repeat as rep
+    from orchestrator.dev.benchmark import repeat as rep
 
     results: dict[str, Any] = {}
     for config in (c.strip() for c in configs.split(",") if c.strip()):

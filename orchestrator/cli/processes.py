@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from orchestrator.cli.cluster import LocalCluster
 from orchestrator.cli.common import console, err_console, load_settings, report_errors
 from orchestrator.cli.context import connect
 from orchestrator.cli.runs import exit_code_for, print_result, read_inputs, wait_for
@@ -98,6 +97,8 @@ def register(app: typer.Typer) -> None:
         timeout: float | None = typer.Option(None, "--timeout", help="Give up waiting after N seconds"),
     ) -> None:
         """One command: servers, migrations, a coordinator and workers, the run with live progress, the result."""
+        from orchestrator.dev.cluster import LocalCluster
+
         settings = load_settings()
         values = read_inputs(input_, inputs_file)
         _ensure_servers(settings)

@@ -1,4 +1,8 @@
-"""Embedded development servers (Redis + PostgreSQL on loopback) for `steppe dev` and the tests.
+"""Lab gear, apart from the runtime (which never imports it): the embedded development servers
+(Redis + PostgreSQL on loopback) for `steppe dev` and the tests, a local cluster of coordinator and
+worker subprocesses (`cluster.py`, used by `steppe run` and `steppe bench`), the benchmarks
+(`benchmark.py`), a private Redis Cluster (`redis_cluster.py`) and the network-namespace hosts of
+the multi-host demo (`netns.py`, `multihost.py`).
 
 RedisServer.start(data_dir, binary=None, port=None, appendonly=True) -> RedisServer
 PostgresServer.start(data_dir, port=None, settings=None) -> PostgresServer

@@ -14,9 +14,9 @@ import psycopg
 import pytest
 
 from orchestrator import redis_clients
-from orchestrator.cli.cluster import LocalCluster
 from orchestrator.cli.context import Clients
 from orchestrator.dev import RedisServer
+from orchestrator.dev.cluster import LocalCluster
 from orchestrator.settings import Settings
 from orchestrator.spec import load_workflow
 from orchestrator.store.db import upgrade

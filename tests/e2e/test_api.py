@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator.cli.cluster import steppe_argv
+from orchestrator.dev.cluster import steppe_argv
 from orchestrator.errors import SpecValidationError
 from orchestrator.spec import load_workflow
 from tests.e2e.conftest import Env

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.cli.cluster import steppe_argv
+from orchestrator.dev.cluster import steppe_argv
 from orchestrator.keys import Keys
 from tests.e2e.conftest import Env
 from tests.helpers import assert_eventually

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.cli.cluster import LocalCluster
+from orchestrator.dev.cluster import LocalCluster
 from orchestrator.errors import InfrastructureError
 from orchestrator.settings import Settings
 from orchestrator.spec import load_workflow
