@@ -252,10 +252,14 @@ class RunEngine(PatternTransitions):
         if msg.status == "succeeded":
             self._in_flight.discard(msg.step)
             if self.wf.steps[base_step_id(msg.step)].gate is not None and key_role(msg.step) == "step":
-                self._emit(EventType.STEP_CHECKING, step=msg.step, attempt=msg.attempt, output=msg.output)
+                self._emit(
+                    EventType.STEP_CHECKING, step=msg.step, attempt=msg.attempt, output=msg.output, **_redaction(msg)
+                )
                 self._dispatch(gate_key(msg.step))
             else:
-                self._emit(EventType.STEP_SUCCEEDED, step=msg.step, attempt=msg.attempt, output=msg.output)
+                self._emit(
+                    EventType.STEP_SUCCEEDED, step=msg.step, attempt=msg.attempt, output=msg.output, **_redaction(msg)
+                )
                 self._on_success(msg.step)
         elif msg.status == "deferred":
             due = round(self.clock() + DEFER_DELAY, 3)
@@ -559,6 +563,13 @@ class RunEngine(PatternTransitions):
 def _status(steps: Mapping[str, Any], key: str) -> StepStatus:
     record = steps.get(key)
     return record.status if record is not None else StepStatus.PENDING
+
+
+def _redaction(msg: ResultMessage) -> dict[str, Any]:
+    """What the step's event says when the worker removed secret values from its output."""
+    if not msg.redacted:
+        return {}
+    return {"output_redacted": {"secrets": msg.redacted, "note": "secret values in the output were replaced by ***"}}
 
 
 def _error_dict(msg: ResultMessage) -> dict[str, Any]:

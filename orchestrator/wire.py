@@ -73,6 +73,8 @@ class ResultMessage(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=Fa
     deliveries: int = 1
     stream_id: str = ""
     queue: str = ""
+    # Names of the secrets whose values the worker replaced by its marker in `output` (never values).
+    redacted: list[str] = []
     v: int = SCHEMA_VERSION
 
 

@@ -41,6 +41,7 @@ from orchestrator.wire import FIELD, ResultMessage, StepErrorInfo, StepMessage, 
 from patterns.breaker import BreakerRegistry
 from workers.registry import HandlerRegistry
 from workers.runner import Redactor, StepRunner
+from workers.secrets import SecretStore
 
 log = structlog.get_logger(__name__)
 
@@ -112,6 +113,7 @@ class Worker:
             worker_id=self.id,
             payload_limit=settings.limits.payload_bytes,
             redactor=self.redactor,
+            secrets=SecretStore.from_settings(settings),  # only what STEPPE_SECRETS(_DIR) expose
         )
         self.inflight: dict[tuple[str, bytes], _InFlight] = {}
         self._reader = redis_clients.SlotReader(WORKER_GROUP, self.id)

@@ -5,102 +5,27 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import os
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any
 
 import msgspec
-import orjson
 import structlog
-from structlog.types import EventDict
 
 from orchestrator.errors import NonRetryableStepError, StepError, TemplateError
 from orchestrator.state import base_step_id
 from orchestrator.templates import find_references, resolve_secrets
 from orchestrator.wire import ResultMessage, StepErrorInfo, StepMessage, dumps
 from patterns.breaker import BreakerRegistry, CircuitOpenError, SharedBreaker
+from workers.capture import capture_step
 from workers.context import StepContext
+from workers.redaction import REDACTED, Redactor
 from workers.registry import Handler, HandlerRegistry
+from workers.secrets import SecretStore
 
-REDACTED = "***"
-
-
-class Redactor:
-    """Removes the secret values this worker resolved from everything that leaves it.
-
-    Text (error messages, tracebacks), JSON-like values (step outputs) and structlog events
-    (before rendering: every value; after rendering: the line, tracebacks included). Secrets
-    are kept as an immutable tuple, so that handler threads that log never see it change.
-    """
-
-    def __init__(self) -> None:
-        self._secrets: tuple[str, ...] = ()
-        self._rendered: tuple[str, ...] = ()
-
-    def add(self, values: Mapping[str, str]) -> None:
-        new = {v for v in values.values() if v and len(v) >= 3} - set(self._secrets)
-        if not new:
-            return
-        # Longest first, so that a secret containing another one is replaced whole.
-        self._secrets = tuple(sorted({*self._secrets, *new}, key=len, reverse=True))
-        escaped = {orjson.dumps(s).decode()[1:-1] for s in self._secrets}  # as a JSON renderer writes it
-        self._rendered = tuple(sorted({*self._secrets, *escaped}, key=len, reverse=True))
-
-    def __call__(self, text: str) -> str:
-        return _replace_all(text, self._secrets)
-
-    def redact_value(self, value: Any) -> Any:
-        """`value` with every string in it (dict keys included) redacted; containers are copied."""
-        if not self._secrets:
-            return value
-        if isinstance(value, str):
-            return self(value)
-        if isinstance(value, dict):
-            return {self.redact_value(k): self.redact_value(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return type(value)(self.redact_value(v) for v in value)
-        return value
-
-    def processor(self, _logger: Any, _name: str, event: EventDict) -> EventDict:
-        """structlog processor (before the renderer): redact every value of a log event, nested ones too."""
-        if not self._secrets:
-            return event
-        return {key: self.redact_value(value) for key, value in event.items()}
-
-    def rendered(self, _logger: Any, _name: str, line: Any) -> Any:
-        """structlog processor (after the renderer): redact the rendered line, whatever it formatted."""
-        if isinstance(line, str):
-            return _replace_all(line, self._rendered)
-        if isinstance(line, bytes):
-            for secret in self._rendered:
-                line = line.replace(secret.encode(), REDACTED.encode())
-        return line
-
-    def install_log_processors(self) -> None:
-        """Redact this process's structlog output from now on (call once logging is configured).
-
-        The configured processor list is changed in place, so that loggers cached before this
-        call (structlog's `cache_logger_on_first_use`) redact too.
-        """
-        processors = structlog.get_config()["processors"]
-        if self.processor in processors:
-            return
-        if isinstance(processors, list) and processors:
-            processors.insert(len(processors) - 1, self.processor)
-            processors.append(self.rendered)
-        else:
-            *head, renderer = list(processors) or [structlog.processors.KeyValueRenderer()]
-            structlog.configure(processors=[*head, self.processor, renderer, self.rendered])
-
-
-def _replace_all(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
+__all__ = ["REDACTED", "Redactor", "StepRunner", "UnknownHandlerError"]
 
 
 class StepRunner:
@@ -109,6 +34,8 @@ class StepRunner:
     A message that names a circuit breaker is guarded by it (`patterns.breaker`): while the
     breaker is open the handler is not called and the attempt is reported as deferred;
     otherwise the handler's outcome (a timeout is a failure) is recorded on the breaker.
+    Handlers get only the secrets `secrets` exposes; whatever they print or log while running
+    is captured for the step and logged redacted (`workers.capture`).
     """
 
     def __init__(
@@ -119,7 +46,7 @@ class StepRunner:
         worker_id: str,
         payload_limit: int,
         redactor: Redactor,
-        env: Mapping[str, str] | None = None,
+        secrets: SecretStore | None = None,
         breakers: BreakerRegistry | None = None,
     ) -> None:
         self.registry = registry
@@ -127,7 +54,12 @@ class StepRunner:
         self.worker_id = worker_id
         self.payload_limit = payload_limit
         self.redactor = redactor
-        self.env = env if env is not None else os.environ
+        self.secrets = secrets if secrets is not None else SecretStore()
+        # Redacted from the start, even before a step asks for them (a handler may read them itself).
+        redactor.add(self.secrets.values())
+        structlog.get_logger(__name__).info(
+            "worker_secrets", exposed=self.secrets.exposed(), directory=str(self.secrets.directory or "")
+        )
         # Set by the worker once its Redis client exists; without it breakers are not enforced.
         self.breakers = breakers
 
@@ -142,8 +74,10 @@ class StepRunner:
         log = structlog.get_logger("steppe.handler").bind(
             run_id=message.run, step=message.step, attempt=message.attempt, handler=message.handler
         )
+        redacted: list[str] = []
         try:
-            output = await self._call(message, log, on_heartbeat, cancelled)
+            with capture_step(self.redactor, log):
+                output, redacted = await self._call(message, log, on_heartbeat, cancelled)
             status = "succeeded"
             error = None
         except asyncio.CancelledError:
@@ -179,21 +113,24 @@ class StepRunner:
             output=output,
             error=error,
             duration=time.perf_counter() - started,
+            redacted=redacted,
         )
 
     async def _call(
         self, message: StepMessage, log: Any, on_heartbeat: Callable[[], None], cancelled: asyncio.Event
-    ) -> Any:
+    ) -> tuple[Any, list[str]]:
         entry = self.registry.get(message.handler)
         if entry is None:
             raise UnknownHandlerError(
                 f"handler {message.handler!r} is not registered on worker {self.worker_id}; start a worker "
                 "with --import for the module that defines it"
             )
+        # Only the secrets this worker exposes (SecretNotExposedError otherwise: no retries).
+        values = self.secrets.lookup(_secret_names(message.args), worker=self.worker_id)
+        self.redactor.add(values)
         try:
             # Always the second stage: it also turns escaped `$${{` from upstream outputs back into `${{`.
-            self.redactor.add(_secret_values(message.args, self.env))
-            args = resolve_secrets(message.args, self.env)
+            args = resolve_secrets(message.args, values)
         except TemplateError as e:
             raise NonRetryableStepError(str(e)) from e
         ctx = StepContext(
@@ -219,7 +156,10 @@ class StepRunner:
         breaker = self._breaker_of(message)
         output = await (invoke() if breaker is None else _guarded(breaker, invoke, lease=message.timeout))
         # Outputs reach PostgreSQL (the event log) and downstream steps: no secret value may travel in them.
-        return self.redactor.redact_value(self._check_output(message, output))
+        redacted, found = self.redactor.redact_counting(self._check_output(message, output))
+        if found:
+            log.warning("step_output_redacted", secrets=found, marker=REDACTED)
+        return redacted, found
 
     async def _invoke(self, entry: Handler, ctx: StepContext, args: dict[str, Any], timeout: float) -> Any:
         if entry.is_async:
@@ -277,6 +217,5 @@ class UnknownHandlerError(StepError):
     """This worker does not serve the handler; another worker (or a retry) may."""
 
 
-def _secret_values(args: Any, env: Mapping[str, str]) -> dict[str, str]:
-    names = {ref.name for ref in find_references(args) if ref.root == "secrets" and ref.name}
-    return {n: env[n] for n in names if n in env}
+def _secret_names(args: Any) -> set[str]:
+    return {ref.name for ref in find_references(args) if ref.root == "secrets" and ref.name}

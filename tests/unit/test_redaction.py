@@ -22,6 +22,7 @@ from patterns.dead_letter import record_from_stream
 from workers.context import StepContext
 from workers.registry import HandlerRegistry
 from workers.runner import REDACTED, Redactor, StepRunner
+from workers.secrets import SecretStore
 
 SECRET = "tok-9f8e7d6c5b4a"
 ENV = {"API_TOKEN": SECRET, "SHORT": "ab"}
@@ -110,7 +111,7 @@ def run_step(message: StepMessage, handler: Any, *, redactor_: Redactor | None =
                 worker_id="w1",
                 payload_limit=1 << 20,
                 redactor=redactor_ or Redactor(),
-                env=ENV,
+                secrets=SecretStore(names=frozenset(ENV), env=ENV),
             )
             return await runner.run(message, on_heartbeat=lambda: None, cancelled=asyncio.Event())
 
