@@ -9,6 +9,7 @@ from typing import Any, Literal, ParamSpec, TypeVar
 
 import tenacity
 
+from orchestrator.durations import MAX_DURATION
 from orchestrator.errors import NonRetryableStepError
 
 P = ParamSpec("P")
@@ -32,7 +33,9 @@ def compute_backoff(failures: int, policy: RetryPolicy, rng: random.Random | Non
     """Delay in seconds before the retry that follows the `failures`-th failure (1-based).
 
     Exponential backoff uses "full jitter" when enabled: a uniform draw in [d/2, d], which
-    spreads a burst of failures without ever retrying immediately.
+    spreads a burst of failures without ever retrying immediately. The delay never exceeds
+    MAX_DURATION, whatever the policy says (validation bounds it too), so the due time it
+    gives is always one PostgreSQL and `datetime` can store.
     """
     n = max(failures, 1)
     if policy.backoff == "fixed":
@@ -42,6 +45,8 @@ def compute_backoff(failures: int, policy: RetryPolicy, rng: random.Random | Non
     else:
         delay = policy.initial_delay * (2 ** min(n - 1, 32))
     delay = min(delay, policy.max_delay)
+    if not 0 <= delay <= MAX_DURATION:  # also NaN: a policy built without validation
+        delay = 0.0 if delay < 0 else MAX_DURATION
     if policy.jitter and delay > 0:
         delay = (rng or random).uniform(delay / 2, delay)
     return delay

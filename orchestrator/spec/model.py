@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationInfo, model_validator
 
 from orchestrator.durations import parse_duration
 from orchestrator.templates import whole_reference
@@ -37,8 +37,13 @@ DEFAULT_QUEUE = "default"
 DEFAULT_TIMEOUT = 300.0
 
 
-def _duration(value: object) -> object:
-    return None if value is None else parse_duration(value)
+def _duration(value: object, info: ValidationInfo) -> object:
+    """Seconds, bounded (orchestrator.durations.MAX_DURATION); the message names a delay, timeout, …"""
+    if value is None:
+        return None
+    name = info.field_name or ""
+    what = "delay" if name.endswith("delay") else "timeout" if name.endswith("timeout") else name or "duration"
+    return parse_duration(value, what=what)
 
 
 def _listify(value: object) -> object:
