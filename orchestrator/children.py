@@ -16,16 +16,18 @@ from typing import Any
 import redis
 import structlog
 
-from orchestrator import bus
+from orchestrator import bus, run_limits
 from orchestrator.engine import RunEngine
 from orchestrator.keys import Keys
 from orchestrator.planner import plan as make_plan
+from orchestrator.settings import LimitSettings
 from orchestrator.spec import WorkflowSpec
 from orchestrator.state import TERMINAL_RUN_STATUSES, RunStatus
+from orchestrator.store.descendants import count_descendants, existing_runs
 from orchestrator.store.leases import partition_of
 from orchestrator.store.runs import RunStore
-from orchestrator.wire import FIELD, ControlMessage, ResultMessage, encode
-from patterns.hierarchical import ChildStart, outcome, parent_of
+from orchestrator.wire import FIELD, ControlMessage, ResultMessage, StepErrorInfo, encode
+from patterns.hierarchical import ChildStart, outcome, parent_of, root_of
 
 log = structlog.get_logger(__name__)
 
@@ -33,14 +35,19 @@ log = structlog.get_logger(__name__)
 class ChildRuns:
     """Creates child runs once their parent's dispatch is committed, and reports their ends."""
 
-    def __init__(self, *, store: RunStore, client: redis.Redis, keys: Keys, partitions: int) -> None:
+    def __init__(
+        self, *, store: RunStore, client: redis.Redis, keys: Keys, partitions: int, limits: LimitSettings | None = None
+    ) -> None:
         self.store = store
         self.redis = client
         self.keys = keys
         self.partitions = partitions
+        self.limits = limits or LimitSettings()
 
     def start(self, starts: Iterable[ChildStart]) -> None:
-        rows = [self._row(s) for s in starts]
+        """Create these child runs, except those over the descendants limit: their steps fail instead."""
+        allowed = self._within_limit(list(starts))
+        rows = [self._row(s) for s in allowed]
         if not rows:
             return
         created = self.store.create_child_runs(rows)
@@ -50,6 +57,49 @@ class ChildRuns:
                     "child_run_created", run_id=row["run_id"], parent=row["parent_run_id"], workflow=row["workflow"]
                 )
         self._wake([(r["partition"], ControlMessage(kind="submitted", run=r["run_id"])) for r in rows])
+
+    def _within_limit(self, starts: list[ChildStart]) -> list[ChildStart]:
+        """The starts that keep every top-level run within `descendants_per_run`; the parent step of
+        each other one is failed (non-retryable) through its results stream, like a child's outcome."""
+        if not starts:
+            return []
+        limit = self.limits.descendants_per_run
+        existing = existing_runs(self.store, [s.run_id for s in starts])
+        counts: dict[str, int] = {}
+        allowed: list[ChildStart] = []
+        refused: list[tuple[ChildStart, str]] = []
+        for start in starts:
+            if start.run_id in existing:
+                allowed.append(start)  # created before a crash: creating it again changes nothing
+                continue
+            root = root_of(start.parent_run_id)
+            if root not in counts:
+                counts[root] = count_descendants(self.store, root, cap=limit + 1)
+            if counts[root] >= limit:
+                refused.append((start, run_limits.too_many_descendants(root, counts[root], self.limits)))
+                continue
+            counts[root] += 1
+            allowed.append(start)
+        for start, message in refused:
+            log.warning("child_run_refused", run_id=start.run_id, parent=start.parent_run_id, reason=message)
+            self._refuse(start, message)
+        return allowed
+
+    def _refuse(self, start: ChildStart, message: str) -> None:
+        link = parent_of(start.run_id)
+        assert link is not None  # child run ids derive from their parent's
+        result = ResultMessage(
+            run=start.parent_run_id,
+            step=start.parent_step,
+            attempt=link[2],
+            status="failed",
+            error=StepErrorInfo(type="RunLimitError", message=message, retryable=False),
+        )
+        stream = self.keys.results_stream(partition_of(start.parent_run_id, self.partitions))
+        try:
+            self.redis.xadd(stream, {FIELD: encode(result)})
+        except bus.RETRYABLE as e:
+            log.warning("child_refusal_unsent", run_id=start.run_id, error=str(e), recovery="the parent's reconciler")
 
     def cancel(self, run_ids: Iterable[str]) -> None:
         wakes = []

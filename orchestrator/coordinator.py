@@ -82,7 +82,9 @@ class Coordinator:
         self._reader = redis_clients.SlotReader(COORDINATOR_GROUP, self.id)
         self.leases = LeaseManager(store, owner=self.id, partitions=self.cfg.partitions, ttl=self.cfg.lease_ttl)
         self.hooks = HookRunner(HookStore(store), clock=clock)
-        self.children = ChildRuns(store=store, client=client, keys=self.keys, partitions=self.cfg.partitions)
+        self.children = ChildRuns(
+            store=store, client=client, keys=self.keys, partitions=self.cfg.partitions, limits=settings.limits
+        )
         self._child_results: list[ResultMessage] = []  # outcomes of finished child runs, found by reconcile
         self.partitions: list[int] = []
         self.runs: dict[str, _Tracked] = {}
@@ -295,6 +297,7 @@ class Coordinator:
             rng=self.rng,
             depth=stored.depth,
             max_depth=self.settings.limits.workflow_depth,
+            limits=self.settings.limits,
             pre_checks=self.hooks.pre_checks(workflow),
         )
         tracked = _Tracked(engine=engine, version=stored.version, workflow=stored.workflow)

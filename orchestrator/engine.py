@@ -15,9 +15,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator import run_limits
 from orchestrator.engine_patterns import PatternTransitions
 from orchestrator.errors import TemplateError
 from orchestrator.messages import PRE_CHECK_QUEUE, Dispatch, PreCheck, StepMessages
+from orchestrator.settings import LimitSettings
 from orchestrator.state import (
     ACTIVE_STEP_STATUSES,
     FAILED_STEP_STATUSES,
@@ -77,8 +79,10 @@ class RunEngine(PatternTransitions):
         depth: int = 0,
         max_depth: int = 5,
         pre_checks: tuple[PreCheck, ...] = (),
+        limits: LimitSettings | None = None,
     ) -> None:
         self.wf = workflow
+        self.limits = limits or LimitSettings()
         self.run = projection
         self.inputs = inputs
         self.partition = partition
@@ -325,8 +329,8 @@ class RunEngine(PatternTransitions):
             if step.for_each is not None or step.swarm is not None:
                 self._fan_out(step)
                 return
-        except TemplateError as e:
-            self._fail_now(step.id, {"type": "TemplateError", "message": str(e), "retryable": False})
+        except TemplateError as e:  # RunLimitError included
+            self._fail_now(step.id, {"type": type(e).__name__, "message": str(e), "retryable": False})
             return
         self._dispatch(step.id)
 
@@ -338,8 +342,10 @@ class RunEngine(PatternTransitions):
             items = self.messages.resolve(step.for_each, None)
             if not isinstance(items, list):
                 raise TemplateError(f"for_each of step {step.id!r} must resolve to a list, got {type(items).__name__}")
-            self.messages.items[step.id] = items
             count = len(items)
+            steps = len(self.wf.steps)
+            run_limits.check_fan_out(step.id, count, self.run.steps, static_steps=steps, limits=self.limits)
+            self.messages.items[step.id] = items
         self._emit(EventType.STEP_FANNED_OUT, step=step.id, items=count)
         left = 0
         for index in range(count):

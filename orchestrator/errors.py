@@ -11,6 +11,7 @@ SteppeError
 │   ├── SpecValidationError      carries every problem found, each with file:line:col
 │   └── PatternError             a pattern plugin (`uses:`) rejected its step's configuration
 ├── TemplateError                a `${{ … }}` reference could not be resolved
+│   └── RunLimitError            a run outgrew a limit while running (orchestrator/run_limits.py)
 ├── SubmitError                  a submission was refused (unknown handler, bad inputs, …)
 ├── RunNotFoundError             no run with that id
 ├── DeadLetterNotFoundError      no dead letter with that id (orchestrator/store/dead_letters.py)

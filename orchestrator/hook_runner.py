@@ -143,7 +143,6 @@ class HookRunner:
                     timeout=HOOK_TIMEOUT,
                     kind="hook",
                     workflow=workflow.name,
-                    inputs=inputs,
                     event={
                         "type": str(event.type),
                         "run_id": run_id,

@@ -188,7 +188,6 @@ class StepMessages:
             timeout=timeout,
             kind=kind,
             workflow=self.wf.name,
-            inputs=self.inputs,
             breaker=breaker,
             breaker_config=breaker_config,
             event=event,

@@ -39,6 +39,10 @@ class LimitSettings(BaseModel):
     document_bytes: int = 16 * 1024 * 1024
     payload_bytes: int = 1024 * 1024
     workflow_depth: int = 5  # hierarchical: how deep child workflows may nest (guards recursion)
+    # What one run may make the coordinator and Redis hold (orchestrator/run_limits.py checks them).
+    for_each_items: int = Field(default=10_000, ge=1)  # items of one for_each step
+    steps_per_run: int = Field(default=100_000, ge=1)  # step instances of a run, for_each items included
+    descendants_per_run: int = Field(default=1_000, ge=0)  # child runs under one top-level run, all levels
 
 
 class WorkerSettings(BaseModel):

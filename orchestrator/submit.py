@@ -9,11 +9,11 @@ from typing import Any
 
 import redis
 
-from orchestrator import bus
+from orchestrator import bus, run_limits
 from orchestrator.errors import SubmitError
 from orchestrator.keys import Keys
 from orchestrator.planner import plan as make_plan
-from orchestrator.settings import Settings
+from orchestrator.settings import LimitSettings, Settings
 from orchestrator.spec import WorkflowSpec, load_workflow, validate_inputs
 from orchestrator.store.leases import partition_of
 from orchestrator.store.runs import RunStore
@@ -33,22 +33,16 @@ def new_run_id() -> str:
     return f"r-{uuid.uuid4().hex[:20]}"
 
 
-def check_step_payloads(spec: WorkflowSpec, limit: int) -> None:
-    """Literal `with` blocks travel in every step message: hold them to the payload limit too."""
-    problems = []
-    for step in spec.steps:
-        for label, args in (
-            ("with", step.with_),
-            ("compensate.with", step.compensate.with_ if step.compensate else {}),
-        ):
-            size = len(dumps(args))
-            if size > limit:
-                problems.append(f"step {step.id!r} `{label}` is {size} bytes")
+def check_run_limits(definition: dict[str, Any], inputs: dict[str, Any], limits: LimitSettings) -> None:
+    """Every limit a run of `definition` (children embedded) with `inputs` exceeds, as one SubmitError.
+
+    Literal blocks travel in step messages and the stored run, so they are held to the payload
+    limit after YAML aliases are expanded; for_each widths and step counts to theirs (run_limits).
+    """
+    problems = [p.message for p in run_limits.document_problems(definition, limits)]
+    problems += run_limits.run_problems(definition, inputs, limits)
     if problems:
-        raise SubmitError(
-            "; ".join(problems) + f": over the {limit}-byte payload limit; pass large data by reference "
-            "(a URL or object key) instead"
-        )
+        raise SubmitError("; ".join(problems))
 
 
 def _with_children(definition: dict[str, Any]) -> list[CompiledWorkflow]:
@@ -96,8 +90,8 @@ class Submitter:
                 f"inputs are {size} bytes, over the {self.settings.limits.payload_bytes}-byte limit; pass large "
                 "data by reference (a URL or object key) instead"
             )
-        check_step_payloads(spec, self.settings.limits.payload_bytes)
         definition = self.definition(spec, base_dir=base_dir)
+        check_run_limits(definition, values, self.settings.limits)
         if check_handlers:
             self.check_handlers(self.handlers_of(definition))
         run_id = new_run_id()
@@ -122,14 +116,18 @@ class Submitter:
         self, spec: WorkflowSpec, inputs: list[dict[str, Any]], *, check_handlers: bool = True
     ) -> list[str]:
         """Submit one run per inputs mapping in a single transaction (bulk loads, benchmarks)."""
-        check_step_payloads(spec, self.settings.limits.payload_bytes)
         definition = self.definition(spec, base_dir=None)
+        check_run_limits(definition, {}, self.settings.limits)
         if check_handlers:
             self.check_handlers(self.handlers_of(definition))
         plan = make_plan(spec).to_json()
         partitions = self.settings.coordinator.partitions
         rows: list[dict[str, Any]] = []
         for values in inputs:
+            checked = validate_inputs(spec, values)
+            problems = run_limits.run_problems(definition, checked, self.settings.limits)
+            if problems:
+                raise SubmitError("; ".join(problems))
             run_id = new_run_id()
             rows.append(
                 {
@@ -137,7 +135,7 @@ class Submitter:
                     "workflow": spec.name,
                     "partition": partition_of(run_id, partitions),
                     "definition": definition,
-                    "inputs": validate_inputs(spec, values),
+                    "inputs": checked,
                     "plan": plan,
                 }
             )

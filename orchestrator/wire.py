@@ -2,6 +2,10 @@
 
 Each stream entry carries one field, ``m``, holding one of these structs. Every struct
 has a ``v`` schema version so that old and new processes can tell each other apart.
+
+Versions: 1 — step messages carried a copy of the run's inputs (`inputs`); 2 — they carry
+only what the step needs (its resolved `args`), so that a 10,000-item `for_each` does not
+hold 10,000 copies of the inputs. A version-1 message still decodes (its `inputs` is ignored).
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ from typing import Any, Literal
 
 import msgspec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Versions a current process still reads (see the module docstring for what changed).
+SUPPORTED_VERSIONS = frozenset({1, 2})
 FIELD = b"m"
 
 StepKind = Literal["step", "compensate", "hook", "gate", "pre"]
@@ -32,7 +38,7 @@ class StepMessage(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=Fals
     timeout: float = 300.0
     kind: StepKind = "step"
     workflow: str = ""
-    inputs: dict[str, Any] = {}
+    # No `inputs`: a handler receives what its `with:` references (schema version 2).
     breaker: str | None = None
     # fail_max, reset_timeout (seconds), exclude (error type names not counted) of `breaker`
     breaker_config: dict[str, Any] | None = None

@@ -50,6 +50,13 @@ def parent_of(child_run_id: str) -> tuple[str, str, int] | None:
     return parts[0], parts[1], int(parts[2])
 
 
+def root_of(run_id: str) -> str:
+    """The top-level run a (child) run descends from; itself for a top-level run."""
+    while (link := parent_of(run_id)) is not None:
+        run_id = link[0]
+    return run_id
+
+
 def outcome(child_run_id: str, status: RunStatus, state: dict[str, Any]) -> ResultMessage | None:
     """The result a finished child run reports to its parent's step."""
     link = parent_of(child_run_id)

@@ -139,7 +139,6 @@ class StepRunner:
             step_key=message.step,
             attempt=message.attempt,
             workflow=message.workflow,
-            inputs=message.inputs,
             kind=message.kind,
             event=message.event,
             feedback=message.feedback,

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from orchestrator import planner
+from orchestrator import planner, run_limits
 from orchestrator.errors import SpecProblem, SpecValidationError
 from orchestrator.settings import LimitSettings
 from orchestrator.spec import diagnostics
@@ -122,6 +122,9 @@ def load_workflow(
                 message, path, at_key = diagnostics.describe(error, data)
                 problems.add(message, path, at_key=at_key)
         analysis = _check_document(data, problems)
+        if isinstance(data, dict):
+            for limit in run_limits.document_problems(data, limits or LimitSettings()):
+                problems.add(limit.message, limit.path)
         if problems:
             raise SpecValidationError(problems.problems(document.positions))
         assert spec is not None
