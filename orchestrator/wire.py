@@ -10,9 +10,11 @@ hold 10,000 copies of the inputs. A version-1 message still decodes (its `inputs
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
+
+from orchestrator.sanitize import storable
 
 SCHEMA_VERSION = 2
 # Versions a current process still reads (see the module docstring for what changed).
@@ -99,7 +101,12 @@ _control_decoder = msgspec.json.Decoder(ControlMessage)
 
 
 def encode(message: StepMessage | ResultMessage | ControlMessage) -> bytes:
-    return _encoder.encode(message)
+    """JSON bytes of `message`; text UTF-8 cannot encode (a handler's unpaired surrogate) is
+    escaped by the rule of `orchestrator.sanitize` instead of failing the publisher."""
+    try:
+        return _encoder.encode(message)
+    except UnicodeEncodeError:
+        return _encoder.encode(storable(msgspec.to_builtins(message)))
 
 
 def decode_step(data: bytes) -> StepMessage:
@@ -108,11 +115,26 @@ def decode_step(data: bytes) -> StepMessage:
 
 
 def decode_result(data: bytes) -> ResultMessage:
-    return _result_decoder.decode(data)
+    """Decode a result for the coordinator, with NUL in any string escaped (`orchestrator.sanitize`):
+    this is where handlers' outputs, errors and tracebacks enter the coordinator, so nothing
+    PostgreSQL refuses gets past here. Raises msgspec.DecodeError / ValidationError on garbage."""
+    return _decode_storable(_result_decoder, data, ResultMessage)
 
 
 def decode_control(data: bytes) -> ControlMessage:
-    return _control_decoder.decode(data)
+    return _decode_storable(_control_decoder, data, ControlMessage)
+
+
+_T = TypeVar("_T")
+
+
+def _decode_storable(decoder: msgspec.json.Decoder[_T], data: bytes, type_: type[_T]) -> _T:
+    try:
+        if b"\\u0000" not in data:  # msgspec refuses raw NUL bytes and unpaired surrogate escapes
+            return decoder.decode(data)
+        return msgspec.convert(storable(msgspec.json.decode(data)), type_)
+    except RecursionError:
+        raise msgspec.DecodeError("JSON is nested too deeply to decode") from None
 
 
 def dumps(value: Any) -> bytes:
