@@ -168,10 +168,11 @@ class Submitter:
 
     @staticmethod
     def handlers_of(definition: dict[str, Any]) -> set[str]:
-        """Handlers a run may call: its own, its gates' and compensations', and its children's."""
+        """Handlers a run may call: its own, its gates', compensations' and hooks', and its children's."""
         names: set[str] = set()
         for compiled in _with_children(definition):
             names |= compiled.handlers()
+            names |= {hook.handler for hook in compiled.hooks}
         return names
 
     @staticmethod

@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 import orjson
 
+from orchestrator.spec.values import value_problem
 from orchestrator.wire import FIELD, decode_step
 
 REPLAYABLE_RUN_STATUSES = ("failed", "cancelled")
@@ -126,6 +127,9 @@ def parse_args(text: str, *, source: str) -> dict[str, Any]:
         raise ValueError(f"{source} is not valid JSON ({e}); write the step's arguments as a JSON object") from e
     if not isinstance(value, dict):
         raise ValueError(f"{source} holds a JSON {type(value).__name__}; the step's arguments are a JSON object")
+    found = value_problem(value, at=("args",))
+    if found is not None:
+        raise ValueError(f"in {source}, {found[0]} {found[1]}")
     return value
 
 

@@ -4,6 +4,8 @@ app.py         create_app(): the FastAPI application, its middleware and error h
 config.py      ApiSettings (STEPPE_API_…): bearer token, body limit, wait cap, pool size
 resources.py   the process's one Redis client and one run-store pool (opened in the lifespan)
 limits.py      ASGI middleware refusing over-size bodies before they are read
+query.py       ASGI middleware refusing query strings that hold NUL
+readiness.py   the /readyz checks and their user-free failure phrases
 submission.py  request body (YAML, or a JSON envelope) → what Submitter needs
 errors.py      SteppeError → HTTP status and the `{"errors": [...]}` body
 models.py      request and response models (they also document /docs)

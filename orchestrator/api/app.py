@@ -13,6 +13,7 @@ from orchestrator import __version__
 from orchestrator.api.config import ApiSettings
 from orchestrator.api.errors import install_error_handlers
 from orchestrator.api.limits import BodyLimitMiddleware
+from orchestrator.api.query import QueryTextMiddleware
 from orchestrator.api.resources import Resources
 from orchestrator.api.routes import health, runs
 from orchestrator.settings import Settings
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
     app = FastAPI(title="Steppe", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.api = api
     app.add_middleware(BodyLimitMiddleware, max_bytes=api.max_body_bytes)
+    app.add_middleware(QueryTextMiddleware)
     install_error_handlers(app)
     app.include_router(runs)
     app.include_router(health)

@@ -21,7 +21,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from orchestrator.errors import (
     ConflictError,
@@ -46,10 +46,11 @@ STATUS_BY_ERROR: tuple[tuple[type[SteppeError], int], ...] = (
 )
 
 
-class JSONBytes(Response):
-    """JSON rendered by orjson (status documents can be large; no jsonable_encoder pass)."""
+class JSONBytes(JSONResponse):
+    """JSON rendered by orjson (status documents can be large; no jsonable_encoder pass).
 
-    media_type = "application/json"
+    A JSONResponse subclass, so that FastAPI documents a route's responses by their models alone
+    (for other response classes it adds `type: string` beside the model's `$ref`)."""
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)

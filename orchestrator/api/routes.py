@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from orchestrator.api import readiness
 from orchestrator.api.errors import JSONBytes, problem
 from orchestrator.api.models import (
     ErrorResponse,
@@ -29,7 +30,6 @@ from orchestrator.api.models import (
 from orchestrator.api.resources import Resources
 from orchestrator.api.submission import Submission, parse_submission
 from orchestrator.state import TERMINAL_RUN_STATUSES, RunStatus
-from orchestrator.store.db import display_url
 from orchestrator.submit import Submitted
 
 RunId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
@@ -229,26 +229,17 @@ def healthz() -> Health:
 
 @health.get("/readyz", response_class=JSONBytes, responses={200: {"model": Readiness}, 503: {"model": Readiness}})
 async def readyz(res: Res) -> JSONBytes:
-    """Readiness: Redis answers PING and PostgreSQL answers SELECT 1; 503 names what does not."""
-    names = ("redis", "postgres")
-    results = await asyncio.gather(_check(_ping_redis, res), _check(_select_one, res))
-    checks = dict(zip(names, results, strict=True))
-    urls = {"redis": display_url(res.redis_url), "postgres": display_url(res.database_url)}
-    errors = [
-        problem(f"{name} at {urls[name]} is not ready: {result}") for name, result in checks.items() if result != "ok"
-    ]
+    """Readiness: Redis answers PING and PostgreSQL answers SELECT 1; 503 says which does not
+    (and what kind of failure, without URLs or user names: the probe is open to anyone)."""
+    timeout = res.api.ready_timeout
+    results = await asyncio.gather(
+        readiness.check("redis", lambda: _ping_redis(res), timeout),
+        readiness.check("postgres", lambda: _select_one(res), timeout),
+    )
+    checks = dict(zip(("redis", "postgres"), results, strict=True))
+    errors = [problem(readiness.message(name, result)) for name, result in checks.items() if result != "ok"]
     body = {"status": "unavailable" if errors else "ready", "checks": checks, "errors": errors}
     return JSONBytes(body, status_code=503 if errors else 200)
-
-
-async def _check(probe: Callable[[Resources], object], res: Resources) -> str:
-    try:
-        await asyncio.wait_for(run_in_threadpool(probe, res), timeout=res.api.ready_timeout)
-    except TimeoutError:
-        return f"no answer within {res.api.ready_timeout:g}s"
-    except Exception as e:  # any failure means "not ready"; the message says which
-        return str(e) or type(e).__name__
-    return "ok"
 
 
 def _ping_redis(res: Resources) -> object:

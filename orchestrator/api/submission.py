@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException
 from orchestrator.api.models import SubmitRequest
 from orchestrator.errors import SpecProblem, SpecValidationError
 from orchestrator.spec import parse_cli_inputs
+from orchestrator.spec.values import MAX_DEPTH, value_problem
 
 YAML_MEDIA_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"})
 BODY_NAME = "<request body>"
@@ -78,9 +79,29 @@ def _envelope(body: bytes) -> SubmitRequest:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as e:
-        message = f"invalid JSON: {e.msg}; send a JSON object with `workflow` (and optionally `inputs`)"
+        if "depth limit" in e.msg:  # orjson stops at 1024 levels
+            message = "the JSON body nests deeper than 1024 levels: flatten this data"
+        else:
+            message = f"invalid JSON: {e.msg}; send a JSON object with `workflow` (and optionally `inputs`)"
         raise SpecValidationError([SpecProblem(message, BODY_NAME, e.lineno, e.colno)]) from None
+    check_values(data)
     try:
         return SubmitRequest.model_validate(data)
     except ValidationError as e:
         raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from None
+
+
+def check_values(data: Any) -> None:
+    """Refuse NUL, unpaired surrogates and deep nesting anywhere in the body before anything walks it
+    recursively (rendering the workflow as YAML, pydantic, the store). A workflow given as YAML text is
+    left to the loader, which reports the position."""
+    if not isinstance(data, dict):
+        return  # the model says what the body should be
+    for key, value in data.items():
+        if key == "workflow" and isinstance(value, str):
+            continue
+        # Each input counts its levels from its own value, as `validate_inputs` does.
+        depth = MAX_DEPTH + 1 if key == "inputs" and isinstance(value, dict) else MAX_DEPTH
+        found = value_problem(value, at=("body", str(key)), max_depth=depth)
+        if found is not None:
+            raise HTTPException(422, f"{found[0]} {found[1]}")

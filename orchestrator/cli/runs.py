@@ -44,6 +44,8 @@ def read_inputs(pairs: list[str], inputs_file: Path | None) -> dict[str, Any]:
             loaded = json.loads(inputs_file.read_text())
         except (OSError, ValueError) as e:
             raise SubmitError(f"cannot read inputs from {inputs_file}: {e}; give a JSON object") from e
+        except RecursionError:
+            raise SubmitError(f"the inputs in {inputs_file} nest too deeply: flatten this data") from None
         if not isinstance(loaded, dict):
             raise SubmitError(f"{inputs_file} must hold a JSON object of inputs")
         values.update(loaded)

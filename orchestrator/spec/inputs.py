@@ -10,6 +10,7 @@ from orchestrator.errors import SubmitError
 from orchestrator.settings import LimitSettings
 from orchestrator.spec.diagnostics import Suggester, show, type_name
 from orchestrator.spec.model import WorkflowSpec, matches_type
+from orchestrator.spec.values import depth_message, text_problem, value_problem
 
 
 def parse_cli_inputs(pairs: Iterable[str]) -> dict[str, Any]:
@@ -29,6 +30,8 @@ def parse_cli_inputs(pairs: Iterable[str]) -> dict[str, Any]:
             values[key] = json.loads(raw)
         except ValueError:
             values[key] = raw
+        except RecursionError:
+            problems.append(f"--input {key} {depth_message()}")
     if problems:
         raise SubmitError("; ".join(problems))
     return values
@@ -46,7 +49,17 @@ def validate_inputs(
     problems: list[str] = []
     declared = spec.inputs
     suggester = Suggester(declared)
+    unusable: set[str] = set()  # not looked at further (showing a 100,000-level value would recurse)
     for name in provided:
+        if (bad_name := text_problem(name)) is not None:
+            problems.append(f"input name {show(name)} {bad_name}")
+            unusable.add(name)
+            continue
+        found = value_problem(provided[name], at=(name,))
+        if found is not None:
+            problems.append(f"input {found[0]} {found[1]}")
+            unusable.add(name)
+            continue
         if name not in declared:
             known = ", ".join(declared) or "none"
             hint = suggester.hint(name) or f" (declared inputs: {known})"
@@ -55,7 +68,7 @@ def validate_inputs(
     for name, decl in declared.items():
         if name in provided:
             value = provided[name]
-            if not matches_type(value, decl.type):
+            if name not in unusable and not matches_type(value, decl.type):
                 problems.append(f"input {name!r} must be of type {decl.type}, not {type_name(value)} ({show(value)})")
             result[name] = value
         elif decl.required:

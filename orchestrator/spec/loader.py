@@ -11,7 +11,8 @@ turned into dicts, lists and scalars directly, without PyYAML's composer or cons
   merge sources override later ones (YAML 1.1 merge semantics).
 * aliases share the anchored value; every alias counts the full size of what it expands to
   against a budget proportional to the document size, which stops "billion laughs" bombs.
-* NUL bytes, documents over `LimitSettings.document_bytes`, duplicate keys, recursive
+* NUL characters (raw, or escaped as `"\\0"`/`"\\x00"` in a double-quoted string), unpaired
+  surrogates (`"\\ud800"`), documents over `LimitSettings.document_bytes`, duplicate keys, recursive
   aliases and nesting deeper than MAX_DEPTH are rejected (libyaml's own composer recurses
   in C and crashes on very deep documents, hence the event-driven builder).
 
@@ -34,9 +35,10 @@ from yaml.nodes import ScalarNode
 
 from orchestrator.errors import SpecProblem, SpecValidationError
 from orchestrator.settings import LimitSettings
+from orchestrator.spec.diagnostics import show
 from orchestrator.spec.positions import Path, Point, PositionMap
+from orchestrator.spec.values import MAX_DEPTH, SURROGATE, text_problem
 
-MAX_DEPTH = 100
 _DEPTH_MESSAGE = f"nesting deeper than {MAX_DEPTH} levels: flatten this data"
 # An alias-free document cannot hold more values than it has bytes; aliases may multiply that
 # tenfold before the expansion is treated as a bomb.
@@ -140,6 +142,9 @@ def _decode(source: str | bytes, filename: str, limits: LimitSettings) -> str:
     if nul >= 0:
         message = "NUL character in the document: remove it (workflow documents are text)"
         raise SpecValidationError([SpecProblem(message, filename, *_point_at(text[:nul]))])
+    if not text.isascii() and (surrogate := SURROGATE.search(text)) is not None:
+        message = "unpaired surrogate in the document: save it as valid UTF-8"
+        raise SpecValidationError([SpecProblem(message, filename, *_point_at(text[: surrogate.start()]))])
     return text
 
 
@@ -316,6 +321,9 @@ class _Builder:
                 self._problem("duplicate merge key `<<`: list every source in one `<<: [*a, *b]`", point)
             frame.key = _MERGE_KEY
             return
+        if event.style == '"' and (problem := text_problem(event.value)) is not None:
+            # Only a double-quoted scalar can hold escapes; raw NUL and surrogates are refused in `_decode`.
+            self._problem(f"key {show(event.value)} {problem}", point)
         self._set_key(frame, event.value, point)
 
     def _set_key(self, frame: _Frame, key: str, point: Point) -> None:
@@ -361,6 +369,10 @@ class _Builder:
     def _scalar(self, event: Any) -> Any:
         value: str = event.value
         tag = event.tag
+        if event.style == '"' and (problem := text_problem(value)) is not None:
+            self.flagged.add(self._path())
+            self._problem(f"{show(value)} {problem}", _mark(event))
+            return None
         if tag is None or tag == "!":
             if tag is not None or not event.implicit[0]:
                 return value

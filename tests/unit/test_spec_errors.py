@@ -188,7 +188,6 @@ def test_no_steps() -> None:
     [
         ("'{}'", "'{}'"),
         ('"pay\\u202eyap"', "'pay\\u202eyap'"),  # RTL override: escaped in the message
-        ('"a\\0b"', "'a\\x00b'"),  # NUL through a YAML escape
         ("'1step'", "'1step'"),
         ("'" + "a" * 65 + "'", "'" + "a" * 58 + "…"),
     ],
@@ -198,6 +197,29 @@ def test_ids_outside_the_pattern_are_rejected(raw_id: str, shown: str) -> None:
     assert at(problem) == (3, 9)
     assert shown in problem.message
     assert "must start with a letter or _" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("doc", "point", "shown"),
+    [
+        ('  - id: "a\\0b"\n    handler: builtin.echo\n', (3, 9), "'a\\x00b'"),
+        ('  - id: a\n    handler: builtin.echo\n    with: {text: "x\\x00"}\n', (5, 18), "'x\\x00'"),
+        ('  - id: a\n    handler: builtin.echo\n    with:\n      "k\\0": 1\n', (6, 7), "key 'k\\x00'"),
+        ('  - id: a\n    handler: builtin.echo\n    with: {l: [ok, "\\u0000"]}\n', (5, 20), "'\\x00'"),
+    ],
+)
+def test_nul_through_a_yaml_escape_is_rejected_where_it_is_written(
+    doc: str, point: tuple[int, int], shown: str
+) -> None:
+    problem = only("name: wf\nsteps:\n" + doc)
+    assert at(problem) == point
+    assert f"{shown} holds a NUL character: remove it" in problem.message
+
+
+def test_unpaired_surrogates_in_a_text_document_are_rejected() -> None:
+    problem = only("name: wf\nsteps:\n  - id: a\n    handler: builtin.echo\n    with: {t: x\ud800}\n")
+    assert at(problem) == (5, 16)
+    assert "unpaired surrogate" in problem.message
 
 
 def test_workflow_name_pattern() -> None:
