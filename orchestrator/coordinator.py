@@ -35,9 +35,10 @@ import structlog
 from orchestrator import bus, fault_points, metrics, redis_clients, streams
 from orchestrator.children import ChildRuns
 from orchestrator.engine import Dispatch, RunEngine, Timer
-from orchestrator.errors import ConflictError, InfrastructureError
+from orchestrator.errors import ConflictError, InfrastructureError, RunDataError, SteppeError
 from orchestrator.hook_runner import HookRunner
 from orchestrator.keys import COORDINATOR_GROUP, Keys
+from orchestrator.quarantine import BatchSplitter
 from orchestrator.settings import Settings
 from orchestrator.spec import WorkflowSpec
 from orchestrator.state import TERMINAL_RUN_STATUSES, RunStatus, key_role
@@ -82,6 +83,7 @@ class Coordinator:
         self._reader = redis_clients.SlotReader(COORDINATOR_GROUP, self.id)
         self.leases = LeaseManager(store, owner=self.id, partitions=self.cfg.partitions, ttl=self.cfg.lease_ttl)
         self.hooks = HookRunner(HookStore(store), clock=clock)
+        self.splitter = BatchSplitter(store=store, owner=self.id)
         self.children = ChildRuns(
             store=store, client=client, keys=self.keys, partitions=self.cfg.partitions, limits=settings.limits
         )
@@ -284,6 +286,9 @@ class Coordinator:
     def _track(self, stored: StoredRun) -> _Tracked | None:
         try:
             workflow = self._compile(stored.definition)
+        except (ValueError, SteppeError) as e:  # it validated at submit; validation became stricter since
+            self.splitter.fail_unloadable(stored.run_id, e)
+            return None
         except Exception as e:  # a stored definition that no longer loads is an operator problem
             log.error("run_definition_unloadable", run_id=stored.run_id, error=str(e))
             return None
@@ -366,7 +371,9 @@ class Coordinator:
 
     # -- commit, publish, ack -------------------------------------------------------------------------
 
-    def _commit(self, touched: set[str], commands: list[int], dead_letters: list[dict[str, Any]]) -> None:
+    def _commit(  # noqa: PLR0915 - collect, commit, then bookkeeping, top to bottom
+        self, touched: set[str], commands: list[int], dead_letters: list[dict[str, Any]]
+    ) -> None:
         writes: list[RunWrite] = []
         outbox: list[Dispatch] = []
         timers: list[Timer] = []
@@ -425,6 +432,14 @@ class Coordinator:
             log.warning("batch_conflict", error=str(e), runs=len(writes))
             self._forget_all()
             self._next_lease = 0.0
+            return
+        except RunDataError as e:
+            # The others commit one by one, the run at fault is failed (orchestrator/quarantine.py);
+            # the batch is then acknowledged and the reconciler publishes what committed.
+            log.warning("batch_refused", error=str(e), runs=len(writes))
+            self._forget_all()
+            if not self.splitter.split(writes, commands, dead_letters, hooks.rows, hooks.counts):
+                self._next_lease = 0.0  # a run changed hands meanwhile
             return
         except Exception:
             self._forget_all()

@@ -17,6 +17,7 @@ SteppeError
 ├── DeadLetterNotFoundError      no dead letter with that id (orchestrator/store/dead_letters.py)
 ├── CircuitOpenError             a breaker is open: the step is deferred (patterns/breaker.py; also pybreaker's)
 ├── ConflictError                optimistic-concurrency or lease conflict; retry the operation
+├── RunDataError                 PostgreSQL refused a batch for the data of a run in it (orchestrator/quarantine.py)
 └── StepError                    raised by handlers (re-exported by `workers`)
     ├── RetryableStepError
     ├── NonRetryableStepError
@@ -114,6 +115,16 @@ class RunNotFoundError(SteppeError):
 
 class ConflictError(SteppeError):
     """Another writer changed the same row first; the operation can be retried."""
+
+
+class RunDataError(SteppeError):
+    """A write was refused for what it holds (a date, number or text PostgreSQL or the JSON encoder
+    cannot store, a value too large), not because a server is down; `cause` names the library error.
+    The coordinator splits the batch and fails the run at fault (orchestrator/quarantine.py)."""
+
+    def __init__(self, message: str, *, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class StepError(SteppeError):

@@ -19,7 +19,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 from psycopg_pool import ConnectionPool
 
-from orchestrator.errors import ConflictError, DatabaseUnavailableError, RunNotFoundError
+from orchestrator.errors import ConflictError, DatabaseUnavailableError, RunDataError, RunNotFoundError
 from orchestrator.state import Event, EventType, RunProjection, RunStatus, StepRecord, StepStatus
 from orchestrator.store import hook_executions
 from orchestrator.store.hook_executions import HookCount, HookExecutionRow
@@ -33,6 +33,16 @@ set_json_dumps(_dumps)
 set_json_loads(orjson.loads)
 
 UTC = dt.UTC
+
+# Refused for the data a statement carries (SQLSTATE classes 22 and 54), not for the server's state:
+# a batch failing with one of these is split run by run (orchestrator/quarantine.py).
+LIMIT_ERRORS = (
+    psycopg.errors.ProgramLimitExceeded,
+    psycopg.errors.StatementTooComplex,
+    psycopg.errors.TooManyColumns,
+    psycopg.errors.TooManyArguments,
+)
+DATA_ERRORS = (psycopg.DataError, *LIMIT_ERRORS)
 
 
 def to_datetime(epoch: float | None) -> dt.datetime | None:
@@ -114,6 +124,8 @@ class RunStore:
                 yield conn  # type: ignore[misc]  # the pool sets row_factory=dict_row
         except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected):
             raise  # a conflict (serialization failure, deadlock), not an outage
+        except LIMIT_ERRORS:
+            raise  # a value too large or too deep for PostgreSQL (class 54): the data's fault, not an outage
         except psycopg.OperationalError as e:
             raise DatabaseUnavailableError(f"PostgreSQL at {_safe(self.url)} failed: {e}") from e
 
@@ -322,7 +334,8 @@ class RunStore:
         hook_rows: Sequence[HookExecutionRow] = (),
         hook_counts: Sequence[HookCount] = (),
     ) -> None:
-        """Persist one batch atomically; raises ConflictError if a run or partition changed hands."""
+        """Persist one batch atomically; raises ConflictError if a run or partition changed hands,
+        RunDataError if PostgreSQL (or the JSON encoder) refuses what a row holds."""
         writes = list(writes)
         events = [(w.run_id, e) for w in writes for e in w.events]
         steps = [(w.run_id, key, r) for w in writes for key, r in w.steps.items()]
@@ -446,6 +459,9 @@ class RunStore:
                 hook_executions.write(cur, hook_rows, hook_counts)
         except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as e:
             raise ConflictError(f"a run changed hands or was changed by another writer; reloading ({e})") from e
+        except DATA_ERRORS as e:
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise RunDataError(f"{type(e).__name__}: {detail}", cause=type(e).__name__) from e
 
     # -- read paths ---------------------------------------------------------------------------------
 
@@ -540,7 +556,10 @@ class RunStore:
 
 
 def _rows_json(rows: Iterable[dict[str, Any]]) -> str:
-    return orjson.dumps(list(rows)).decode()
+    try:
+        return orjson.dumps(list(rows)).decode()
+    except orjson.JSONEncodeError as e:  # an integer beyond 64 bits, nesting deeper than 254, …
+        raise RunDataError(f"JSONEncodeError: {e}", cause="JSONEncodeError") from e
 
 
 def events_from_rows(rows: Iterable[dict[str, Any]]) -> list[Event]:
