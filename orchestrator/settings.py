@@ -132,6 +132,16 @@ class Settings(BaseSettings):
             )
         return str(url)
 
+    def resolved_migration_url(self) -> str:
+        """Where `steppe db upgrade` connects: STEPPE_DATABASE_URL (give it the schema owner's
+        credentials there), else the owner role's URL `steppe dev up` recorded."""
+        if self.database_url:
+            return normalise_database_url(self.database_url)
+        record = self._dev_state().get("postgres", {})
+        if record.get("url") and record.get("migration_url"):
+            return str(record["migration_url"])
+        return self.resolved_database_url()
+
 
 def normalise_database_url(url: str) -> str:
     """Accept SQLAlchemy-style URLs too; return the libpq form psycopg takes."""

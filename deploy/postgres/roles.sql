@@ -2,7 +2,8 @@
 --
 --   steppe_migrator  owns the schema; used only by `steppe db upgrade` (the migrations job).
 --   steppe_app       coordinators, workers, the CLI and the HTTP API: SELECT/INSERT/UPDATE/DELETE
---                    on Steppe's tables and USAGE on their sequences; no DDL, no TRUNCATE.
+--                    on Steppe's tables (only SELECT/INSERT on the append-only workflow_events)
+--                    and USAGE on their sequences; no DDL, no TRUNCATE.
 --
 -- Run as a superuser, connected to Steppe's database, BEFORE the first `steppe db upgrade`:
 --   createdb steppe
@@ -64,6 +65,10 @@ BEGIN
             EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON public.%I TO steppe_app', tbl);
         END IF;
     END LOOP;
+    -- The event log is append-only (migration 0004 adds a trigger that refuses changes too).
+    IF to_regclass('public.workflow_events') IS NOT NULL THEN
+        EXECUTE 'REVOKE UPDATE, DELETE, TRUNCATE ON public.workflow_events FROM steppe_app';
+    END IF;
     IF to_regclass('public.alembic_version') IS NOT NULL THEN
         EXECUTE 'ALTER TABLE public.alembic_version OWNER TO steppe_migrator';
         EXECUTE 'REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON public.alembic_version FROM steppe_app';

@@ -10,7 +10,7 @@ from orchestrator.cli.common import console, load_settings, report_errors
 def _database_url() -> str:
     from orchestrator.store.db import check_database
 
-    url = load_settings().resolved_database_url()
+    url = load_settings().resolved_migration_url()
     check_database(url)
     return url
 
@@ -28,9 +28,9 @@ def upgrade(
     after = db.current_revision(url)
     target = db.display_url(url)
     if before == after:
-        console.print(f"database {target} already at revision {after}")
+        console.print(f"database {target} already at revision {after}", soft_wrap=True)
     else:
-        console.print(f"database {target} upgraded from {before or 'empty'} to {after}")
+        console.print(f"database {target} upgraded from {before or 'empty'} to {after}", soft_wrap=True)
 
 
 @report_errors
@@ -42,7 +42,9 @@ def downgrade(revision: str = typer.Argument(..., help="Target revision; `base` 
     before = db.current_revision(url)
     db.downgrade(url, revision)
     after = db.current_revision(url)
-    console.print(f"database {db.display_url(url)} downgraded from {before or 'empty'} to {after or 'base'}")
+    console.print(
+        f"database {db.display_url(url)} downgraded from {before or 'empty'} to {after or 'base'}", soft_wrap=True
+    )
 
 
 @report_errors
@@ -53,7 +55,9 @@ def current() -> None:
     url = _database_url()
     revision, head = db.current_revision(url), db.head_revision()
     state = "up to date" if revision == head else "run `steppe db upgrade`"
-    console.print(f"database {db.display_url(url)}: revision {revision or 'none'} (head {head}; {state})")
+    console.print(
+        f"database {db.display_url(url)}: revision {revision or 'none'} (head {head}; {state})", soft_wrap=True
+    )
 
 
 def register(app: typer.Typer) -> None:

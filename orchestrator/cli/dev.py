@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING
 
 import typer
@@ -21,6 +22,11 @@ _STYLES = {
     "not_running": "dim",
     "not_answering": "red",
 }
+
+
+def _hide_password(url: str | None) -> str:
+    """`scheme://user:***@host…`: the terminal shows who connects, the password stays in servers.json."""
+    return re.sub(r"^([a-z+]+://[^:/@]*):[^@/]*@", r"\1:***@", url) if url else "-"
 
 
 def _servers() -> DevServers:
@@ -43,7 +49,9 @@ def _show(reports: list[ServerReport]) -> None:
             )
             if part
         )
-        console.print(f"{_NAMES[r.server]:<11} {state} {r.url or '-'}  ({details})", soft_wrap=True, highlight=False)
+        console.print(
+            f"{_NAMES[r.server]:<11} {state} {_hide_password(r.url)}  ({details})", soft_wrap=True, highlight=False
+        )
 
 
 @report_errors
@@ -53,7 +61,11 @@ def up() -> None:
     with console.status("starting Redis and PostgreSQL…"):
         reports = servers.up()
     _show(reports)
-    console.print(f"recorded in {servers.state_path}; `steppe dev down` stops them", style="dim", soft_wrap=True)
+    console.print(
+        f"URLs with their passwords recorded in {servers.state_path} (mode 0600); `steppe dev down` stops them",
+        style="dim",
+        soft_wrap=True,
+    )
 
 
 @report_errors

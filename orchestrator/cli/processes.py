@@ -146,4 +146,4 @@ def _ensure_servers(settings: Settings) -> None:
 
         err_console.print("starting embedded Redis and PostgreSQL (steppe dev up)…")
         DevServers(settings=settings).up()
-    upgrade(settings.resolved_database_url())
+    upgrade(settings.resolved_migration_url())

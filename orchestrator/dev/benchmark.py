@@ -87,7 +87,7 @@ class ClusterBench:
         from orchestrator import bus
         from orchestrator.store.db import upgrade
 
-        upgrade(self.settings.resolved_database_url())
+        upgrade(self.settings.resolved_migration_url())
         self.redis: redis.Redis = bus.connect(self.settings)
         self.store = RunStore(self.settings.resolved_database_url(), pool_size=2)
         self.store.open()
@@ -205,13 +205,14 @@ class ClusterBench:
 
     def settle(self) -> None:
         """Outside the timing: vacuum and checkpoint, so that one shape's WAL, dead rows and
-        autovacuum do not land inside the next shape's measurement."""
-        with self.store.connection() as conn:
-            conn.autocommit = True
+        autovacuum do not land inside the next shape's measurement. As the tables' owner: the
+        application role may not vacuum them (`steppe dev up` lets the owner checkpoint)."""
+        import psycopg
+
+        with psycopg.connect(self.settings.resolved_migration_url(), autocommit=True) as conn:
             for table in ("workflow_events", "workflow_steps", "workflow_runs"):
                 conn.execute(f"VACUUM ANALYZE {table}")
             conn.execute("CHECKPOINT")
-            conn.autocommit = False
         time.sleep(1.0)
 
     def peak_rss_mib(self) -> dict[str, float]:

@@ -2,11 +2,16 @@
 
 The state file is the contract with `Settings.resolved_redis_url()` / `resolved_database_url()`:
 
-    {"redis":    {"url": "redis://127.0.0.1:PORT/0" | null, "pid", "port", "data_dir",
-                  "log_file", "binary", "version", "appendonly"},
-     "postgres": {"url": "postgresql://steppe@127.0.0.1:PORT/steppe" | null, "pid", "port",
-                  "data_dir", "log_file", "bindir", "version"},
+    {"redis":    {"url": "redis://default:PASSWORD@127.0.0.1:PORT/0" | null, "pid", "port",
+                  "data_dir", "log_file", "binary", "version", "appendonly"},
+     "postgres": {"url": "postgresql://steppe_app:PASSWORD@127.0.0.1:PORT/steppe" | null,
+                  "migration_url": "postgresql://steppe_migrator:PASSWORD@…/steppe" | null,
+                  "pid", "port", "data_dir", "log_file", "bindir", "version"},
      "updated_at": ISO-8601}
+
+The URLs carry the servers' generated passwords, so the file is written mode 0600 (as are
+`redis.credentials.json` and `postgres.credentials.json` beside it). `url` is the DML-only
+application role; `steppe db upgrade` uses `migration_url`, the owner of the schema.
 
 `url` and `pid` are null while a server is down, so that commands say "run `steppe dev up`"
 instead of trying a dead port. Data directories are `$STEPPE_HOME/redis` and
@@ -18,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -27,6 +31,7 @@ from typing import Any, Literal
 
 import structlog
 
+from orchestrator.dev.credentials import write_private
 from orchestrator.dev.postgres_server import DATABASE, PostgresServer
 from orchestrator.dev.process import pid_alive, port_is_free, wait_until
 from orchestrator.dev.redis_server import RedisBinary, RedisServer, find_redis_server
@@ -79,9 +84,7 @@ class DevServers:
                 yield state
             finally:  # a server started before a later failure must still be recorded
                 state["updated_at"] = datetime.now(UTC).isoformat()
-                tmp = self.state_path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(state, indent=2) + "\n")
-                os.replace(tmp, self.state_path)
+                write_private(self.state_path, json.dumps(state, indent=2) + "\n")
 
     def read_state(self) -> dict[str, Any]:
         if not self.state_path.exists():
@@ -149,7 +152,7 @@ class DevServers:
                     f"answer PING; see {running.log_file}, then `steppe dev down` and `steppe dev up`"
                 )
             state["redis"] = running.record()
-            log.info("redis_reused", url=running.url, pid=running.pid)
+            log.info("redis_reused", port=running.port, pid=running.pid)
             return self._report("redis", "reused", running, True)
         record = state.get("redis") or {}
         binary = self._redis_binary(record)
@@ -197,7 +200,7 @@ class DevServers:
                 )
             running.create_database(DATABASE)
             state["postgres"] = running.record()
-            log.info("postgres_reused", url=running.url, pid=running.pid)
+            log.info("postgres_reused", port=running.port, pid=running.pid)
             return self._report("postgres", "reused", running, True)
         record = state.get("postgres") or {}
         bindir = Path(record["bindir"]) if record.get("bindir") and Path(record["bindir"]).is_dir() else None

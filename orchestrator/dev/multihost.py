@@ -32,7 +32,7 @@ import structlog
 from orchestrator.dev.netns import PREFIX, NetnsLab, stale_labels
 from orchestrator.dev.postgres_server import DATABASE, SUPERUSER, PostgresServer
 from orchestrator.dev.process import LOOPBACK, signal_and_wait, wait_until
-from orchestrator.dev.redis_server import RedisServer
+from orchestrator.dev.redis_server import APP_USER, RedisServer
 from orchestrator.errors import LauncherError
 
 log = structlog.get_logger(__name__)
@@ -95,7 +95,7 @@ def core_up(data_dir: Path, *, address: str, network: str) -> dict[str, Any]:
         raise LauncherError(f"PostgreSQL does not accept connections on {address}; see {postgres.log_file}")
     upgrade(database_url)
     return {
-        "redis_url": f"redis://{address}:{REDIS_PORT}/0",
+        "redis_url": redis.url_as(APP_USER, host=address),
         "database_url": database_url,
         "redis": redis.record(),
         "postgres": postgres.record(),

@@ -1,4 +1,12 @@
-"""A private PostgreSQL cluster on loopback: initdb once, start with pg_ctl, stop by signal."""
+"""A private PostgreSQL cluster on loopback: initdb once, start with pg_ctl, stop by signal.
+
+Every connection authenticates with a password (SCRAM, `pg_hba.conf` rewritten on every
+start); the passwords are generated into `<data_dir>.credentials.json` (0600). Three roles:
+the superuser `steppe` (`url_for`: creating databases, tests), `steppe_migrator`, which owns
+each database and its schema (`owner_url`: migrations), and `steppe_app`, which may only
+read and write rows (`app_url`, `url`: what Steppe's processes use). The roles and grants are
+those of `deploy/postgres/roles.sql`, applied to every database `create_database` makes.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +24,7 @@ import psycopg
 import structlog
 from psycopg import sql
 
+from orchestrator.dev.credentials import credentials_path, load_or_create
 from orchestrator.dev.process import (
     LOOPBACK,
     as_server_user,
@@ -32,9 +42,17 @@ from orchestrator.errors import LauncherError
 log = structlog.get_logger(__name__)
 
 SUPERUSER = "steppe"
+OWNER_ROLE = "steppe_migrator"  # owns the schema: `steppe db upgrade`
+APP_ROLE = "steppe_app"  # rows only: coordinators, workers, the CLI and the API
 DATABASE = "steppe"
 LOG_FILE = "postgres.log"
 CONF_FILE = "steppe.conf"  # rewritten on every start; included from postgresql.conf
+HBA_FILE = "pg_hba.conf"  # rewritten on every start: passwords for every connection
+ROLES_SQL = Path(__file__).resolve().parents[2] / "deploy" / "postgres" / "roles.sql"
+_HBA = """# Written by `steppe dev` on every start: every connection authenticates with a password.
+local all all scram-sha-256
+host  all all 127.0.0.1/32 scram-sha-256
+"""
 StopMode = Literal["smart", "fast", "immediate"]
 _STOP_SIGNALS: dict[str, signal.Signals] = {
     "smart": signal.SIGTERM,
@@ -73,17 +91,41 @@ class PostgresServer:
         self.port = port
         self.pid = pid
         self.settings = dict(settings or {})
+        self._passwords: dict[str, str] | None = None
+        self._new_passwords = False
 
     def __repr__(self) -> str:
-        return f"PostgresServer(url={self.url!r}, pid={self.pid}, data_dir={str(self.data_dir)!r})"
+        return f"PostgresServer(port={self.port}, pid={self.pid}, data_dir={str(self.data_dir)!r})"
+
+    def passwords(self) -> dict[str, str]:
+        """Role → password (generated on first use, then read from the credentials file)."""
+        if self._passwords is None:
+            path = credentials_path(self.data_dir)
+            self._passwords, self._new_passwords = load_or_create(path, (SUPERUSER, OWNER_ROLE, APP_ROLE))
+        return self._passwords
+
+    def url_as(self, role: str, database: str) -> str:
+        return f"postgresql://{role}:{self.passwords()[role]}@{LOOPBACK}:{self.port}/{database}"
 
     @property
     def url(self) -> str:
-        """libpq URL of the `steppe` database."""
-        return self.url_for(DATABASE)
+        """libpq URL of the `steppe` database for the application role."""
+        return self.app_url(DATABASE)
+
+    @property
+    def migration_url(self) -> str:
+        """libpq URL of the `steppe` database for the role that owns its schema."""
+        return self.owner_url(DATABASE)
 
     def url_for(self, database: str) -> str:
-        return f"postgresql://{SUPERUSER}@{LOOPBACK}:{self.port}/{database}"
+        """The superuser's URL: creating and dropping databases, administration, tests."""
+        return self.url_as(SUPERUSER, database)
+
+    def owner_url(self, database: str) -> str:
+        return self.url_as(OWNER_ROLE, database)
+
+    def app_url(self, database: str) -> str:
+        return self.url_as(APP_ROLE, database)
 
     @property
     def log_file(self) -> Path:
@@ -163,6 +205,7 @@ class PostgresServer:
     def record(self) -> dict[str, Any]:
         return {
             "url": self.url,
+            "migration_url": self.migration_url,
             "pid": self.pid,
             "port": self.port,
             "data_dir": str(self.data_dir),
@@ -181,17 +224,26 @@ class PostgresServer:
         self.data_dir.chmod(0o700)
         ensure_traversable(self.data_dir)
         hand_over(self.data_dir)
-        argv = [
-            str(self.bindir / "initdb"),
-            "-D", str(self.data_dir),
-            "-U", SUPERUSER,
-            "--auth=trust",
-            "-E", "UTF8",
-            "--no-locale",
-            "--no-sync",
-            "--no-instructions",
-        ]  # fmt: skip
-        run_command(as_server_user(argv), what="initdb")
+        # The superuser's password reaches initdb in a file only the server user can read.
+        pwdir = Path(tempfile.mkdtemp(prefix="steppe-initdb-"))
+        try:
+            (pwdir / "pw").write_text(self.passwords()[SUPERUSER] + "\n")
+            hand_over(pwdir)
+            argv = [
+                str(self.bindir / "initdb"),
+                "-D", str(self.data_dir),
+                "-U", SUPERUSER,
+                "--pwfile", str(pwdir / "pw"),
+                "--auth=scram-sha-256",
+                "-E", "UTF8",
+                "--no-locale",
+                "--no-sync",
+                "--no-instructions",
+            ]  # fmt: skip
+            run_command(as_server_user(argv), what="initdb")
+        finally:
+            shutil.rmtree(pwdir, ignore_errors=True)
+        self._new_passwords = False  # the new cluster has them
         with (self.data_dir / "postgresql.conf").open("a") as conf:
             conf.write(f"\n# Added by `steppe dev`:\ninclude_if_exists = '{CONF_FILE}'\n")
         log.info("postgres_initialised", data_dir=str(self.data_dir), bindir=str(self.bindir))
@@ -205,6 +257,7 @@ class PostgresServer:
             "port": str(self.port),
             "unix_socket_directories": socket_dir,
             "max_connections": "200",
+            "password_encryption": "scram-sha-256",
             **self.settings,
         }
         path = self.data_dir / CONF_FILE
@@ -212,9 +265,18 @@ class PostgresServer:
         path.write_text("# Written by `steppe dev` on every start.\n" + "\n".join(lines) + "\n")
         hand_over(path)
 
+    def _write_hba(self) -> None:
+        path = self.data_dir / HBA_FILE
+        path.write_text(_HBA)
+        hand_over(path)
+
     def _launch(self, *, timeout: float) -> None:
         ensure_traversable(self.data_dir)
         self._write_conf()
+        self.passwords()
+        if not self._new_passwords:
+            self._write_hba()
+        # else: a cluster from before passwords (trust): started once as it was, then `_secure`.
         argv = [
             str(self.bindir / "pg_ctl"),
             "-D", str(self.data_dir),
@@ -234,7 +296,27 @@ class PostgresServer:
         self.pid = running.pid
         if not wait_until(self.answers, timeout=timeout, interval=0.1):
             raise LauncherError(f"PostgreSQL (pid {self.pid}) does not accept connections; see {self.log_file}")
-        log.info("postgres_started", url=self.url, pid=self.pid, version=self.version, data_dir=str(self.data_dir))
+        self.secure()
+        log.info("postgres_started", port=self.port, pid=self.pid, version=self.version, data_dir=str(self.data_dir))
+
+    def secure(self) -> None:
+        """Give every role its password from the credentials file, create the owner and app roles,
+        and require passwords on every connection (pg_hba.conf, reloaded). Idempotent."""
+        passwords = self.passwords()
+        with psycopg.connect(self.url_for("postgres"), autocommit=True) as conn:
+            for role in (OWNER_ROLE, APP_ROLE):
+                if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+                    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+            for role in (SUPERUSER, OWNER_ROLE, APP_ROLE):
+                limits = "" if role == SUPERUSER else " NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+                statement = sql.SQL("ALTER ROLE {} LOGIN" + limits + " PASSWORD {}")
+                conn.execute(statement.format(sql.Identifier(role), sql.Literal(passwords[role])))
+            # `steppe bench` checkpoints between measurements as the owner (PostgreSQL 15+).
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'pg_checkpoint'").fetchone():
+                conn.execute(sql.SQL("GRANT pg_checkpoint TO {}").format(sql.Identifier(OWNER_ROLE)))
+            self._write_hba()
+            conn.execute("SELECT pg_reload_conf()")
+        self._new_passwords = False
 
     def answers(self, *, timeout: float = 2.0) -> bool:
         """Whether `SELECT 1` succeeds on the `postgres` maintenance database."""
@@ -246,12 +328,21 @@ class PostgresServer:
         return True
 
     def create_database(self, name: str) -> str:
-        """Create database `name` unless it exists; returns its libpq URL."""
+        """Create database `name` unless it exists, owned by the owner role with the app role's
+        grants (deploy/postgres/roles.sql, applied again each time); returns the superuser's URL."""
         with psycopg.connect(self.url_for("postgres"), autocommit=True) as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
             if not exists:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
                 log.info("database_created", database=name, port=self.port)
+        try:
+            roles_sql = ROLES_SQL.read_text()
+        except OSError as e:
+            raise LauncherError(
+                f"{ROLES_SQL} is missing ({e}); run Steppe from its source tree (`pip install -e .`)"
+            ) from e
+        with psycopg.connect(self.url_for(name), autocommit=True) as conn:
+            conn.execute(roles_sql.encode())
         return self.url_for(name)
 
     def drop_database(self, name: str) -> None:

@@ -36,8 +36,13 @@ CLUSTER_BUS_OFFSET = 10000  # Redis < 7 has no `cluster-port`: the bus listens o
 
 
 class ClusterNodeServer(RedisServer):
-    """A redis-server started with cluster mode on; its cluster config lives in its data dir."""
+    """A redis-server started with cluster mode on; its cluster config lives in its data dir.
 
+    Not `secured`: nodes, replicas and `redis-cli --cluster` would all need the password (see
+    the security page); this lab cluster is for tests and benchmarks on a single-user machine.
+    """
+
+    secured = False
     node_timeout_ms = 1500
 
     def _argv(self) -> list[str]:

@@ -1,7 +1,17 @@
-"""A private redis-server on loopback: find a binary, start it with AOF, stop, kill or restart it."""
+"""A private redis-server on loopback: find a binary, start it with AOF, stop, kill or restart it.
+
+A secured server (the default) trusts nobody for being local: the `default` user (what the
+URL names) needs a generated password and may not run the commands that reconfigure the
+server, write files where it chooses, load code or replicate from elsewhere (`APP_DENIED`);
+`steppe-admin` (`admin_url`) may do everything, for operators and fault-injection tests. The
+passwords live in `<data_dir>.credentials.json` (0600); the server gets only their SHA-256
+hashes, in a config file inside its data directory. Started by root, redis-server runs as the
+unprivileged user PostgreSQL uses, which owns the data directory.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import platform
@@ -11,12 +21,16 @@ import signal
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import structlog
 
+from orchestrator.dev.credentials import credentials_path, load_or_create, write_private
 from orchestrator.dev.process import (
     LOOPBACK,
+    as_server_user,
+    ensure_traversable,
+    hand_over,
     launch_on_free_port,
     log_tail,
     pid_alive,
@@ -32,6 +46,17 @@ log = structlog.get_logger(__name__)
 MIN_VERSION = (6, 2)
 PID_FILE = "redis.pid"
 LOG_FILE = "redis.log"
+CONF_FILE = "steppe-redis.conf"  # rewritten on every start; holds the users (hashed passwords)
+APP_USER = "default"
+ADMIN_USER = "steppe-admin"
+# Denied to the app user (Redis 6.2 and 7 spell these alike): reconfiguring the server (CONFIG SET
+# dir + SAVE writes a file anywhere the server user may), loading modules, DEBUG, managing users,
+# stopping it, and replication or key transfer with other servers. FLUSHALL, KEYS and
+# BGREWRITEAOF stay: a password holder can delete every key anyway, and the AOF stays in `dir`.
+APP_DENIED = (
+    "config", "debug", "module", "acl", "shutdown", "save", "bgsave", "replicaof", "slaveof",
+    "sync", "psync", "failover", "migrate", "restore", "restore-asking", "monitor",
+)  # fmt: skip
 _VERSION_RE = re.compile(r"v=(\d+(?:\.\d+)+)")
 _ADDRESS_RE = re.compile(r"127\.0\.0\.1:(\d+)")
 _INSTALL_HINT = (
@@ -106,18 +131,55 @@ def find_redis_server(configured: str | Path | None = None) -> RedisBinary:
     raise LauncherError(f"no redis-server >= 6.2 found; {_INSTALL_HINT}")
 
 
-def ping(port: int, *, timeout: float = 1.0) -> bool:
-    """Whether a Redis on loopback:`port` answers PING (a server still loading its AOF does not)."""
+def resp(*args: str) -> bytes:
+    """One command in the Redis protocol."""
+    parts = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        data = arg.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def ping(port: int, *, auth: tuple[str, str] | None = None, timeout: float = 1.0) -> bool:
+    """Whether a Redis on loopback:`port` answers PING (a server still loading its AOF does not),
+    after `AUTH user password` when `auth` is given."""
     try:
         with socket.create_connection((LOOPBACK, port), timeout=timeout) as s:
-            s.sendall(b"*1\r\n$4\r\nPING\r\n")
-            return s.recv(64).startswith(b"+PONG")
+            request = (resp("AUTH", *auth) if auth else b"") + resp("PING")
+            s.sendall(request)
+            reply = b""
+            while reply.count(b"\r\n") < (2 if auth else 1):
+                chunk = s.recv(256)
+                if not chunk:
+                    return False
+                reply += chunk
+            return reply.endswith(b"+PONG\r\n") and (not auth or reply.startswith(b"+OK"))
     except OSError:
         return False
 
 
+def acl_lines(passwords: dict[str, str]) -> list[str]:
+    """The `user` directives of a secured server (passwords as SHA-256 hashes)."""
+
+    def digest(user: str) -> str:
+        return "#" + hashlib.sha256(passwords[user].encode()).hexdigest()
+
+    denied = " ".join(f"-{c}" for c in APP_DENIED)
+    return [
+        # CONFIG GET stays: the coordinator checks maxmemory-policy at start-up.
+        f"user {APP_USER} on {digest(APP_USER)} resetchannels ~* +@all {denied} +config|get",
+        f"user {ADMIN_USER} on {digest(ADMIN_USER)} ~* &* +@all",
+    ]
+
+
 class RedisServer:
-    """A redis-server process on loopback whose data (AOF) lives in `data_dir`."""
+    """A redis-server process on loopback whose data (AOF) lives in `data_dir`.
+
+    `secured = False` (subclasses: Redis Cluster nodes, the ACL-file test) starts it without
+    generated users and passwords; such a subclass configures access itself.
+    """
+
+    secured: ClassVar[bool] = True
 
     def __init__(self, *, binary: RedisBinary, data_dir: Path, port: int, pid: int, appendonly: bool = True):
         self.binary = binary
@@ -125,13 +187,39 @@ class RedisServer:
         self.port = port
         self.pid = pid
         self.appendonly = appendonly
+        self._passwords: dict[str, str] | None = None
 
     def __repr__(self) -> str:
-        return f"RedisServer(url={self.url!r}, pid={self.pid}, data_dir={str(self.data_dir)!r})"
+        return f"RedisServer(port={self.port}, pid={self.pid}, data_dir={str(self.data_dir)!r})"
+
+    @property
+    def credentials_file(self) -> Path:
+        return credentials_path(self.data_dir)
+
+    def passwords(self) -> dict[str, str]:
+        """User → password of a secured server (created on first use, then read from the file)."""
+        if self._passwords is None:
+            self._passwords, _ = load_or_create(self.credentials_file, (APP_USER, ADMIN_USER))
+        return self._passwords
+
+    def url_as(self, user: str, *, host: str = LOOPBACK) -> str:
+        if not self.secured:
+            return f"redis://{host}:{self.port}/0"
+        return f"redis://{user}:{self.passwords()[user]}@{host}:{self.port}/0"
 
     @property
     def url(self) -> str:
-        return f"redis://{LOOPBACK}:{self.port}/0"
+        """What Steppe's processes connect with: the app user, which cannot reconfigure the server."""
+        return self.url_as(APP_USER)
+
+    @property
+    def admin_url(self) -> str:
+        """Every command allowed (CONFIG SET, DEBUG, …): for operators and fault injection only."""
+        return self.url_as(ADMIN_USER)
+
+    @property
+    def ping_auth(self) -> tuple[str, str] | None:
+        return (APP_USER, self.passwords()[APP_USER]) if self.secured else None
 
     @property
     def log_file(self) -> Path:
@@ -211,8 +299,10 @@ class RedisServer:
         }
 
     def _argv(self) -> list[str]:
+        conf = [str(self.data_dir / CONF_FILE)] if self.secured else []
         argv = [
             str(self.binary.path),
+            *conf,
             "--bind", LOOPBACK,
             "--port", str(self.port),
             "--dir", str(self.data_dir),
@@ -225,18 +315,32 @@ class RedisServer:
             "--logfile", str(self.log_file),
         ]  # fmt: skip
         if self.binary.version_info >= (7,):
-            argv += ["--enable-debug-command", "local"]  # fault tests use DEBUG; loopback only
+            # Fault tests use DEBUG through `admin_url`; the app user is denied it by its ACL.
+            argv += ["--enable-debug-command", "local"]
         return argv
+
+    def _write_conf(self) -> None:
+        """The users of a secured server; passwords only as hashes, the file readable by its owner only."""
+        if self.secured:
+            lines = ["# Written by `steppe dev` on every start.", *acl_lines(self.passwords())]
+            write_private(self.data_dir / CONF_FILE, "\n".join(lines) + "\n")
 
     def _launch(self, *, timeout: float) -> None:
         (self.data_dir / PID_FILE).unlink(missing_ok=True)  # stale after a SIGKILL
+        self.data_dir.chmod(0o700)
+        self._write_conf()
+        # Root runs redis-server as the unprivileged server user, who must own and reach its files.
+        ensure_traversable(self.data_dir)
+        ensure_traversable(self.binary.path.parent)
+        hand_over(self.data_dir)
         hint = f"see {self.log_file}"
         # --daemonize: redis-server forks into its own session and this command returns at once.
-        run_command(self._argv(), what="starting redis-server", env=binary_env(self.binary.path), hint=hint)
+        argv = as_server_user(self._argv())
+        run_command(argv, what="starting redis-server", env=binary_env(self.binary.path), hint=hint)
 
         def answering() -> bool:
             running = self.running_in(self.data_dir, binary=self.binary)
-            return running is not None and running.port == self.port and ping(self.port)
+            return running is not None and running.port == self.port and self.ping()
 
         if not wait_until(answering, timeout=timeout, interval=0.02):
             stray = self.running_in(self.data_dir, binary=self.binary)
@@ -250,7 +354,7 @@ class RedisServer:
         assert running is not None
         self.pid = running.pid
         version = self.binary.version
-        log.info("redis_started", url=self.url, pid=self.pid, version=version, data_dir=str(self.data_dir))
+        log.info("redis_started", port=self.port, pid=self.pid, version=version, data_dir=str(self.data_dir))
 
     def is_running(self) -> bool:
         """Whether the recorded pid is still this redis-server."""
@@ -258,7 +362,7 @@ class RedisServer:
         return pid_alive(self.pid) and "redis" in cmdline and f":{self.port}" in cmdline
 
     def ping(self, *, timeout: float = 1.0) -> bool:
-        return ping(self.port, timeout=timeout)
+        return ping(self.port, auth=self.ping_auth, timeout=timeout)
 
     def stop(self, *, timeout: float = 30.0) -> None:
         """SIGTERM (Redis flushes its AOF first) and wait for the exit; data is kept."""
@@ -291,7 +395,7 @@ class RedisServer:
         self.stop()
         if empty:
             for child in self.data_dir.iterdir():
-                if child.name != LOG_FILE:
+                if child.name not in (LOG_FILE, CONF_FILE):
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
         if appendonly is not None:
             self.appendonly = appendonly

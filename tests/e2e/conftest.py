@@ -41,7 +41,7 @@ FAST_ENV = {
 def template_database(postgres_server: Any) -> str:
     name = f"steppe_tpl_{uuid.uuid4().hex[:8]}"
     postgres_server.create_database(name)
-    upgrade(postgres_server.url_for(name))
+    upgrade(postgres_server.owner_url(name))
     return name
 
 
@@ -49,8 +49,8 @@ def template_database(postgres_server: Any) -> str:
 def db_url(postgres_server: Any, template_database: str) -> Iterator[str]:
     name = f"steppe_e2e_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(postgres_server.url_for("postgres"), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    yield postgres_server.url_for(name)
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}" OWNER steppe_migrator')
+    yield postgres_server.app_url(name)  # the DML-only role, as Steppe's processes connect
     with psycopg.connect(postgres_server.url_for("postgres"), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

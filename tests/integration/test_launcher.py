@@ -77,8 +77,17 @@ def test_up_is_idempotent_and_recorded(home: Path) -> None:
     settings = Settings(home=home)
     assert settings.resolved_redis_url() == report["redis"]["url"] == recorded["redis"]["url"]
     assert settings.resolved_database_url() == report["postgres"]["url"]
-    assert report["postgres"]["url"].startswith("postgresql://steppe@127.0.0.1:")
-    assert report["postgres"]["url"].endswith("/steppe")
+    # Passwords in every URL; the app connects as the DML-only role, migrations as the owner.
+    assert report["redis"]["url"].startswith("redis://default:")
+    assert report["postgres"]["url"].startswith("postgresql://steppe_app:")
+    assert report["postgres"]["url"].endswith("@127.0.0.1:" + str(report["postgres"]["port"]) + "/steppe")
+    assert settings.resolved_migration_url() == recorded["postgres"]["migration_url"]
+    assert recorded["postgres"]["migration_url"].startswith("postgresql://steppe_migrator:")
+    for secret in ("servers.json", "redis.credentials.json", "postgres.credentials.json"):
+        assert oct((home / secret).stat().st_mode & 0o777) == oct(0o600), secret
+    shown = steppe(home, "dev", "status").stdout
+    assert "default:***@" in shown and "steppe_app:***@" in shown
+    assert recorded["redis"]["url"].split("@")[0].split(":")[-1] not in shown  # the password itself
 
 
 def test_restart_keeps_data(home: Path) -> None:
@@ -86,7 +95,7 @@ def test_restart_keeps_data(home: Path) -> None:
     settings = Settings(home=home)
     with redis.Redis.from_url(settings.resolved_redis_url()) as r:
         r.set("steppe-test:kept", "yes")
-    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
+    with psycopg.connect(settings.resolved_migration_url(), autocommit=True) as conn:  # DDL: the owner
         conn.execute("CREATE TABLE IF NOT EXISTS kept (v text)")
         conn.execute("INSERT INTO kept VALUES ('yes')")
 
@@ -102,7 +111,7 @@ def test_restart_keeps_data(home: Path) -> None:
     settings = Settings(home=home)
     with redis.Redis.from_url(settings.resolved_redis_url()) as r:
         assert r.get("steppe-test:kept") == b"yes"
-    with psycopg.connect(settings.resolved_database_url()) as conn:
+    with psycopg.connect(settings.resolved_migration_url()) as conn:
         assert conn.execute("SELECT v FROM kept").fetchall() == [("yes",)]
 
 
