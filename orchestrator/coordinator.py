@@ -127,17 +127,25 @@ class Coordinator:
 
     def run_forever(self) -> None:
         self.start()
-        backoff = 0.1
+        # Logged once per outage (and when its kind changes), then once more on recovery.
+        outage = redis_clients.Outage("coordinator_infrastructure_error", log, fields={"coordinator": self.id})
         try:
             while not self.stopping:
                 try:
                     self.step()
-                    backoff = 0.1
-                except bus.RECOVERABLE as e:
-                    log.warning("coordinator_infrastructure_error", error=str(e), retry_in=round(backoff, 2))
+                    outage.succeeded()
+                except Exception as e:
+                    # PostgreSQL or Redis unreachable, or a Redis error to wait out (LOADING, READONLY,
+                    # UNBLOCKED, NOGROUP…): back off, reload from PostgreSQL, reconcile, carry on.
+                    trouble = redis_clients.Trouble.UNAVAILABLE if isinstance(e, bus.RECOVERABLE) else None
+                    trouble = trouble or redis_clients.classify(e)
+                    if trouble is None:
+                        raise
+                    if trouble is redis_clients.Trouble.DATA_LOST:
+                        self._known_queues.clear()  # their groups may be gone too: recreate on use
+                    delay = outage.failed(e, trouble)
                     self._forget_all()
-                    time.sleep(backoff * random.uniform(0.5, 1.0))
-                    backoff = min(backoff * 2, 5.0)
+                    time.sleep(delay)
         finally:
             self.stop()
 
@@ -238,9 +246,10 @@ class Coordinator:
                 block=None if self._replay_pending else block_ms,
             )
         except redis.ResponseError as e:
-            if "NOGROUP" not in str(e):
+            if redis_clients.classify(e) is not redis_clients.Trouble.DATA_LOST:
                 raise
-            # Redis lost its data (restart without persistence, FLUSHALL, failover): reconcile now.
+            # Redis lost its data (restart without persistence, FLUSHALL, failover): NOGROUP, or
+            # UNBLOCKED for the read Redis 7 was blocking when the stream vanished. Reconcile now.
             log.warning("coordinator_groups_missing", error=str(e))
             bus.ensure_partition_groups(self.redis, self.keys, self.partitions)
             self._next_reconcile = 0.0

@@ -139,14 +139,14 @@ class CapturingStream(io.TextIOBase):
 
 def install(redactor: Redactor) -> None:
     """Redact stdlib logging records and capture sys.stdout/sys.stderr for `redactor` (idempotent)."""
-    _install_record_factory(redactor)
+    install_record_factory(redactor)
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if stream is not None and not isinstance(stream, CapturingStream):
             setattr(sys, name, CapturingStream(name, stream, redactor))
 
 
-def _install_record_factory(redactor: Redactor) -> None:
+def install_record_factory(redactor: Redactor) -> None:
     previous = logging.getLogRecordFactory()
     if getattr(previous, "steppe_redactor", None) is redactor:
         return

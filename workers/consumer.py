@@ -124,6 +124,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._crashed = False
         self._executing = 0  # handlers running now (in-flight entries minus those awaiting their flush)
+        self._lease_outage = redis_clients.Outage("lease_extension_failed", log, fields={"worker": self.id})
         self.processed = 0
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -248,8 +249,19 @@ class Worker:
 
     # -- reading -------------------------------------------------------------------------------------
 
+    async def _recreate_groups(self) -> None:
+        """After NOGROUP or UNBLOCKED: recreate this worker's groups; Redis trouble on the way is
+        left for the next attempt, after the caller's back-off."""
+        try:
+            await self._ensure_groups()
+        except Exception as e:
+            if redis_clients.classify(e) is None:
+                raise
+            return
+        log.info("worker_groups_recreated", worker=self.id, streams=len(self.streams))
+
     async def _read_loop(self) -> None:
-        backoff = 0.1
+        outage = redis_clients.Outage("worker_redis_unavailable", log, fields={"worker": self.id})
         while not self._stopping.is_set():
             # A slot frees when its handler finishes, not when its result is flushed, so reading
             # overlaps reporting; results awaiting a flush are bounded by another `concurrency`.
@@ -262,17 +274,19 @@ class Worker:
                 reply = await self._reader.aread(
                     self.redis, dict.fromkeys(self.streams, ">"), count=free, block=self.settings.redis.block_ms
                 )
-                backoff = 0.1
-            except CONNECTION_ERRORS as e:
-                log.warning("worker_redis_unavailable", error=str(e), retry_in=round(backoff, 2))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                outage.succeeded()
+            except Exception as e:
+                # Unreachable, LOADING, READONLY…: back off. NOGROUP, UNBLOCKED (Redis 7, the stream
+                # vanished under the blocked read): Redis lost its data; recreate the groups and carry
+                # on (the coordinator re-publishes what was lost). Anything else is a bug: crash.
+                trouble = redis_clients.classify(e)
+                if trouble is None:
+                    raise
+                delay = outage.failed(e, trouble)
+                if trouble is redis_clients.Trouble.DATA_LOST:
+                    await self._recreate_groups()
+                await asyncio.sleep(delay)
                 continue
-            except redis.ResponseError as e:
-                if "NOGROUP" in str(e):  # Redis lost its data: recreate and carry on
-                    await self._ensure_groups()
-                    continue
-                raise
             if not reply:
                 continue
             by_stream = {(s.decode() if isinstance(s, bytes) else s): entries for s, entries in reply}
@@ -355,6 +369,7 @@ class Worker:
     # -- reporting -----------------------------------------------------------------------------------
 
     async def _flush_loop(self) -> None:
+        outage = redis_clients.Outage("worker_flush_failed", log, first=0.5, cap=2.0, fields={"worker": self.id})
         while True:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
@@ -362,10 +377,14 @@ class Worker:
                 batch, self._outbox = self._outbox, []
                 try:
                     await self._flush(batch)
-                except CONNECTION_ERRORS as e:
-                    log.warning("worker_flush_failed", error=str(e), results=len(batch))
+                    outage.succeeded()
+                except Exception as e:
+                    # Nothing of a failed batch was acknowledged: keep it and retry (see `_flush`).
+                    trouble = redis_clients.classify(e)
+                    if trouble is None:
+                        raise
                     self._outbox = batch + self._outbox
-                    await asyncio.sleep(0.5)
+                    await asyncio.sleep(outage.failed(e, trouble))
 
     async def _flush(self, batch: list[tuple[_InFlight | None, ResultMessage | None, dict[str, Any] | None]]) -> None:
         # One Redis: a MULTI/EXEC. A cluster: the XADDs (other slots), and only then the XACKs.
@@ -449,6 +468,7 @@ class Worker:
 
     async def _liveness_loop(self) -> None:
         interval = self.cfg.heartbeat_interval
+        outage = redis_clients.Outage("worker_heartbeat_failed", log, fields={"worker": self.id})
         while True:
             await asyncio.sleep(min(interval, 1.0))
             try:
@@ -462,12 +482,15 @@ class Worker:
                     await self._reclaim()
                     if self.runner.breakers is not None:
                         await self.runner.breakers.refresh_metrics()
-            except CONNECTION_ERRORS as e:
-                log.warning("worker_heartbeat_failed", error=str(e))
-            except redis.ResponseError as e:
-                if "NOGROUP" not in str(e):
+                outage.succeeded()
+            except Exception as e:
+                # The loop itself paces the retries (one beat per interval); see `_read_loop`.
+                trouble = redis_clients.classify(e)
+                if trouble is None:
                     raise
-                await self._ensure_groups()  # Redis lost its data: recreate and carry on
+                outage.failed(e, trouble)
+                if trouble is redis_clients.Trouble.DATA_LOST:
+                    await self._recreate_groups()
 
     def _after_outage(self) -> None:
         """After a heartbeat gap longer than the visibility timeout (Redis stopped or unreachable,
@@ -521,8 +544,10 @@ class Worker:
     async def _xclaim_justid(self, stream: str, ids: list[bytes]) -> None:
         try:
             await self.redis.xclaim(stream, WORKER_GROUP, self.id, 0, ids, justid=True)
+            self._lease_outage.succeeded()
         except (*CONNECTION_ERRORS, redis.ResponseError) as e:
-            log.warning("lease_extension_failed", error=str(e))
+            # Logged once per outage; NOGROUP (data lost) is repaired by the read loop.
+            self._lease_outage.failed(e, redis_clients.classify(e) or redis_clients.Trouble.UNAVAILABLE)
 
     async def _check_cancelled(self) -> None:
         if not self.inflight:

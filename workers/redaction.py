@@ -9,7 +9,8 @@ For each secret value the redactor matches (`secret_forms`):
   without surrounding whitespace, with the same escapes;
 - encodings of the value's UTF-8 bytes: base64 (standard and URL-safe, with and without
   padding, and the part that stays the same wherever the value sits in a longer encoded text,
-  e.g. `base64("user:" + secret)`), URL encoding (`quote`, `quote(safe="")`, `quote_plus`)
+  e.g. `base64("user:" + secret)`, with the one character at each end that mixes its bits with
+  its neighbours' and any padding), URL encoding (`quote`, `quote(safe="")`, `quote_plus`)
   and hex (lower and upper case). Encoded forms shorter than `MIN_FORM` are not matched.
 
 Values shorter than `MIN_SECRET` characters are not redacted: they would cut up every text.
@@ -57,13 +58,27 @@ def encoded_forms(text: str) -> set[str]:
     for encode in (base64.b64encode, base64.urlsafe_b64encode):
         padded = encode(data).decode()
         forms |= {padded, padded.rstrip("=")}
-        # Inside a longer encoded text the value starts at byte offset 0, 1 or 2 of a 3-byte group:
-        # the characters made only of its own bits are the same whatever surrounds it.
+    return {f for f in forms if len(f) >= MIN_FORM}
+
+
+def base64_cores(text: str) -> set[str]:
+    """The base64 characters made only of `text`'s bits, whatever precedes or follows it.
+
+    Inside a longer encoded text the value starts at byte offset 0, 1 or 2 of a 3-byte group;
+    the redactor also takes the character on each side (`BASE64_EDGE`), which holds its first
+    and last bits mixed with the neighbours'.
+    """
+    data = text.encode("utf-8", "surrogatepass")
+    cores = set()
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
         for offset in range(3):
             shifted = encode(b"\0" * offset + data + b"\0\0").decode()
             first, end = -(-8 * offset // 6), 8 * (offset + len(data)) // 6
-            forms.add(shifted[first:end])
-    return {f for f in forms if len(f) >= MIN_FORM}
+            cores.add(shifted[first:end])
+    return {c for c in cores if len(c) >= MIN_FORM}
+
+
+BASE64_EDGE = "[A-Za-z0-9+/_-]?"
 
 
 def secret_forms(value: str) -> set[str]:
@@ -91,6 +106,7 @@ class Redactor:
     def __init__(self) -> None:
         self._values: dict[str, str] = {}  # value -> secret name
         self._names: dict[str, str] = {}  # form -> secret name
+        self._cores: dict[str, str] = {}  # base64 core -> secret name
         self._pattern: re.Pattern[str] | None = None
         self.longest = 0  # characters of the longest form (what a split write may hide)
 
@@ -99,15 +115,20 @@ class Redactor:
         new = {v: n for n, v in values.items() if len(v) >= MIN_SECRET and v not in self._values}
         if not new:
             return
-        names = dict(self._names)
+        names, cores = dict(self._names), dict(self._cores)
         for value, name in new.items():
             for form in secret_forms(value):
                 names.setdefault(form, name)
+            if len(value) >= MIN_SECRET:
+                for core in base64_cores(value):
+                    cores.setdefault(core, name)
         # Longest first, so that a form containing another one is replaced whole.
-        ordered = sorted(names, key=len, reverse=True)
-        pattern = re.compile("|".join(map(re.escape, ordered)))
+        pieces = [(len(f), re.escape(f)) for f in names]
+        pieces += [(len(c) + 4, f"{BASE64_EDGE}{re.escape(c)}{BASE64_EDGE}={{0,2}}") for c in cores]
+        pieces.sort(key=lambda piece: piece[0], reverse=True)
+        pattern = re.compile("|".join(regex for _, regex in pieces))
         self._values = {**self._values, **new}
-        self._names, self._pattern, self.longest = names, pattern, len(ordered[0])
+        self._names, self._cores, self._pattern, self.longest = names, cores, pattern, pieces[0][0]
 
     def __call__(self, text: str) -> str:
         pattern = self._pattern
@@ -125,7 +146,9 @@ class Redactor:
         found: set[str] = set()
 
         def replace(match: re.Match[str]) -> str:
-            found.add(self._names.get(match.group(), "?"))
+            text = match.group()
+            name = self._names.get(text) or next((n for c, n in self._cores.items() if c in text), "?")
+            found.add(name)
             return REDACTED
 
         def walk(item: Any) -> Any:

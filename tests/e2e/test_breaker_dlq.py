@@ -64,6 +64,7 @@ steps:
 def start(e2e: Env, *, workers: int, secret: str | None = None) -> None:
     if secret is not None:
         e2e.cluster.env[SECRET_NAME] = secret  # only the workers' environment knows the value
+        e2e.cluster.env["STEPPE_SECRETS"] = SECRET_NAME  # and they expose only what they are told to
     e2e.cluster.start_coordinator()
     for _ in range(workers):
         e2e.cluster.start_worker(queues=["default"], imports=IMPORTS)
