@@ -14,6 +14,8 @@ SteppeError
 │   └── RunLimitError            a run outgrew a limit while running (orchestrator/run_limits.py)
 ├── SubmitError                  a submission was refused (unknown handler, bad inputs, …)
 ├── RunNotFoundError             no run with that id
+├── RunFailedError               a run the client waited for ended without succeeding (status, step errors)
+├── RunTimeoutError              the run did not finish within the client's timeout (also a TimeoutError)
 ├── DeadLetterNotFoundError      no dead letter with that id (orchestrator/store/dead_letters.py)
 ├── CircuitOpenError             a breaker is open: the step is deferred (patterns/breaker.py; also pybreaker's)
 ├── ConflictError                optimistic-concurrency or lease conflict; retry the operation
@@ -29,6 +31,7 @@ Errors that belong to one module are defined beside the code that raises them an
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 class SteppeError(Exception):
@@ -111,6 +114,36 @@ class RunNotFoundError(SteppeError):
     """No run has the given id."""
 
     exit_code = 2
+
+
+class RunFailedError(SteppeError):
+    """A run ended without succeeding (failed, cancelled, compensated, ...), seen by `Run.result()`.
+
+    `status` is the run's final status, `document` its status document (an
+    `orchestrator.client.RunDocument`), `error` the run's error and `step_errors` the error of
+    every step that failed, by step key.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        run_id: str,
+        status: str,
+        document: Any = None,
+        error: dict[str, Any] | None = None,
+        step_errors: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.status = status
+        self.document = document
+        self.error = error
+        self.step_errors = step_errors or {}
+
+
+class RunTimeoutError(SteppeError, TimeoutError):
+    """The run did not finish within the timeout given to `result()`; it keeps running."""
 
 
 class ConflictError(SteppeError):

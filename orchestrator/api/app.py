@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from orchestrator import __version__
 from orchestrator.api.config import ApiSettings
 from orchestrator.api.errors import install_error_handlers
+from orchestrator.api.follow import follow
 from orchestrator.api.limits import BodyLimitMiddleware
 from orchestrator.api.query import QueryTextMiddleware
 from orchestrator.api.resources import Resources
@@ -53,5 +54,6 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
     app.add_middleware(QueryTextMiddleware)
     install_error_handlers(app)
     app.include_router(runs)
+    app.include_router(follow)
     app.include_router(health)
     return app

@@ -15,10 +15,12 @@ import pytest
 @pytest.mark.parametrize("package", ["orchestrator", "workers", "patterns"])
 def test_all_lists_exactly_the_public_members(package: str) -> None:
     module = importlib.import_module(package)
+    # dir(), not vars(): names a package imports on first use (PEP 562 `__getattr__` and `__dir__`)
+    # count too, and getattr() checks that each of them resolves.
     public = {
         name
-        for name, value in vars(module).items()
-        if not name.startswith("_") and not inspect.ismodule(value) and name != "annotations"
+        for name in dir(module)
+        if not name.startswith("_") and not inspect.ismodule(getattr(module, name)) and name != "annotations"
     }
     assert sorted(public) == sorted(module.__all__)
 

@@ -1,0 +1,62 @@
+"""Following one run over HTTP (what `orchestrator.Client(api_url=…)` needs beyond routes.py):
+
+GET /v1/runs/{id}/wait?timeout=S   a long poll: the status document as soon as the run is
+                                   finished, or after S seconds (≤ STEPPE_API_MAX_WAIT) with
+                                   whatever status it has then; 404 for an unknown run
+GET /v1/runs/{id}/events?after=N   the run's event log after sequence number N (`steppe history`)
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from orchestrator.api.errors import JSONBytes
+from orchestrator.api.models import RunDocument
+from orchestrator.api.routes import ERRORS, Res, RunId, _wait_until_terminal, require_token, run_document
+
+follow = APIRouter(prefix="/v1", tags=["runs"], dependencies=[Depends(require_token)], responses=ERRORS)
+
+
+class EventDocument(BaseModel):
+    seq: int
+    type: str = Field(description="e.g. run.submitted, step.dispatched, step.succeeded")
+    step_key: str | None = None
+    attempt: int | None = None
+    data: dict[str, object] | None = None
+    created_at: str
+
+
+class EventList(BaseModel):
+    events: list[EventDocument]
+
+
+@follow.get("/runs/{run_id}/wait", response_class=JSONBytes, responses={200: {"model": RunDocument}})
+async def wait_for_run(
+    request: Request,
+    run_id: RunId,
+    res: Res,
+    timeout: Annotated[float, Query(ge=0, description="Seconds to wait at most for the run to finish")] = 30.0,
+) -> JSONBytes:
+    """The status document once the run is finished, or after `timeout` seconds (check `status`)."""
+    if timeout > res.api.max_wait:
+        raise HTTPException(
+            422, f"timeout is at most {res.api.max_wait:g}s (STEPPE_API_MAX_WAIT); ask again to wait longer"
+        )
+    store = res.store()
+    await run_in_threadpool(store.run_status, run_id)  # an unknown run is a 404 at once
+    await _wait_until_terminal(request, lambda: store.run_status(run_id), timeout)
+    return JSONBytes(await run_in_threadpool(run_document, res, run_id, False))
+
+
+@follow.get("/runs/{run_id}/events", response_class=JSONBytes, responses={200: {"model": EventList}})
+def run_events(
+    run_id: RunId, res: Res, after: Annotated[int, Query(ge=0, description="Only seq > after")] = 0
+) -> JSONBytes:
+    """The run's append-only event log, oldest first."""
+    rows = res.store().events(run_id, after=after)
+    return JSONBytes({"events": [{**row, "created_at": row["created_at"].isoformat()} for row in rows]})

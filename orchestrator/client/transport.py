@@ -1,0 +1,73 @@
+"""What a transport does (two implementations each: direct.py and http.py, sync and asyncio) and the
+rules both apply the same way, so that one contract suite holds for both.
+
+A transport deals in plain documents (the status document as `steppe status --json` prints it);
+`orchestrator.client.client` turns them into models and handles.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from orchestrator.client.sources import Document
+from orchestrator.errors import RunNotFoundError, SubmitError
+from orchestrator.state import TERMINAL_RUN_STATUSES, RunStatus
+
+# The run ids the HTTP API accepts in a path (orchestrator/api/routes.py `RunId`); any other string
+# names no run, over either transport.
+RUN_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+RETRYABLE_STATUSES = frozenset({RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    run_id: str
+    workflow: str
+    created: bool  # False when the idempotency key named an existing run
+
+
+def check_run_id(run_id: str) -> str:
+    if not isinstance(run_id, str) or not RUN_ID.match(run_id):
+        raise RunNotFoundError(f"no run {run_id!r}: run ids look like 'r-0123abcd…'; list runs with `steppe runs`")
+    return run_id
+
+
+def cancel_refusal(run_id: str, status: str) -> SubmitError | None:
+    """Why a cancel of a run in `status` is refused (the API answers 409 with the same text), if it is."""
+    if status in TERMINAL_RUN_STATUSES:
+        return SubmitError(f"run {run_id} is already {status}; there is nothing to cancel")
+    return None
+
+
+def retry_refusal(run_id: str, status: str) -> SubmitError | None:
+    if status not in RETRYABLE_STATUSES:
+        return SubmitError(f"run {run_id} is {status}; only failed or cancelled runs can be retried")
+    return None
+
+
+class Transport(Protocol):
+    def submit(
+        self, document: Document, *, inputs: dict[str, Any], idempotency_key: str | None, check_handlers: bool
+    ) -> SubmitResult: ...
+    def get(self, run_id: str) -> dict[str, Any]: ...
+    def wait(self, run_id: str, timeout: float) -> dict[str, Any]: ...
+    def cancel(self, run_id: str) -> None: ...
+    def retry(self, run_id: str) -> None: ...
+    def runs(self, *, status: str | None, workflow: str | None, limit: int) -> list[dict[str, Any]]: ...
+    def history(self, run_id: str, *, after: int) -> list[dict[str, Any]]: ...
+    def close(self) -> None: ...
+
+
+class AsyncTransport(Protocol):
+    async def submit(
+        self, document: Document, *, inputs: dict[str, Any], idempotency_key: str | None, check_handlers: bool
+    ) -> SubmitResult: ...
+    async def get(self, run_id: str) -> dict[str, Any]: ...
+    async def wait(self, run_id: str, timeout: float) -> dict[str, Any]: ...
+    async def cancel(self, run_id: str) -> None: ...
+    async def retry(self, run_id: str) -> None: ...
+    async def runs(self, *, status: str | None, workflow: str | None, limit: int) -> list[dict[str, Any]]: ...
+    async def history(self, run_id: str, *, after: int) -> list[dict[str, Any]]: ...
+    async def close(self) -> None: ...
