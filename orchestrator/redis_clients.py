@@ -24,8 +24,11 @@ the places that must behave differently ask `is_cluster(client)`.
 from __future__ import annotations
 
 import itertools
+import random
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
@@ -36,6 +39,7 @@ import redis.cluster as synccluster
 from redis.backoff import NoBackoff
 from redis.exceptions import ClusterDownError, ClusterError, SlotNotCoveredError, TryAgainError
 from redis.retry import Retry
+from structlog.typing import FilteringBoundLogger
 
 from orchestrator.errors import ConfigError
 
@@ -216,3 +220,106 @@ class SlotReader:
         node = cluster.get_node_from_key(next(iter(g)))
         args = _xreadgroup_args(self.group, self.consumer, g, count, block)
         return cast(list[Any], await cluster.execute_command("XREADGROUP", *args, target_nodes=node) or [])
+
+
+# -- Redis trouble: what a blocked read, an ack or a claim can return, and what a loop does about it
+
+
+class Trouble(StrEnum):
+    """How a long-running loop survives a Redis error (`classify`)."""
+
+    # Unreachable, timed out, loading its AOF (LOADING), a replica (READONLY, MASTERDOWN), a
+    # cluster in transition (CLUSTERDOWN, TRYAGAIN), a script running (BUSY), out of memory
+    # (OOM): nothing was done; back off and do the same again.
+    UNAVAILABLE = "unavailable"
+    # A stream or consumer group vanished under the command (FLUSHALL, a restart without
+    # persistence, a failover to an empty replica): NOGROUP, and UNBLOCKED for a blocked
+    # XREADGROUP on Redis 7. Recreate the groups; the coordinator re-publishes from PostgreSQL.
+    DATA_LOST = "data_lost"
+
+
+_UNAVAILABLE_TYPES: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,  # includes BusyLoadingError (LOADING) and connection resets
+    redis.TimeoutError,
+    OSError,  # asyncio's timeouts and socket errors raised past redis-py
+    redis.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+    *CLUSTER_ERRORS,  # ClusterDownError includes MasterDownError (MASTERDOWN)
+)
+_UNAVAILABLE_CODES = frozenset({"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY", "OOM"})
+
+
+_PIPELINE_PREFIX = "caused error: "  # redis-py prefixes errors inside a pipeline with the command
+
+
+def _error_code(error: redis.RedisError) -> str:
+    """The reply's error code (`NOGROUP`, `UNBLOCKED`, `ERR`…): redis-py >= 6 keeps it apart
+    (and strips the codes it maps to classes from the text); older ones leave it in the text."""
+    code = getattr(error, "status_code", None)
+    if code:
+        return str(code)
+    text = str(error)
+    text = text.split(_PIPELINE_PREFIX, 1)[-1]
+    return text.split(" ", 1)[0] if text[:1].isupper() else ""
+
+
+def classify(error: BaseException) -> Trouble | None:
+    """What a loop does about `error`: back off (UNAVAILABLE), recreate groups (DATA_LOST), or
+    None: not a Redis condition to wait out (a bug, a wrong type, a missing permission), raise it."""
+    if isinstance(error, _UNAVAILABLE_TYPES):
+        return Trouble.UNAVAILABLE
+    if not isinstance(error, redis.ResponseError):
+        return None
+    code, text = _error_code(error), str(error).lower()
+    if code == "NOGROUP" or (code in ("ERR", "") and "no such key" in text):  # XINFO on a vanished stream
+        return Trouble.DATA_LOST
+    if code == "UNBLOCKED":
+        # "the stream key no longer exists" (deleted, FLUSHALL); otherwise "instance state changed
+        # (master -> replica?)" or CLIENT UNBLOCK ERROR: nothing lost, read again.
+        return Trouble.DATA_LOST if "no longer exists" in text else Trouble.UNAVAILABLE
+    if code in _UNAVAILABLE_CODES:
+        return Trouble.UNAVAILABLE
+    return None
+
+
+@dataclass
+class Outage:
+    """Back-off and log-once bookkeeping for one loop that waits out Redis trouble.
+
+    `failed` returns how long to wait (jittered exponential, `first` doubling up to `cap`) and
+    logs a warning only for the first failure of an outage and when the kind of trouble
+    changes; `succeeded` logs once that the loop recovered, with how long and how many failures.
+    """
+
+    event: str
+    log: FilteringBoundLogger
+    first: float = 0.1
+    cap: float = 5.0
+    fields: dict[str, Any] = field(default_factory=dict)
+    failures: int = 0
+    _delay: float = 0.0
+    _since: float = 0.0
+    _kind: Trouble | None = None
+
+    def failed(self, error: BaseException, trouble: Trouble) -> float:
+        if self.failures == 0:
+            self._since = time.monotonic()
+            self._delay = self.first
+        else:
+            self._delay = min(self._delay * 2, self.cap)
+        self.failures += 1
+        if trouble is not self._kind:
+            self._kind = trouble
+            self.log.warning(self.event, trouble=str(trouble), error=str(error) or type(error).__name__, **self.fields)
+        return self._delay * random.uniform(0.5, 1.0)
+
+    def succeeded(self) -> None:
+        if self.failures:
+            self.log.info(
+                f"{self.event}_recovered",
+                failures=self.failures,
+                outage_s=round(time.monotonic() - self._since, 2),
+                **self.fields,
+            )
+            self.failures = 0
+            self._kind = None

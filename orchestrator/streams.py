@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import redis
 
-from orchestrator import metrics
+from orchestrator import metrics, redis_clients
 from orchestrator.keys import COORDINATOR_GROUP, WORKER_GROUP, Keys
 from orchestrator.wire import FIELD, decode_result, decode_step
 
@@ -95,10 +95,16 @@ def export_queue_metrics(client: redis.Redis, keys: Keys, queues: Iterable[str])
         oldest = 0.0
         for stream in keys.queue_streams(queue):
             depth += int(client.xlen(stream))
-            for group in client.xinfo_groups(stream):
+            try:
+                groups = client.xinfo_groups(stream)
+                summary = client.xpending_range(stream, WORKER_GROUP, "-", "+", 1)
+            except redis.ResponseError as e:  # no such key / NOGROUP: Redis lost it; the reconciler recreates it
+                if redis_clients.classify(e) is not redis_clients.Trouble.DATA_LOST:
+                    raise
+                continue
+            for group in groups:
                 pending += int(group.get("pending", 0))
                 lag += int(group.get("lag") or 0)
-            summary = client.xpending_range(stream, WORKER_GROUP, "-", "+", 1)
             if summary:
                 oldest = max(oldest, summary[0]["time_since_delivered"] / 1000)
         metrics.QUEUE_DEPTH.labels(queue=queue).set(depth)
