@@ -78,7 +78,8 @@ def base64_cores(text: str) -> set[str]:
     return {c for c in cores if len(c) >= MIN_FORM}
 
 
-BASE64_EDGE = "[A-Za-z0-9+/_-]?"
+BASE64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-")
+BASE64_EDGE = "[A-Za-z0-9+/_-]?={0,2}"  # after a core; the character before it is taken in `_sub`
 
 
 def secret_forms(value: str) -> set[str]:
@@ -122,17 +123,40 @@ class Redactor:
             if len(value) >= MIN_SECRET:
                 for core in base64_cores(value):
                     cores.setdefault(core, name)
-        # Longest first, so that a form containing another one is replaced whole.
-        pieces = [(len(f), re.escape(f)) for f in names]
-        pieces += [(len(c) + 4, f"{BASE64_EDGE}{re.escape(c)}{BASE64_EDGE}={{0,2}}") for c in cores]
-        pieces.sort(key=lambda piece: piece[0], reverse=True)
-        pattern = re.compile("|".join(regex for _, regex in pieces))
+        # Longest first, so that a form containing another one is replaced whole. One flat
+        # alternation whose every branch starts with a literal: the regex engine then skips
+        # positions by their first character (a group or a leading class would defeat that).
+        branches = [(f, re.escape(f)) for f in names] + [(c, re.escape(c) + BASE64_EDGE) for c in cores]
+        branches.sort(key=lambda branch: len(branch[0]), reverse=True)
+        pattern = re.compile("|".join(regex for _, regex in branches))
         self._values = {**self._values, **new}
-        self._names, self._cores, self._pattern, self.longest = names, cores, pattern, pieces[0][0]
+        self._names, self._cores, self._pattern = names, cores, pattern
+        self.longest = max(len(f) for f in [*names, *cores]) + 4
 
     def __call__(self, text: str) -> str:
+        return self._sub(text, None)
+
+    def _sub(self, text: str, found: set[str] | None) -> str:
         pattern = self._pattern
-        return text if pattern is None else pattern.sub(REDACTED, text)
+        if pattern is None:
+            return text
+        out: list[str] = []
+        last = 0
+        for match in pattern.finditer(text):
+            start = match.start()
+            if start > last and text[start - 1] in BASE64_CHARS and match.group() not in self._names:
+                start -= 1  # the character holding the value's first bits mixed with its neighbour's
+            out += (text[last:start], REDACTED)
+            last = match.end()
+            if found is not None:
+                found.add(self._name_of(match.group()))
+        if not out:
+            return text
+        out.append(text[last:])
+        return "".join(out)
+
+    def _name_of(self, form: str) -> str:
+        return self._names.get(form) or next((n for c, n in self._cores.items() if c in form), "?")
 
     def redact_value(self, value: Any) -> Any:
         """`value` with every string in it (dict keys included) redacted; containers are copied."""
@@ -145,15 +169,9 @@ class Redactor:
             return value, []
         found: set[str] = set()
 
-        def replace(match: re.Match[str]) -> str:
-            text = match.group()
-            name = self._names.get(text) or next((n for c, n in self._cores.items() if c in text), "?")
-            found.add(name)
-            return REDACTED
-
         def walk(item: Any) -> Any:
             if isinstance(item, str):
-                return pattern.sub(replace, item)
+                return self._sub(item, found)
             if isinstance(item, dict):
                 return {walk(k): walk(v) for k, v in item.items()}
             if isinstance(item, list | tuple):
