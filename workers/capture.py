@@ -142,7 +142,9 @@ def install(redactor: Redactor) -> None:
     install_record_factory(redactor)
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
-        if stream is not None and not isinstance(stream, CapturingStream):
+        if isinstance(stream, CapturingStream):
+            stream.redactor = redactor
+        elif stream is not None:
             setattr(sys, name, CapturingStream(name, stream, redactor))
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -32,8 +34,11 @@ ENV = {"API_TOKEN": SECRET, "SHORT": "ab"}
 def restore_logging() -> Iterator[None]:
     saved = structlog.get_config()
     processors = list(saved["processors"])
+    factory, streams = logging.getLogRecordFactory(), (sys.stdout, sys.stderr)  # install_log_processors sets them
     yield
     structlog.configure(**{**saved, "processors": processors})
+    logging.setLogRecordFactory(factory)
+    sys.stdout, sys.stderr = streams
 
 
 def redactor(*values: str) -> Redactor:
