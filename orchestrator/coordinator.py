@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 import orjson
 import redis
 import structlog
@@ -42,12 +41,19 @@ from orchestrator.quarantine import BatchSplitter
 from orchestrator.settings import Settings
 from orchestrator.spec import WorkflowSpec
 from orchestrator.state import TERMINAL_RUN_STATUSES, RunStatus, key_role
-from orchestrator.store.dead_letters import DeadLetterStore, row_from_compensation, row_from_result, sync_from_stream
+from orchestrator.store.dead_letters import (
+    DeadLetterStore,
+    add_to_stream,
+    row_from_compensation,
+    row_from_result,
+    sync_from_stream,
+)
 from orchestrator.store.hooks import HookStore
 from orchestrator.store.leases import LeaseManager
 from orchestrator.store.runs import RunStore, RunWrite, StoredRun
-from orchestrator.wire import FIELD, ResultMessage, decode_control, decode_result, encode
+from orchestrator.wire import FIELD, ControlMessage, ResultMessage, decode_control, decode_result, encode, read_entry
 from orchestrator.workflow import CompiledWorkflow, compile_workflow
+from patterns.dead_letter import unreadable_entry
 from patterns.hierarchical import ChildStart
 from patterns.hooks import HOOKS_QUEUE, is_hook_key
 
@@ -166,23 +172,27 @@ class Coordinator:
         control_runs: set[str] = set()
         commands = False
         results: list[ResultMessage] = []
-        for stream, entry_id, raw in entries:
+        unreadable: list[dict[str, Any]] = []
+        for stream, entry_id, fields in entries:
             acks.setdefault(stream, []).append(entry_id)
+            if fields is None:  # trimmed while pending: nothing to apply
+                continue
+            message: ControlMessage | ResultMessage | None
             if stream.endswith(":control"):
-                try:
-                    control = decode_control(raw)
-                except (msgspec.DecodeError, msgspec.ValidationError):
-                    log.warning("control_message_undecodable", stream=stream, entry=entry_id.decode())
-                    continue
-                if control.kind == "submitted":
-                    control_runs.add(control.run)
+                message, refused = read_entry(fields, decode_control)
+            else:
+                message, refused = read_entry(fields, decode_result)
+            if refused is not None:
+                unreadable.append(self._unreadable(stream, entry_id, fields, *refused))
+            elif isinstance(message, ControlMessage):
+                if message.kind == "submitted":
+                    control_runs.add(message.run)
                 else:
                     commands = True
-            else:
-                try:
-                    results.append(decode_result(raw))
-                except (msgspec.DecodeError, msgspec.ValidationError):
-                    log.warning("result_message_undecodable", stream=stream, entry=entry_id.decode())
+            elif isinstance(message, ResultMessage):
+                results.append(message)
+        if unreadable:  # before the acks: after a crash they are read, and dead-lettered, again
+            add_to_stream(self.redis, self.keys, unreadable)
         if control_runs:
             touched |= self._admit(control_runs)
         processed_commands = self._apply_commands() if commands else []
@@ -224,7 +234,15 @@ class Coordinator:
         metrics.COORDINATOR_HEARTBEAT.set(time.time())
         return len(entries)
 
-    def _read(self, block_ms: int | None) -> list[tuple[str, bytes, bytes]]:
+    def _unreadable(
+        self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], reason: str, error: str
+    ) -> dict[str, Any]:
+        """A dead letter for a result or control entry that is garbage or of an unknown schema version."""
+        log.warning("stream_entry_dead_lettered", stream=stream, entry=entry_id.decode(), reason=reason, error=error)
+        metrics.DEAD_LETTERS.labels(queue=stream, reason=reason).inc()
+        return unreadable_entry(stream, entry_id, fields, reason, error, by=self.id)
+
+    def _read(self, block_ms: int | None) -> list[tuple[str, bytes, dict[bytes, bytes] | None]]:
         if not self.partitions:
             time.sleep(min(1.0, self.cfg.lease_ttl / 3))
             return []
@@ -254,17 +272,14 @@ class Coordinator:
             bus.ensure_partition_groups(self.redis, self.keys, self.partitions)
             self._next_reconcile = 0.0
             return []
-        out: list[tuple[str, bytes, bytes]] = []
+        out: list[tuple[str, bytes, dict[bytes, bytes] | None]] = []
         drained = True
         for stream_name, messages in reply or []:
             name = stream_name.decode() if isinstance(stream_name, bytes) else stream_name
             if messages:
                 drained = False
             for entry_id, fields in messages:
-                if fields is None:  # trimmed while pending: nothing to apply
-                    out.append((name, entry_id, b"{}"))
-                    continue
-                out.append((name, entry_id, fields.get(FIELD, b"{}")))
+                out.append((name, entry_id, fields))  # None: trimmed while pending
         if self._replay_pending and drained:
             self._replay_pending = False
         return out

@@ -10,6 +10,7 @@ hold 10,000 copies of the inputs. A version-1 message still decodes (its `inputs
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar
 
 import msgspec
@@ -140,3 +141,37 @@ def _decode_storable(decoder: msgspec.json.Decoder[_T], data: bytes, type_: type
 def dumps(value: Any) -> bytes:
     """JSON-encode any JSON-compatible value (used for payload size checks)."""
     return _encoder.encode(value)
+
+
+# Dead-letter reasons of stream entries no process may act on.
+UNDECODABLE = "UndecodableMessage"
+UNKNOWN_VERSION = "UnknownSchemaVersion"
+_M = TypeVar("_M", StepMessage, ResultMessage, ControlMessage)
+
+
+def version_problem(message: StepMessage | ResultMessage | ControlMessage) -> str | None:
+    """Why this process must not act on `message` (a schema version it does not read), or None.
+
+    A decoder fills the fields it knows and ignores the others, so a message of an unknown
+    version decodes; acting on it could misread what its producer meant."""
+    if message.v in SUPPORTED_VERSIONS:
+        return None
+    known = ", ".join(str(v) for v in sorted(SUPPORTED_VERSIONS))
+    return (
+        f"schema version {message.v} is not one this process reads ({known}): run the same Steppe "
+        "version on every coordinator and worker, then replay the dead letter if it still matters"
+    )
+
+
+def read_entry(
+    fields: Mapping[bytes, bytes], decode: Callable[[bytes], _M]
+) -> tuple[_M, None] | tuple[None, tuple[str, str]]:
+    """The message of a stream entry, or why not: `(message, None)` or `(None, (reason, error))`."""
+    try:
+        message = decode(fields.get(FIELD, b""))
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        return None, (UNDECODABLE, str(e) or type(e).__name__)
+    problem = version_problem(message)
+    if problem is not None:
+        return None, (UNKNOWN_VERSION, problem)
+    return message, None

@@ -1,11 +1,13 @@
 """Dead letters as plain data: records from the dead-letter stream, replay requests, display helpers.
 
 A worker dead-letters a queue entry that was delivered more than `max_deliveries` times,
-cannot be decoded, or vanished while pending: it XADDs the entry to `{ns}:dlq` (fields
-`stream id queue deliveries reason error m worker`; `m` is the original message, `error`
-already redacted) and reports the step as dead-lettered, upon which the coordinator writes a
-`dead_letters` row. The functions here turn stream entries into rows of that same shape and
-decide what a replay may do. No I/O.
+cannot be decoded, has an unknown schema version, or vanished while pending: it XADDs the
+entry to `{ns}:dlq` (fields `stream id queue deliveries reason error m worker`; `m` is the
+original message, `error` already redacted) and reports the step as dead-lettered, upon which
+the coordinator writes a `dead_letters` row. The coordinator dead-letters results and control
+entries it cannot decode or read the same way (`unreadable_entry`; their queue is the stream).
+The functions here turn stream entries into rows of that same shape and decide what a replay
+may do. No I/O.
 
 Secrets: a step message carries `${{ secrets.NAME }}` references, never their values (only a
 worker resolves them, from its own environment), so the original message is safe to keep.
@@ -24,6 +26,8 @@ from orchestrator.spec.values import value_problem
 from orchestrator.wire import FIELD, decode_step
 
 REPLAYABLE_RUN_STATUSES = ("failed", "cancelled")
+# What a dead letter keeps of an entry the coordinator will not apply (garbage can be large).
+RAW_LIMIT = 8 * 1024
 # What a dead letter keeps of the original step message (the rest is in the run itself).
 PAYLOAD_FIELDS = ("handler", "kind", "args", "timeout", "workflow", "breaker")
 
@@ -85,6 +89,30 @@ def record_from_stream(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> 
         "payload": payload_of(raw),
         "raw": _storable(_text(raw)),
         "created_at": stream_id_time(_text(entry_id)),
+    }
+
+
+def unreadable_entry(
+    stream: str, entry_id: bytes, fields: Mapping[bytes, bytes], reason: str, error: str, *, by: str
+) -> dict[str, Any]:
+    """The `{ns}:dlq` fields for a results or control stream entry the coordinator will not apply
+    (undecodable, or of an unknown schema version): the entry's message, or all its fields as
+    JSON when it has others, cut to RAW_LIMIT bytes. Its "queue" is the stream it came from."""
+    if set(fields) <= {FIELD}:
+        raw = fields.get(FIELD, b"")
+    else:
+        raw = orjson.dumps({_text(k): _text(v) for k, v in fields.items()})
+    if len(raw) > RAW_LIMIT:
+        error = f"{error} (the entry's {len(raw):,} bytes are cut to the first {RAW_LIMIT:,})"
+    return {
+        "stream": stream,
+        "id": entry_id,
+        "queue": stream,
+        "deliveries": 1,
+        "reason": reason,
+        "error": error,
+        "m": raw[:RAW_LIMIT],
+        "worker": by,
     }
 
 

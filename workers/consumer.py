@@ -37,7 +37,17 @@ import structlog
 from orchestrator import metrics, redis_clients
 from orchestrator.keys import WORKER_GROUP, Keys
 from orchestrator.settings import Settings
-from orchestrator.wire import FIELD, ResultMessage, StepErrorInfo, StepMessage, decode_step, encode
+from orchestrator.wire import (
+    FIELD,
+    UNDECODABLE,
+    UNKNOWN_VERSION,
+    ResultMessage,
+    StepErrorInfo,
+    StepMessage,
+    decode_step,
+    encode,
+    version_problem,
+)
 from patterns.breaker import BreakerRegistry
 from workers.registry import HandlerRegistry
 from workers.runner import Redactor, StepRunner
@@ -320,7 +330,13 @@ class Worker:
         try:
             message = decode_step(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
-            self._dead_letter(stream, entry_id, None, raw, deliveries, "UndecodableMessage", str(e))
+            self._dead_letter(stream, entry_id, None, raw, deliveries, UNDECODABLE, str(e))
+            return
+        unreadable = version_problem(message)
+        if unreadable is not None:
+            # Never run what this worker may misread; the step fails with the reason (a result of a
+            # version the coordinator reads), so its run still ends.
+            self._dead_letter(stream, entry_id, message, raw, deliveries, UNKNOWN_VERSION, unreadable)
             return
         if reclaimed:
             # A redelivery is a possible duplicate execution: say which step it is (RELIABILITY.md I2).

@@ -182,6 +182,14 @@ def sync_from_stream(client: redis.Redis, keys: Keys, store: DeadLetterStore, *,
     return store.merge([record_from_stream(entry_id, fields) for entry_id, fields in reversed(entries)])
 
 
+def add_to_stream(client: redis.Redis, keys: Keys, entries: Sequence[dict[str, Any]]) -> None:
+    """XADD dead-letter entries (`patterns.dead_letter.unreadable_entry`) to `{ns}:dlq`, in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    for entry in entries:
+        pipe.xadd(keys.dlq_stream, entry)
+    pipe.execute()
+
+
 def trim_stream(client: redis.Redis, keys: Keys, *, before: dt.datetime) -> int:
     """Remove the `{ns}:dlq` stream entries added before `before`; returns how many."""
     try:
