@@ -8,6 +8,8 @@ GET /v1/runs/{id}/events?after=N   the run's event log after sequence number N (
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -17,7 +19,9 @@ from starlette.exceptions import HTTPException
 
 from orchestrator.api.errors import JSONBytes
 from orchestrator.api.models import RunDocument
-from orchestrator.api.routes import ERRORS, Res, RunId, _wait_until_terminal, require_token, run_document
+from orchestrator.api.routes import ERRORS, Res, RunId, require_token, run_document
+from orchestrator.client.transport import poll_delays
+from orchestrator.state import TERMINAL_RUN_STATUSES
 
 follow = APIRouter(prefix="/v1", tags=["runs"], dependencies=[Depends(require_token)], responses=ERRORS)
 
@@ -48,8 +52,15 @@ async def wait_for_run(
             422, f"timeout is at most {res.api.max_wait:g}s (STEPPE_API_MAX_WAIT); ask again to wait longer"
         )
     store = res.store()
-    await run_in_threadpool(store.run_status, run_id)  # an unknown run is a 404 at once
-    await _wait_until_terminal(request, lambda: store.run_status(run_id), timeout)
+    deadline = time.monotonic() + timeout
+    # The coordinator announces no finished run, so poll its status (5 ms, x1.5, up to 0.5 s);
+    # the first poll is also the 404 of an unknown run.
+    for delay in poll_delays(cap=0.5):
+        status = await run_in_threadpool(store.run_status, run_id)
+        remaining = deadline - time.monotonic()
+        if status in TERMINAL_RUN_STATUSES or remaining <= 0 or await request.is_disconnected():
+            break
+        await asyncio.sleep(min(delay, remaining))
     return JSONBytes(await run_in_threadpool(run_document, res, run_id, False))
 
 

@@ -39,6 +39,7 @@ def _register_commands() -> None:
         admin,
         api_cmd,
         bench,
+        bench_client,
         bench_cluster,
         db,
         dev,
@@ -52,7 +53,7 @@ def _register_commands() -> None:
 
     for module in (dev, db, processes, runs, spec_cmds, bench, api_cmd, dlq, hooks, admin, patterns_cmd):
         module.register(app)
-    del bench_cluster  # registers its commands on `bench` when imported
+    del bench_client, bench_cluster  # each registers its commands on `bench` when imported
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.client.models import HistoryEvent, RunDocument, RunSummary
 from orchestrator.client.sources import Document, WorkflowSource, resolve
-from orchestrator.client.transport import AsyncTransport, SubmitResult, Transport, check_run_id
+from orchestrator.client.transport import AsyncTransport, SubmitResult, Transport, check_run_id, poll_delays
 from orchestrator.errors import ConfigError, InfrastructureError, RunFailedError, RunTimeoutError
 from orchestrator.state import EventType, RunStatus
 
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 CONNECT_TIMEOUT = 5.0
 REQUEST_TIMEOUT = 30.0
 RESULT_TIMEOUT = 300.0
-FIRST_POLL, MAX_POLL, POLL_GROWTH = 0.02, 1.0, 1.5  # waiting for a retry to be taken
 MAX_LIST = 1000  # the most runs `GET /v1/runs` lists
 
 
@@ -217,13 +216,13 @@ class Client:
         seen = _last_seq(self.transport.history(run_id, after=0))
         self.transport.retry(run_id)
         deadline = time.monotonic() + self.timeout
-        delay = FIRST_POLL
-        while not _resumed(self.transport.history(run_id, after=seen)):
+        for delay in poll_delays():
+            if _resumed(self.transport.history(run_id, after=seen)):
+                return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise _untaken(run_id, self.timeout)
             time.sleep(min(delay, remaining))
-            delay = min(delay * POLL_GROWTH, MAX_POLL)
 
     def runs(self, *, status: str | None = None, workflow: str | None = None, limit: int = 50) -> list[RunSummary]:
         """Recent runs, newest first."""
@@ -363,13 +362,13 @@ class AsyncClient:
         seen = _last_seq(await self.transport.history(run_id, after=0))
         await self.transport.retry(run_id)
         deadline = time.monotonic() + self.timeout
-        delay = FIRST_POLL
-        while not _resumed(await self.transport.history(run_id, after=seen)):
+        for delay in poll_delays():
+            if _resumed(await self.transport.history(run_id, after=seen)):
+                return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise _untaken(run_id, self.timeout)
             await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * POLL_GROWTH, MAX_POLL)
 
     async def runs(
         self, *, status: str | None = None, workflow: str | None = None, limit: int = 50

@@ -6,8 +6,8 @@ Connections open on first use; `close()` releases them.
 
 Waiting for a run (`wait`): the coordinator announces a finished run neither in PostgreSQL
 (no NOTIFY) nor in Redis, so the wait polls the run's status — one primary-key lookup of one
-column — with a backoff from 20 ms to 1 s (x1.5 per poll). A one-step run is seen finished
-within about 20 to 50 ms of its end; an hour-long wait costs about one small query a second.
+column — with a backoff from 5 ms to 1 s (x1.5 per poll, transport.poll_delays): a short run is
+seen finished within a few ms of its end, an hour-long wait costs one small query a second.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from orchestrator.client.sources import Document
-from orchestrator.client.transport import SubmitResult, cancel_refusal, retry_refusal
+from orchestrator.client.transport import SubmitResult, cancel_refusal, poll_delays, retry_refusal
 from orchestrator.state import TERMINAL_RUN_STATUSES
 
 if TYPE_CHECKING:
@@ -31,9 +31,6 @@ if TYPE_CHECKING:
     from orchestrator.submit import Submitter
 
 T = TypeVar("T")
-FIRST_POLL = 0.02
-MAX_POLL = 1.0
-POLL_GROWTH = 1.5
 
 
 def with_statement_timeout(url: str, seconds: float) -> str:
@@ -157,14 +154,13 @@ class DirectTransport:
 def poll_until_terminal(status_of: Callable[[], str], timeout: float, sleep: Callable[[float], object]) -> str:
     """Poll `status_of` with backoff until it is terminal or `timeout` passed; the last status."""
     deadline = time.monotonic() + timeout
-    delay = FIRST_POLL
-    while True:
+    for delay in poll_delays():
         status = status_of()
         remaining = deadline - time.monotonic()
         if status in TERMINAL_RUN_STATUSES or remaining <= 0:
             return status
         sleep(min(delay, remaining))
-        delay = min(delay * POLL_GROWTH, MAX_POLL)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class AsyncDirectTransport:
@@ -193,14 +189,13 @@ class AsyncDirectTransport:
     async def wait(self, run_id: str, timeout: float) -> dict[str, Any]:
         store = await self._call(lambda: self.sync.store)
         deadline = time.monotonic() + timeout
-        delay = FIRST_POLL
-        while True:
+        for delay in poll_delays():
             status = await self._call(store.run_status, run_id)
             remaining = deadline - time.monotonic()
             if status in TERMINAL_RUN_STATUSES or remaining <= 0:
-                return await self.get(run_id)
+                break
             await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * POLL_GROWTH, MAX_POLL)
+        return await self.get(run_id)
 
     async def cancel(self, run_id: str) -> None:
         await self._call(self.sync.cancel, run_id)
