@@ -50,6 +50,14 @@ _HINTS = {
     "StatementTooComplex": "a value is nested too deeply for PostgreSQL: flatten the step's output",
 }
 _DEFAULT_HINT = "check what the steps returned or raised, and their settings"
+_CARRIED = frozenset({"output", "error", "due_at"})
+
+
+def suspects(write: RunWrite) -> list[str]:
+    """The steps of a refused write that carry what handlers returned or raised, or a due time;
+    every step it touched when none does."""
+    carrying = {e.step for e in write.events if e.step is not None and _CARRIED.intersection(e.data)}
+    return sorted(carrying or write.steps)
 
 
 def unstorable_error(error: RunDataError, step_keys: Sequence[str]) -> dict[str, Any]:
@@ -129,7 +137,7 @@ class BatchSplitter:
                     hook_rows=[r for r in hook_rows if r.run_id == write.run_id],
                 )
             except RunDataError as e:
-                if self.fail(write.run_id, unstorable_error(e, list(write.steps))):
+                if self.fail(write.run_id, unstorable_error(e, suspects(write))):
                     failed.append(write.run_id)
         rest_dead = [d for d in dead_letters if d.get("run_id") not in run_ids]
         rest_hooks = [r for r in hook_rows if r.run_id not in run_ids]

@@ -119,3 +119,21 @@ async def secret_log(ctx: StepContext, token: str) -> dict[str, Any]:
     """Logs its secret argument through `ctx.log` (the worker must redact it) and returns its length."""
     ctx.log.info("calling_upstream", token=token, header=f"Bearer {token}")
     return {"length": len(token)}
+
+
+@handler("test.unstorable")
+async def unstorable(ctx: StepContext, kind: str) -> Any:
+    """Raises or returns what PostgreSQL cannot store as written (issue 14); YAML cannot carry NUL
+    or lone surrogates, so the handler makes them: `nul_error`, `surrogate_error` (raise),
+    `big_int` (an integer beyond 64 bits), `deep` (nesting deeper than the JSON encoder's 254)."""
+    _redis().hincrby(witness_key("calls"), ctx.idempotency_key, 1)
+    if kind == "nul_error":
+        raise RuntimeError("bad\x00byte")
+    if kind == "surrogate_error":
+        raise RuntimeError("lone \ud800 surrogate")
+    if kind == "big_int":
+        return {"n": 2**70}
+    value: Any = "bottom"
+    for _ in range(300):
+        value = [value]
+    return value

@@ -112,6 +112,43 @@ def test_the_runs_at_fault_are_failed_with_the_reason_and_the_others_commit(stor
     assert len(store.events(late)) == 2
 
 
+def test_the_steps_still_in_flight_are_cancelled_in_the_log(store: RunStore, partition: int) -> None:
+    run_id = new_run(store, partition)
+    dispatched = RunWrite(
+        run_id=run_id,
+        expected_version=0,
+        status=RunStatus.RUNNING,
+        state={"workflow": "w"},
+        last_seq=4,
+        events=[
+            Event(seq=2, type=EventType.RUN_STARTED),
+            Event(seq=3, type=EventType.STEP_DISPATCHED, step="a", attempt=1),
+            Event(seq=4, type=EventType.STEP_RETRY_SCHEDULED, step="b", attempt=1, data={"due_at": 2e9}),
+        ],
+        steps={
+            "a": StepRecord(step_id="a", status=StepStatus.DISPATCHED, attempt=1),
+            "b": StepRecord(
+                step_id="b", status=StepStatus.RETRY_SCHEDULED, attempt=1, due_at=2e9, detail={"failures": 1}
+            ),
+        },
+    )
+    store.commit_batch([dispatched], owner="owner")
+    refused = a_write(run_id, output={"n": 2**64})
+    refused.expected_version, refused.events = 1, [Event(seq=5, type=EventType.STEP_SUCCEEDED, step="a", attempt=1)]
+    splitter = BatchSplitter(store=store, owner="owner")
+    assert splitter.split([refused])
+    assert splitter.failed == [run_id]
+    doc = store.get_run(run_id)
+    assert doc["status"] == "failed"
+    assert {k: (s["status"], s["due_at"]) for k, s in doc["steps"].items()} == {
+        "a": ("cancelled", None),
+        "b": ("cancelled", None),
+    }
+    types = [(e["type"], e["step_key"]) for e in store.events(run_id)][-3:]
+    assert types == [("step.cancelled", "a"), ("step.cancelled", "b"), ("run.failed", None)]
+    assert_fold_matches(store, run_id)
+
+
 def test_a_run_of_another_coordinator_is_left_alone(store: RunStore, partition: int) -> None:
     run_id = new_run(store, partition)
     splitter = BatchSplitter(store=store, owner="someone-else")
