@@ -186,6 +186,14 @@ def run_problems(document: Mapping[str, Any], inputs: Mapping[str, Any], limits:
         message = too_many_steps("with these inputs the run", step_instances(document, widths), limits)
         if message is not None:
             problems.append(message)
+    certain = certain_children(document, 0, limits)
+    if certain > limits.descendants_per_run:
+        problems.append(
+            f"the run would start at least {certain:,} child runs (entry steps with `workflow:` and no `when:`, "
+            f"all levels up to the depth limit of {limits.workflow_depth}), over the limit of "
+            f"{limits.descendants_per_run:,} ({DESCENDANTS_SETTING}); does a child workflow call itself without a "
+            "`when:` that stops it? Fix the recursion, or raise the limit"
+        )
     return problems
 
 
@@ -209,6 +217,28 @@ def check_fan_out(
         message = too_many_steps("the run", total, limits)
     if message is not None:
         raise RunLimitError(message)
+
+
+def certain_children(document: Mapping[str, Any], depth: int, limits: LimitSettings) -> int:
+    """Child runs that a run of `document` at `depth` starts whatever happens, all levels together:
+    those of its entry steps (no `needs`) that run a child workflow without a `when:`, counted up
+    to the depth limit, and capped just past the descendants limit (enough to refuse)."""
+    if depth >= limits.workflow_depth:
+        return 0
+    children = document.get("workflows")
+    children = children if isinstance(children, dict) else {}
+    steps = document.get("steps")
+    total = 0
+    for step in steps if isinstance(steps, list) else []:
+        if not isinstance(step, dict) or step.get("needs") or step.get("when") is not None:
+            continue
+        child = children.get(step.get("workflow"))
+        if isinstance(child, dict):
+            nested = {**child, "workflows": {**children, **(child.get("workflows") or {})}}
+            total += 1 + certain_children(nested, depth + 1, limits)
+        if total > limits.descendants_per_run:
+            break
+    return total
 
 
 def too_many_descendants(root_run_id: str, existing: int, limits: LimitSettings) -> str:

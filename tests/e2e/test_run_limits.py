@@ -80,13 +80,15 @@ def test_a_for_each_wider_than_the_limit_is_refused_at_submit_with_the_setting_t
         assert conn.execute("SELECT count(*) AS n FROM workflow_runs").fetchone()["n"] == 0  # nothing written
 
 
-# Each level starts three children: 3 + 9 + 27 … runs, unless the descendants limit stops it.
+# Three branches of three leaves: 12 child runs, unless the descendants limit stops it. The
+# branches are conditional, so submit cannot be sure they start: the limit is met at dispatch.
 TREE = """
 name: tree
+inputs: {grow: {type: boolean, required: true}}
 steps:
-  - {id: a, workflow: branch}
-  - {id: b, workflow: branch}
-  - {id: c, workflow: branch}
+  - {id: a, workflow: branch, when: "${{ inputs.grow }}"}
+  - {id: b, workflow: branch, when: "${{ inputs.grow }}"}
+  - {id: c, workflow: branch, when: "${{ inputs.grow }}"}
 workflows:
   branch:
     name: branch
@@ -120,7 +122,7 @@ def _descendants(e2e: Env, root: str) -> list[str]:
 
 def test_a_multiplying_child_workflow_stops_at_the_descendants_limit(limited: Env) -> None:
     limited.start(workers=1)
-    run_id = limited.submitter.submit(load_workflow(TREE), check_handlers=False).run_id
+    run_id = limited.submitter.submit(load_workflow(TREE), inputs={"grow": True}, check_handlers=False).run_id
 
     doc = finish(limited, run_id, timeout=120)
     assert doc["status"] == "failed", limited.log()
@@ -134,3 +136,11 @@ def test_a_multiplying_child_workflow_stops_at_the_descendants_limit(limited: En
     assert f"under run {run_id}" in message
     assert not refused[0]["error"]["retryable"]
     assert_projection_matches_log(limited, run_id)
+
+
+def test_a_child_workflow_tree_certain_to_outgrow_the_limit_is_refused_at_submit(limited: Env) -> None:
+    certain = TREE.replace(', when: "${{ inputs.grow }}"', "")
+    with pytest.raises(SubmitError) as info:
+        limited.submitter.submit(load_workflow(certain), inputs={"grow": True}, check_handlers=False)
+    assert str(info.value).startswith("the run would start at least 8 child runs")  # counting stops past the limit
+    assert f"over the limit of {DESCENDANTS} (STEPPE_LIMITS__DESCENDANTS_PER_RUN)" in str(info.value)

@@ -293,3 +293,24 @@ def test_descendants_count_against_the_top_level_run() -> None:
     message = run_limits.too_many_descendants("r-abc", 1000, LimitSettings())
     assert "1,001 child runs under run r-abc" in message
     assert "STEPPE_LIMITS__DESCENDANTS_PER_RUN" in message
+
+
+SELF_CALLING = {
+    "name": "top",
+    "steps": [{"id": f"s{i}", "workflow": "again"} for i in range(6)],
+    "workflows": {"again": {"name": "again", "steps": [{"id": f"s{i}", "workflow": "again"} for i in range(6)]}},
+}
+
+
+def test_a_workflow_that_calls_itself_six_times_per_level_is_refused_at_submit() -> None:
+    # 6 + 36 + … + 6**5 = 9,330 child runs without the limit (the depth limit alone allowed it).
+    assert run_limits.certain_children(SELF_CALLING, 0, LimitSettings(descendants_per_run=10_000)) == 9330
+    [message] = run_limits.run_problems(SELF_CALLING, {}, LimitSettings())
+    assert message.startswith("the run would start at least 1,")
+    assert "over the limit of 1,000 (STEPPE_LIMITS__DESCENDANTS_PER_RUN)" in message
+
+
+def test_children_behind_a_when_are_left_to_the_dispatch_time_check() -> None:
+    conditional = {**SELF_CALLING, "steps": [{"id": "s", "workflow": "again", "when": "${{ inputs.go }}"}]}
+    assert run_limits.certain_children(conditional, 0, LimitSettings()) == 0
+    assert run_limits.run_problems(conditional, {}, LimitSettings()) == []
