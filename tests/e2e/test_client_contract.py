@@ -8,6 +8,7 @@ each test uses its own runs, workflow names and idempotency keys.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 from orchestrator import AsyncClient, Client
 from orchestrator.client import RunDocument
 from orchestrator.errors import (
+    ConfigError,
     RunFailedError,
     RunNotFoundError,
     RunTimeoutError,
@@ -50,7 +52,12 @@ AS_MAPPING: dict[str, Any] = {
     "inputs": {"n": {"type": "integer", "required": True}},
     "steps": [
         {"id": "first", "handler": "builtin.echo", "with": {"n": "${{ inputs.n }}"}},
-        {"id": "second", "handler": "builtin.echo", "needs": ["first"], "with": {"seen": "${{ steps.first.output.n }}"}},
+        {
+            "id": "second",
+            "handler": "builtin.echo",
+            "needs": ["first"],
+            "with": {"seen": "${{ steps.first.output.n }}"},
+        },
     ],
 }
 
@@ -128,7 +135,8 @@ def env(cluster: tuple[Env, ApiServer]) -> Env:
 
 def test_a_mapping_runs_to_its_result(client: Client, env: Env) -> None:
     run = client.submit(AS_MAPPING, inputs={"n": 5})
-    assert run.created and run.workflow == "client-mapping"
+    assert run.created
+    assert run.workflow == "client-mapping"
     outputs = run.result(timeout=60)
     assert outputs == env.run(run.id)["outputs"]
     doc = run.status()
@@ -137,13 +145,15 @@ def test_a_mapping_runs_to_its_result(client: Client, env: Env) -> None:
     assert doc.steps["second"].status is StepStatus.SUCCEEDED
     assert doc.steps["second"].output == {"seen": 5}
     assert doc.inputs == {"n": 5}
-    assert doc.finished_at is not None and doc.finished_at >= doc.created_at
+    assert doc.finished_at is not None
+    assert doc.finished_at >= doc.created_at
     assert client.get(run.id).workflow == "client-mapping"
     listed = client.runs(workflow="client-mapping")
     assert run.id in {r.run_id for r in listed}
     assert all(r.status is RunStatus.SUCCEEDED for r in client.runs(status="succeeded", limit=5))
     types = [e.type for e in run.history()]
-    assert types[0] == "run.submitted" and types[-1] == "run.succeeded"
+    assert types[0] == "run.submitted"
+    assert types[-1] == "run.succeeded"
     assert [e.seq for e in client.history(run.id, after=2)] == list(range(3, len(types) + 1))
 
 
@@ -173,7 +183,8 @@ def test_a_failing_run_raises_run_failed_error_with_the_step_error(client: Clien
     error = failed.value
     assert (error.run_id, error.status) == (run.id, "failed")
     assert "boom: the disk is full" in error.step_errors["explode"]["message"]
-    assert "explode" in str(error) and "boom: the disk is full" in str(error)
+    assert "explode" in str(error)
+    assert "boom: the disk is full" in str(error)
     assert isinstance(error.document, RunDocument)
     assert error.document.steps["explode"].status is StepStatus.FAILED
 
@@ -214,7 +225,7 @@ def test_an_idempotency_key_returns_the_same_run(client: Client) -> None:
 def test_unknown_runs_raise_run_not_found(client: Client) -> None:
     for call in (client.status, client.result, client.cancel, client.retry, client.history, client.get):
         with pytest.raises(RunNotFoundError, match="no run 'r-missing'"):
-            call("r-missing")  # type: ignore[operator]
+            call("r-missing")
     with pytest.raises(RunNotFoundError):
         client.status("not a run id!")
 
@@ -236,7 +247,8 @@ def test_result_times_out_while_the_run_keeps_going(client: Client) -> None:
     run = client.submit(SLEEPY)
     with pytest.raises(RunTimeoutError, match="still") as timed_out:
         run.result(timeout=0.5)
-    assert isinstance(timed_out.value, TimeoutError) and isinstance(timed_out.value, SteppeError)
+    assert isinstance(timed_out.value, TimeoutError)
+    assert isinstance(timed_out.value, SteppeError)
     assert not run.status().finished
     run.cancel()
 
@@ -263,3 +275,33 @@ def test_the_async_client_keeps_the_same_contract(kind: str, cluster: tuple[Env,
             await sleepy.cancel()
 
     asyncio.run(scenario())
+
+
+def test_client_reads_steppe_settings_from_the_environment(
+    cluster: tuple[Env, ApiServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = cluster[0]
+    for name in ("STEPPE_REDIS_URL", "STEPPE_DATABASE_URL", "STEPPE_NAMESPACE", "STEPPE_HOME"):
+        monkeypatch.setenv(name, env.env[name])
+    with Client() as client:
+        assert client.submit(ECHO, inputs={"who": "env"}).result(timeout=60) is not None
+
+
+def test_http_refuses_a_wrong_token_and_bounds_the_long_poll(cluster: tuple[Env, ApiServer]) -> None:
+    api = cluster[1]
+    with Client(api_url=api.url, token="wrong") as client, pytest.raises(ConfigError, match="refused the token"):
+        client.runs()
+    with api.client() as http:
+        run_id = http.post("/v1/runs", json={"workflow": SLEEPY}).json()["run_id"]
+        too_long = http.get(f"/v1/runs/{run_id}/wait", params={"timeout": 10_000})
+        assert too_long.status_code == 422
+        assert "STEPPE_API_MAX_WAIT" in too_long.text
+        started = time.monotonic()
+        doc = http.get(f"/v1/runs/{run_id}/wait", params={"timeout": 0.5}).json()
+        assert doc["status"] in ("pending", "running")
+        assert 0.4 < time.monotonic() - started < 10
+        assert http.get("/v1/runs/r-missing/wait", params={"timeout": 5}).status_code == 404
+        events = http.get(f"/v1/runs/{run_id}/events", params={"after": 0}).json()["events"]
+        assert events[0]["type"] == "run.submitted"
+        assert events[0]["seq"] == 1
+        http.post(f"/v1/runs/{run_id}/cancel")
