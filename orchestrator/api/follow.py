@@ -23,6 +23,8 @@ from orchestrator.api.routes import ERRORS, Res, RunId, require_token, run_docum
 from orchestrator.client.transport import poll_delays
 from orchestrator.state import TERMINAL_RUN_STATUSES
 
+MAX_SEQ = 2**63 - 1  # workflow_events.seq is a BIGINT
+
 follow = APIRouter(prefix="/v1", tags=["runs"], dependencies=[Depends(require_token)], responses=ERRORS)
 
 
@@ -66,7 +68,7 @@ async def wait_for_run(
 
 @follow.get("/runs/{run_id}/events", response_class=JSONBytes, responses={200: {"model": EventList}})
 def run_events(
-    run_id: RunId, res: Res, after: Annotated[int, Query(ge=0, description="Only seq > after")] = 0
+    run_id: RunId, res: Res, after: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Only seq > after")] = 0
 ) -> JSONBytes:
     """The run's append-only event log, oldest first."""
     rows = res.store().events(run_id, after=after)
