@@ -1,6 +1,6 @@
 """Prove the shipped dashboards and alerts against a real Prometheus scraping a live Steppe cluster.
 
-    python deploy/check_dashboards.py [--pg-admin-url URL] [--prometheus PATH] [--keep]
+    python deploy/check_dashboards.py [--pg-admin-url URL [--pg-credentials FILE]] [--prometheus PATH] [--keep]
 
 What it does, all on 127.0.0.1, on free ports, in a temporary directory, within ~3 minutes:
 
@@ -23,6 +23,7 @@ is missing (the message says how to install it). Everything it started is stoppe
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import secrets
@@ -43,6 +44,7 @@ import httpx
 import psycopg
 import redis
 import yaml
+from psycopg import sql
 
 from orchestrator.dev import PostgresServer, find_redis_server
 from orchestrator.dev.process import free_port
@@ -182,15 +184,21 @@ def start_redis(procs: Processes, workdir: Path, deadline: Deadline) -> tuple[in
     return port, passwords
 
 
-def _url(base: str, *, user: str, database: str) -> str:
+def _url(base: str, *, user: str, database: str, password: str | None = None) -> str:
     parts = urllib.parse.urlsplit(base)
     host = parts.hostname or "127.0.0.1"
-    netloc = f"{user}@{host}:{parts.port or 5432}"
+    credentials = f"{user}:{urllib.parse.quote(password, safe='')}" if password else user
+    netloc = f"{credentials}@{host}:{parts.port or 5432}"
     return urllib.parse.urlunsplit((parts.scheme, netloc, f"/{database}", parts.query, ""))
 
 
-def prepare_database(procs: Processes, admin_url: str, workdir: Path, env: dict[str, str]) -> str:
-    """A fresh database set up with roles.sql and migrated by steppe_migrator; the steppe_app URL."""
+def prepare_database(
+    procs: Processes, admin_url: str, workdir: Path, env: dict[str, str], passwords: dict[str, str]
+) -> str:
+    """A fresh database set up with roles.sql and migrated by steppe_migrator; the steppe_app URL.
+
+    `passwords` are the roles' passwords where the cluster has them (a `steppe dev` cluster's
+    credentials file); roles without one get a fresh password here."""
     name = f"steppe_check_{secrets.token_hex(4)}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -201,10 +209,23 @@ def prepare_database(procs: Processes, admin_url: str, workdir: Path, env: dict[
 
     procs.on_close(f"database {name}", drop)
     roles = (DEPLOY / "postgres" / "roles.sql").read_text()
-    database_admin_url = _url(admin_url, user=urllib.parse.urlsplit(admin_url).username or "postgres", database=name)
+    admin = urllib.parse.urlsplit(admin_url)
+    database_admin_url = _url(
+        admin_url,
+        user=admin.username or "postgres",
+        database=name,
+        password=admin.password and urllib.parse.unquote(admin.password),
+    )
     with psycopg.connect(database_admin_url, autocommit=True) as conn:
         conn.execute(roles)  # a trusted, shipped file
-    migrate_env = {**env, "STEPPE_DATABASE_URL": _url(admin_url, user="steppe_migrator", database=name)}
+        for role in ("steppe_migrator", "steppe_app"):
+            if role not in passwords:
+                passwords[role] = secrets.token_hex(12)
+                conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(role), sql.Literal(passwords[role])
+                ))  # fmt: skip
+    migrator_url = _url(admin_url, user="steppe_migrator", database=name, password=passwords["steppe_migrator"])
+    migrate_env = {**env, "STEPPE_DATABASE_URL": migrator_url}
     subprocess.run(
         [sys.executable, "-m", "orchestrator.cli.main", "db", "upgrade"],
         env=migrate_env,
@@ -215,7 +236,7 @@ def prepare_database(procs: Processes, admin_url: str, workdir: Path, env: dict[
     )
     with psycopg.connect(database_admin_url, autocommit=True) as conn:
         conn.execute(roles)  # again after an upgrade, as docs/deployment.md says
-    return _url(admin_url, user="steppe_app", database=name)
+    return _url(admin_url, user="steppe_app", database=name, password=passwords["steppe_app"])
 
 
 def start_prometheus(
@@ -366,11 +387,13 @@ def run(args: argparse.Namespace, prometheus: Path, workdir: Path, procs: Proces
     redis_port, passwords = start_redis(procs, workdir, deadline)
     base_env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     admin_url = args.pg_admin_url
+    role_passwords = json.loads(Path(args.pg_credentials).read_text()) if args.pg_credentials else {}
     if admin_url is None:
         server = PostgresServer.start(workdir / "postgres", settings={"fsync": "off"})
         procs.on_close("PostgreSQL", lambda: server.stop("fast", timeout=30))
         admin_url = server.url_for("postgres")
-    app_url = prepare_database(procs, admin_url, workdir, base_env)
+        role_passwords = server.passwords()
+    app_url = prepare_database(procs, admin_url, workdir, base_env, dict(role_passwords))
     ports = {"coordinator": free_port(), "w1": free_port(), "w2": free_port()}
     prom = start_prometheus(procs, prometheus, workdir, {
         "steppe-coordinator": [ports["coordinator"]], "steppe-worker": [ports["w1"], ports["w2"]],
@@ -413,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prometheus", help="prometheus binary (default: $STEPPE_PROMETHEUS, .steppe-tools, PATH)")
     parser.add_argument("--pg-admin-url", help="superuser URL of a THROWAWAY PostgreSQL cluster (default: start one)")
+    parser.add_argument(
+        "--pg-credentials", help="JSON role → password of that cluster (a `steppe dev` *.credentials.json)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
     args = parser.parse_args(argv)
     prometheus = find_prometheus(args.prometheus)

@@ -37,7 +37,14 @@ def test_dashboards_and_alerts_return_series_from_a_live_cluster(postgres_server
     if check.find_prometheus() is None:
         pytest.skip(f"no prometheus binary: {check.INSTALL_HINT}")
     done = subprocess.run(
-        [sys.executable, str(CHECK), "--pg-admin-url", postgres_server.url_for("postgres")],
+        [
+            sys.executable,
+            str(CHECK),
+            "--pg-admin-url",
+            postgres_server.url_for("postgres"),
+            "--pg-credentials",  # the roles are the cluster's: their passwords stay as they are
+            str(postgres_server.data_dir.parent / "postgres.credentials.json"),
+        ],
         capture_output=True,
         text=True,
         timeout=240,

@@ -162,8 +162,34 @@ def acl_users() -> dict[str, list[str]]:
     return {line.split()[1]: line.split()[2:] for line in lines if line.strip()}
 
 
+def acl_groups(rules: list[str]) -> list[tuple[list[str], set[str]]]:
+    """(key patterns, granted commands) of the root permissions and of each `(…)` selector."""
+    groups: list[tuple[list[str], set[str]]] = [([], set())]
+    current = groups[0]
+    for rule in rules:
+        if rule.startswith("("):
+            current = ([], set())
+            groups.append(current)
+        word = rule.strip("()")
+        if word.startswith("~"):
+            current[0].append(word[1:])
+        elif word.startswith("+"):
+            current[1].add(word[1:])
+        if rule.endswith(")"):
+            current = groups[0]
+    return groups
+
+
 def key_allowed(rules: list[str], key: str) -> bool:
-    return any(fnmatch.fnmatchcase(key, r[1:]) for r in rules if r.startswith("~"))
+    return any(fnmatch.fnmatchcase(key, p) for patterns, _ in acl_groups(rules) for p in patterns)
+
+
+def command_allowed(rules: list[str], command: str, key: str) -> bool:
+    """Whether one group grants `command` on `key` (as Redis 7 decides for a one-key command)."""
+    return any(
+        command in commands and any(fnmatch.fnmatchcase(key, p) for p in patterns)
+        for patterns, commands in acl_groups(rules)
+    )
 
 
 def test_default_redis_user_is_disabled_and_others_start_from_nothing() -> None:
@@ -189,10 +215,23 @@ def test_worker_acl_reaches_its_keys_and_no_coordinator_keys() -> None:
     assert all(key_allowed(worker, k) for k in mine)
     assert not any(key_allowed(worker, k) for k in theirs)
     coordinator = acl_users()["steppe-coordinator"]
-    assert all(key_allowed(coordinator, k) for k in mine + theirs)
-    assert {"+xreadgroup", "+xack", "+xautoclaim", "+multi", "+exec"} <= set(worker)
+    breakers = keys.breaker("payments-api")  # only workers decide a breaker's state
+    assert all(key_allowed(coordinator, k) for k in mine + theirs if k != breakers)
+    assert not key_allowed(coordinator, breakers)
+    assert {"+xreadgroup", "+xack", "+xclaim", "+multi", "+exec"} <= set(worker)
     assert "+xtrim" not in worker
     assert "+config|get" in coordinator
+    # Key by key, not only command by command (tests/integration/test_redis_acl.py proves it live).
+    queue, results = keys.queue_stream("default"), keys.results_stream(0)
+    assert command_allowed(worker, "xreadgroup", queue)
+    assert command_allowed(worker, "xadd", results)
+    assert not command_allowed(worker, "xadd", queue), "a worker could forge steps"
+    assert not command_allowed(worker, "del", queue)
+    assert not command_allowed(worker, "set", keys.breaker("payments-api"))
+    assert command_allowed(worker, "hset", keys.breaker("payments-api"))
+    assert command_allowed(coordinator, "xadd", queue)
+    assert not command_allowed(coordinator, "xreadgroup", queue), "a coordinator could take steps"
+    assert not command_allowed(coordinator, "hset", keys.breaker("payments-api"))
 
 
 def test_acl_password_hashes_match_the_compose_defaults() -> None:
