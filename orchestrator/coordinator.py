@@ -43,7 +43,6 @@ from orchestrator.spec import WorkflowSpec
 from orchestrator.state import TERMINAL_RUN_STATUSES, RunStatus, key_role
 from orchestrator.store.dead_letters import (
     DeadLetterStore,
-    add_to_stream,
     row_from_compensation,
     row_from_result,
     sync_from_stream,
@@ -53,7 +52,6 @@ from orchestrator.store.leases import LeaseManager
 from orchestrator.store.runs import RunStore, RunWrite, StoredRun
 from orchestrator.wire import FIELD, ControlMessage, ResultMessage, decode_control, decode_result, encode, read_entry
 from orchestrator.workflow import CompiledWorkflow, compile_workflow
-from patterns.dead_letter import unreadable_entry
 from patterns.hierarchical import ChildStart
 from patterns.hooks import HOOKS_QUEUE, is_hook_key
 
@@ -172,7 +170,7 @@ class Coordinator:
         control_runs: set[str] = set()
         commands = False
         results: list[ResultMessage] = []
-        unreadable: list[dict[str, Any]] = []
+        unreadable: list[streams.Unreadable] = []
         for stream, entry_id, fields in entries:
             acks.setdefault(stream, []).append(entry_id)
             if fields is None:  # trimmed while pending: nothing to apply
@@ -183,7 +181,7 @@ class Coordinator:
             else:
                 message, refused = read_entry(fields, decode_result)
             if refused is not None:
-                unreadable.append(self._unreadable(stream, entry_id, fields, *refused))
+                unreadable.append((stream, entry_id, fields, *refused))
             elif isinstance(message, ControlMessage):
                 if message.kind == "submitted":
                     control_runs.add(message.run)
@@ -192,7 +190,7 @@ class Coordinator:
             elif isinstance(message, ResultMessage):
                 results.append(message)
         if unreadable:  # before the acks: after a crash they are read, and dead-lettered, again
-            add_to_stream(self.redis, self.keys, unreadable)
+            streams.dead_letter_unreadable(self.redis, self.keys, unreadable, by=self.id)
         if control_runs:
             touched |= self._admit(control_runs)
         processed_commands = self._apply_commands() if commands else []
@@ -233,14 +231,6 @@ class Coordinator:
         metrics.COORDINATOR_LOOP.observe(elapsed)
         metrics.COORDINATOR_HEARTBEAT.set(time.time())
         return len(entries)
-
-    def _unreadable(
-        self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], reason: str, error: str
-    ) -> dict[str, Any]:
-        """A dead letter for a result or control entry that is garbage or of an unknown schema version."""
-        log.warning("stream_entry_dead_lettered", stream=stream, entry=entry_id.decode(), reason=reason, error=error)
-        metrics.DEAD_LETTERS.labels(queue=stream, reason=reason).inc()
-        return unreadable_entry(stream, entry_id, fields, reason, error, by=self.id)
 
     def _read(self, block_ms: int | None) -> list[tuple[str, bytes, dict[bytes, bytes] | None]]:
         if not self.partitions:

@@ -7,13 +7,20 @@ from typing import TYPE_CHECKING
 
 import msgspec
 import redis
+import structlog
 
 from orchestrator import metrics, redis_clients
 from orchestrator.keys import COORDINATOR_GROUP, WORKER_GROUP, Keys
+from orchestrator.store.dead_letters import add_to_stream
 from orchestrator.wire import FIELD, decode_result, decode_step
+from patterns.dead_letter import unreadable_entry
 
 if TYPE_CHECKING:
     from orchestrator.messages import Dispatch
+
+log = structlog.get_logger(__name__)
+# A results or control entry the coordinator will not apply: (stream, id, fields, reason, error).
+Unreadable = tuple[str, bytes, dict[bytes, bytes], str, str]
 
 
 def scan(client: redis.Redis, stream: str, chunk: int = 1000) -> Iterable[tuple[bytes, dict[bytes, bytes]]]:
@@ -155,3 +162,12 @@ class LostMessages:
         lost = absent & self._absent_before
         self._absent_before = absent - lost
         return [candidates[k] for k in sorted(lost)]
+
+
+def dead_letter_unreadable(client: redis.Redis, keys: Keys, entries: list[Unreadable], *, by: str) -> None:
+    """Put results and control entries that are garbage or of an unknown schema version into
+    `{ns}:dlq` (with their raw fields, bounded), so that `steppe dlq` shows them; call before acking."""
+    for stream, entry_id, _, reason, error in entries:
+        log.warning("stream_entry_dead_lettered", stream=stream, entry=entry_id.decode(), reason=reason, error=error)
+        metrics.DEAD_LETTERS.labels(queue=stream, reason=reason).inc()
+    add_to_stream(client, keys, [unreadable_entry(*entry, by=by) for entry in entries])
