@@ -34,7 +34,7 @@ PROMETHEUS := $(PROMETHEUS_DIR)/usr/bin/prometheus
 .PHONY: multihost-demo
 
 help:
-	@echo "make install      virtualenv with exactly $(LOCK) + missing system pieces (PostgreSQL, redis 7)"
+	@echo "make install      virtualenv with exactly $(LOCK) + missing system pieces (PostgreSQL, redis 7, chromium)"
 	@echo "make lock         re-resolve $(LOCK) from pyproject.toml (newest versions the bounds allow)"
 	@echo "make test-latest  unit suite in a throwaway venv of the newest allowed versions (drift check)"
 	@echo "make run          start the embedded Redis + PostgreSQL and run $(EXAMPLE)"
@@ -62,7 +62,8 @@ $(INSTALL_STAMP): $(LOCK) pyproject.toml
 	@$(MAKE) --no-print-directory redis7
 	@touch $@
 
-# PostgreSQL server binaries: from PATH, else Debian's layout, else install the package.
+# PostgreSQL server binaries: from PATH, else Debian's layout, else install the package; the same
+# for Debian's chromium, which the UI tests drive through Playwright (no browser download).
 system-deps:
 	@if command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \
 		echo "PostgreSQL server binaries found"; \
@@ -70,6 +71,13 @@ system-deps:
 		echo "PostgreSQL server binaries not found: installing the postgresql package"; \
 		$(SUDO) apt-get update -qq; \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	fi
+	@if command -v chromium >/dev/null 2>&1; then \
+		echo "chromium found (UI tests)"; \
+	else \
+		echo "chromium not found: installing Debian's chromium package for the UI tests"; \
+		$(SUDO) apt-get update -qq; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
 	fi
 
 # Debian's redis-server 7 (plus the two libraries it needs that a slim image lacks), unpacked
