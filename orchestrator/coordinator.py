@@ -38,7 +38,7 @@ from orchestrator.errors import ConflictError, InfrastructureError, RunDataError
 from orchestrator.hook_runner import HookRunner
 from orchestrator.keys import COORDINATOR_GROUP, Keys
 from orchestrator.quarantine import BatchSplitter
-from orchestrator.settings import Settings
+from orchestrator.settings import Settings, check_timing
 from orchestrator.spec import WorkflowSpec
 from orchestrator.state import TERMINAL_RUN_STATUSES, RunStatus, key_role
 from orchestrator.store.dead_letters import (
@@ -77,6 +77,7 @@ class Coordinator:
         clock: Callable[[], float] = time.time,
         coordinator_id: str | None = None,
     ) -> None:
+        check_timing(settings, "coordinator")  # refuse contradictory timeouts before touching Redis
         self.settings = settings
         self.cfg = settings.coordinator
         self.redis = client

@@ -154,3 +154,60 @@ def normalise_database_url(url: str) -> str:
 def sqlalchemy_url(url: str) -> str:
     """The SQLAlchemy form (psycopg 3 driver) of a libpq URL."""
     return "postgresql+psycopg://" + normalise_database_url(url)[len("postgresql://") :]
+
+
+# -- timing settings checked against each other (every process at start) ---------------------------
+
+# A live worker extends its steps' leases once per heartbeat, and its liveness loop may run up to
+# one more tick late: another worker may take a step over only after this many heartbeats.
+VISIBILITY_HEARTBEATS = 3
+# A coordinator renews its leases every `lease_ttl / LEASE_RENEWALS`, between reads that block up to
+# `redis.block_ms`: a read may not outlast one renewal interval.
+LEASE_RENEWALS = 3
+
+
+def _positive(problems: list[str], variable: str, value: float) -> bool:
+    if value > 0:
+        return True
+    problems.append(f"{variable} is {value:g}; it must be a positive number of seconds")
+    return False
+
+
+def timing_problems(settings: Settings, role: str) -> list[str]:
+    """What is wrong with the timing settings a `role` ("worker" or "coordinator") process
+    depends on, each naming the settings to change; empty when they fit together."""
+    problems: list[str] = []
+    if settings.redis.block_ms < 1:
+        problems.append(f"STEPPE_REDIS__BLOCK_MS is {settings.redis.block_ms}; it must be at least 1 (milliseconds)")
+    if role == "worker":
+        w, times = settings.worker, VISIBILITY_HEARTBEATS
+        beat = _positive(problems, "STEPPE_WORKER__HEARTBEAT_INTERVAL", w.heartbeat_interval)
+        visible = _positive(problems, "STEPPE_WORKER__VISIBILITY_TIMEOUT", w.visibility_timeout)
+        if beat and visible and w.visibility_timeout < times * w.heartbeat_interval:
+            problems.append(
+                f"STEPPE_WORKER__VISIBILITY_TIMEOUT ({w.visibility_timeout:g} s) is shorter than {times} x "
+                f"STEPPE_WORKER__HEARTBEAT_INTERVAL ({w.heartbeat_interval:g} s): a worker extends its steps' "
+                "leases once per heartbeat, so other workers would take over steps that are still running, "
+                "and a dead worker's steps would never be reclaimed. Set STEPPE_WORKER__VISIBILITY_TIMEOUT "
+                f"to at least {times * w.heartbeat_interval:g} or STEPPE_WORKER__HEARTBEAT_INTERVAL to at "
+                f"most {w.visibility_timeout / times:g}"
+            )
+    if role == "coordinator":
+        c, block_s, renew = settings.coordinator, settings.redis.block_ms / 1000, LEASE_RENEWALS
+        _positive(problems, "STEPPE_COORDINATOR__RECONCILE_INTERVAL", c.reconcile_interval)
+        if _positive(problems, "STEPPE_COORDINATOR__LEASE_TTL", c.lease_ttl) and block_s > c.lease_ttl / renew:
+            problems.append(
+                f"STEPPE_REDIS__BLOCK_MS ({settings.redis.block_ms} ms) is longer than the coordinator's "
+                f"lease renewal interval, STEPPE_COORDINATOR__LEASE_TTL / {renew} ({c.lease_ttl / renew:g} s): "
+                "a coordinator blocked in a read would let its partition leases expire and lose them to "
+                f"its peers. Set STEPPE_COORDINATOR__LEASE_TTL to at least {block_s * renew:g} or "
+                f"STEPPE_REDIS__BLOCK_MS to at most {int(c.lease_ttl / renew * 1000)}"
+            )
+    return problems
+
+
+def check_timing(settings: Settings, role: str) -> None:
+    """Refuse to start a `role` process whose timing settings contradict each other (ConfigError)."""
+    problems = timing_problems(settings, role)
+    if problems:
+        raise ConfigError(f"the {role} cannot start with these timing settings: " + "; ".join(problems))

@@ -36,7 +36,7 @@ import structlog
 
 from orchestrator import metrics, redis_clients
 from orchestrator.keys import WORKER_GROUP, Keys
-from orchestrator.settings import Settings
+from orchestrator.settings import Settings, check_timing
 from orchestrator.wire import (
     FIELD,
     UNDECODABLE,
@@ -49,7 +49,7 @@ from orchestrator.wire import (
     version_problem,
 )
 from patterns.breaker import BreakerRegistry
-from workers.registry import HandlerRegistry
+from workers.registry import MIN_ENTRY_TTL, HandlerRegistry, entry_ttl, stale_workers
 from workers.runner import Redactor, StepRunner
 from workers.secrets import SecretStore
 
@@ -106,6 +106,7 @@ class Worker:
         worker_id: str | None = None,
         redis_url: str | None = None,
     ) -> None:
+        check_timing(settings, "worker")  # refuse contradictory timeouts before touching Redis
         self.settings = settings
         self.cfg = settings.worker
         self.registry = registry
@@ -135,6 +136,7 @@ class Worker:
         self._crashed = False
         self._executing = 0  # handlers running now (in-flight entries minus those awaiting their flush)
         self._lease_outage = redis_clients.Outage("lease_extension_failed", log, fields={"worker": self.id})
+        self._evicting = True  # evict other workers' stale registry entries at each heartbeat
         self.processed = 0
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -531,7 +533,7 @@ class Worker:
 
     async def _heartbeat(self) -> None:
         now = time.time()
-        ttl = max(3 * self.cfg.heartbeat_interval, 2.0)
+        ttl = entry_ttl(self.cfg.heartbeat_interval)
         info = {
             "id": self.id,
             "host": socket.gethostname(),
@@ -542,12 +544,40 @@ class Worker:
             "processed": self.processed,
             "handlers": self.registry.names(),
             "heartbeat": now,
+            "heartbeat_interval": self.cfg.heartbeat_interval,  # others judge this entry by it
         }
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(self.keys.worker(self.id), orjson.dumps(info), ex=int(ttl) + 1)
         pipe.zadd(self.keys.workers, {self.id: now})
-        pipe.zremrangebyscore(self.keys.workers, 0, now - ttl)
         await pipe.execute()
+        if self._evicting:
+            await self._evict_stale(now)
+
+    async def _evict_stale(self, now: float) -> None:
+        """Drop registry entries of workers that missed 3 of *their own* heartbeats (`stale_workers`)."""
+        try:
+            rows = await self.redis.zrangebyscore(self.keys.workers, 0, now - MIN_ENTRY_TTL, withscores=True)
+            quiet = {m.decode(): score for m, score in rows if m.decode() != self.id}
+            infos = await self.redis.mget([self.keys.worker(i) for i in quiet]) if quiet else []
+        except redis.NoPermissionError as e:
+            # Housekeeping only (readers skip entries whose key expired): never a reason to stop.
+            self._evicting = False
+            log.warning(
+                "worker_registry_eviction_disabled",
+                worker=self.id,
+                error=str(e),
+                fix="grant the worker's Redis user +zrangebyscore and +mget on {ns}:workers and {ns}:worker:*",
+            )
+            return
+        stale = stale_workers(now, dict(zip(quiet, infos, strict=True)))
+        if not stale:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for worker_id in stale:
+            # Only at the score read above: a worker that beat meanwhile keeps its entry.
+            pipe.zremrangebyscore(self.keys.workers, quiet[worker_id], quiet[worker_id])
+        await pipe.execute()
+        log.info("workers_evicted", worker=self.id, evicted=stale)
 
     def _extend(self, entries: list[_InFlight]) -> None:
         """Reset the idle time of our in-flight entries so that nobody reclaims them."""

@@ -38,9 +38,11 @@ def register(app: typer.Typer) -> None:
         from orchestrator import bus
         from orchestrator.coordinator import Coordinator
         from orchestrator.metrics import serve_metrics
+        from orchestrator.settings import check_timing
         from orchestrator.store.runs import RunStore
 
         settings = load_settings()
+        check_timing(settings, "coordinator")  # before connecting to anything
         serve_metrics(metrics_port, metrics_host)
         client = bus.connect(settings)
         store = RunStore(
@@ -74,11 +76,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run a worker that executes steps from the given queues (SIGTERM drains it)."""
         from orchestrator.metrics import serve_metrics
+        from orchestrator.settings import check_timing
         from workers.builtins import register_builtins
         from workers.consumer import Worker
         from workers.registry import default_registry, import_modules
 
         settings = load_settings()
+        check_timing(settings, "worker")  # before importing handler modules
         sys.path.insert(0, os.getcwd())
         register_builtins(default_registry)
         import_modules([*settings.imports, *imports])
