@@ -22,7 +22,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.e2e.conftest import process_env
-from tests.e2e.test_api import TOKEN, ApiServer
+from tests.e2e.test_api import HELLO, TOKEN, ApiServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
@@ -33,7 +33,7 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
-MAX_EXAMPLES = 25  # per operation and generation mode
+MAX_EXAMPLES = 50  # per operation and generation mode
 REQUEST_TIMEOUT = 20.0  # seconds; `?wait=` is capped below it by STEPPE_API_MAX_WAIT
 
 
@@ -85,3 +85,25 @@ def test_no_5xx_and_every_response_is_documented(
         except Exception as e:  # every operation is tried; all failures are reported together
             failures[operation.label] = f"{type(e).__name__}: {e}"[:3000]
     assert not failures, "\n\n".join(f"{label}:\n{text}" for label, text in failures.items()) + fuzzed_server.log()
+
+
+def test_the_documents_of_a_real_run_are_as_documented(api_schema: schemathesis.BaseSchema) -> None:
+    """Random input rarely makes a valid run: submit one and check every document that shows it."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    submit = api_schema["/v1/runs"]["POST"].Case(
+        body={"workflow": HELLO, "inputs": {"who": "fuzz"}},
+        media_type="application/json",
+        query={"check_handlers": False, "wait": 0.1},  # `wait` embeds the status document
+    )
+    created = submit.call_and_validate(headers=auth, checks=CHECKS, timeout=REQUEST_TIMEOUT)
+    assert created.status_code == 201, created.text
+    run_id = created.json()["run_id"]
+    assert created.json()["run"]["run_id"] == run_id
+    for path, method, params, query in (
+        ("/v1/runs/{run_id}", "GET", {"run_id": run_id}, {"include_definition": True}),
+        ("/v1/runs", "GET", None, {"workflow": "api-hello"}),
+        ("/v1/runs/{run_id}/cancel", "POST", {"run_id": run_id}, None),
+    ):
+        case = api_schema[path][method].Case(path_parameters=params, query=query)
+        response = case.call_and_validate(headers=auth, checks=CHECKS, timeout=REQUEST_TIMEOUT)
+        assert response.status_code < 300, (path, response.text)
