@@ -34,7 +34,7 @@ import structlog
 from orchestrator.dev.credentials import write_private
 from orchestrator.dev.postgres_server import DATABASE, PostgresServer
 from orchestrator.dev.process import pid_alive, port_is_free, wait_until
-from orchestrator.dev.redis_server import RedisBinary, RedisServer, find_redis_server
+from orchestrator.dev.redis_server import RedisBinary, RedisServer, find_redis_server, ping
 from orchestrator.errors import ConfigError, LauncherError
 from orchestrator.settings import Settings
 
@@ -144,6 +144,12 @@ class DevServers:
 
     def _redis_up(self, state: dict[str, Any]) -> ServerReport:
         running = self._redis_running(state)
+        if running is not None and running.secured and ping(running.port):
+            # Answers without a password (started by a Steppe from before passwords; its default
+            # user takes any password): restart it with its users, data kept.
+            log.warning("redis_restarted_to_secure", pid=running.pid, port=running.port, reason="no_password")
+            running.stop()
+            running = None
         if running is not None:
             # A server replaying a large AOF answers LOADING for a while: give it a moment.
             if not wait_until(running.ping, timeout=10, interval=0.1):
@@ -198,6 +204,7 @@ class DevServers:
                     f"PostgreSQL (pid {running.pid}) is running on port {running.port} but refuses "
                     f"connections; see {running.log_file}, then `steppe dev down` and `steppe dev up`"
                 )
+            running.secure()  # also a cluster from before passwords: every role gets its password now
             running.create_database(DATABASE)
             state["postgres"] = running.record()
             log.info("postgres_reused", port=running.port, pid=running.pid)

@@ -11,7 +11,7 @@ import redis
 from psycopg import errors
 
 from orchestrator.dev import PostgresServer, RedisServer
-from orchestrator.dev.process import POSTGRES_OS_USER, process_cmdline
+from orchestrator.dev.process import POSTGRES_OS_USER, as_server_user, process_cmdline, run_command
 
 pytestmark = pytest.mark.integration
 
@@ -124,3 +124,45 @@ def test_postgres_app_role_is_dml_only(postgres_server: PostgresServer, database
         assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (False,)
         with pytest.raises(errors.InsufficientPrivilege):
             conn.execute("COPY (SELECT 1) TO PROGRAM 'id'")
+
+
+def test_dev_up_secures_servers_started_before_passwords() -> None:
+    """A STEPPE_HOME from an older Steppe: Redis without a password, PostgreSQL with trust."""
+    from orchestrator.dev import DevServers
+    from orchestrator.settings import Settings
+    from tests.conftest import private_dir, redis_binary_for_tests
+
+    home = private_dir("steppe-legacy-")
+
+    class OpenRedis(RedisServer):
+        secured = False
+
+    binary = redis_binary_for_tests()
+    old_redis = OpenRedis.start(home / "redis", binary=binary)
+    old_postgres = PostgresServer.start(home / "postgres", settings={"fsync": "off"})
+    old_postgres.stop("fast")
+    # As clusters initialised before: trust for everyone, no credentials file, started by pg_ctl.
+    (home / "postgres" / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 trust\n")
+    (home / "postgres.credentials.json").unlink()
+    pg_ctl = [str(old_postgres.bindir / "pg_ctl"), "-D", str(old_postgres.data_dir), "-l", str(old_postgres.log_file)]
+    run_command(as_server_user([*pg_ctl, "-w", "start"]), what="pg_ctl start")
+    old_pid = PostgresServer.running_in(old_postgres.data_dir).pid  # type: ignore[union-attr]
+    psycopg.connect(f"postgresql://steppe@127.0.0.1:{old_postgres.port}/steppe").close()  # trusted
+    servers = DevServers(settings=Settings(home=home, redis={"server_path": binary}))
+    try:
+        servers.up()
+        state = servers.read_state()
+        anonymous = redis.Redis(host="127.0.0.1", port=state["redis"]["port"])
+        with anonymous, pytest.raises(redis.AuthenticationError):
+            anonymous.ping()
+        with redis.Redis.from_url(state["redis"]["url"]) as app:
+            assert app.ping()
+        port = state["postgres"]["port"]
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(f"postgresql://steppe@127.0.0.1:{port}/steppe", connect_timeout=5)
+        with psycopg.connect(state["postgres"]["url"]) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == ("steppe_app",)
+        assert state["postgres"]["pid"] == old_pid  # secured in place, not restarted
+    finally:
+        servers.down()
+        old_redis.kill()

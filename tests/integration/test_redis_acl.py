@@ -3,7 +3,7 @@
 The file is loaded as shipped (only the password hashes replaced by fresh passwords, plus an
 admin user for the test itself). Forbidden commands are refused with NOPERM; the granted ones
 work on the keys they are for; and a coordinator, two workers and the CLI, each with its own
-user, finish a workflow that retries, trips a breaker, is cancelled and dead-letters, while
+user, finish a workflow that retries and trips a breaker, and cancel another mid-step, while
 Redis refuses them nothing (its ACL LOG stays empty).
 """
 
@@ -88,7 +88,12 @@ def acl_redis() -> Iterator[AclRedis]:
     base = private_dir("steppe-acl-")
     data = base / "redis"
     data.mkdir()
-    server_class = type("AclRedisForTest", (AclRedis,), {"acl_passwords": acl_with_passwords(data / "users.acl")})
+    passwords = acl_with_passwords(data / "users.acl")
+
+    class AclRedisForTest(AclRedis):
+        acl_passwords = passwords
+
+    server_class = AclRedisForTest
     server = server_class.start(data, binary=binary, appendonly=False)
     assert isinstance(server, AclRedis)
     try:
@@ -111,6 +116,7 @@ def admin(acl_redis: AclRedis) -> Iterator[redis.Redis]:
         for stream, group in ((queue, WORKER_GROUP), (K.results_stream(0), COORDINATOR_GROUP)):
             c.xgroup_create(stream, group, id="0", mkstream=True)
         c.xadd(queue, {"m": "step"})
+        c.set(K.run_inputs(2, "r1"), '{"n":1}')
         c.hset(K.breaker("payments"), mapping={"state": "closed"})
         c.xadd(K.dlq_stream, {"m": "dead"})
         yield c
@@ -144,6 +150,9 @@ FORBIDDEN: dict[str, list[tuple[Any, ...]]] = {
         ("ZREM", K.cancelled, "run"),
         ("SET", K.epoch, "x"),
         ("SET", K.coordinator("c1"), "x"),
+        ("SET", K.run_inputs(0, "r1"), "forged inputs"),  # what another run's handlers read
+        ("DEL", K.run_inputs(0, "r1")),
+        ("EXPIRE", K.run_inputs(0, "r1"), "1"),
         ("SET", "anything", "x"),
         ("FLUSHALL",),
         ("FLUSHDB",),
@@ -170,6 +179,7 @@ FORBIDDEN: dict[str, list[tuple[Any, ...]]] = {
         ("ZADD", K.workers, "1", "forged-worker"),
         ("SET", "anything", "x"),
         ("GET", "anything"),
+        ("GET", K.run_inputs(0, "r1")),  # it writes the inputs keys, never reads them
         ("FLUSHALL",),
         ("KEYS", "*"),
         ("CONFIG", "SET", "dir", "/tmp"),
@@ -238,6 +248,7 @@ def test_worker_commands_work(acl_redis: AclRedis, admin: redis.Redis) -> None:
             pipe.delete(K.worker("w1"))
             pipe.execute()
         assert w.zmscore(K.cancelled, ["r1", "r2"]) == [None, None]
+        assert w.get(K.run_inputs(2, "r1")) == b'{"n":1}'  # ctx.inputs (workers.inputs)
         breaker = K.breaker("payments")
         with w.pipeline(transaction=True) as pipe:  # a breaker transition under WATCH
             pipe.watch(breaker)
@@ -261,7 +272,10 @@ def test_coordinator_and_cli_commands_work(acl_redis: AclRedis, admin: redis.Red
         assert c.get(K.epoch) == b"e1"
         for stream in (K.queue_stream("new"), CONTROL, K.results_stream(1)):
             c.xgroup_create(stream, WORKER_GROUP if ":q:" in stream else COORDINATOR_GROUP, id="0", mkstream=True)
-        with c.pipeline(transaction=True) as pipe:  # the commit's publish: dispatches and acks
+        with c.pipeline(transaction=True) as pipe:  # the commit's publish: inputs, dispatches and acks
+            pipe.delete(K.run_inputs(0, "finished-run"))
+            pipe.set(K.run_inputs(0, "r2"), '{"n":2}', nx=True, ex=60)
+            pipe.expire(K.run_inputs(0, "r2"), 60)
             pipe.xadd(QUEUE, {"m": "step"})
             pipe.xadd(CONTROL, {"m": "wake"})
             pipe.xadd(RESULTS, {"m": "child finished"})
@@ -304,6 +318,7 @@ def test_coordinator_and_cli_commands_work(acl_redis: AclRedis, admin: redis.Red
 
 WORKFLOW = """
 name: acl_e2e
+inputs: {order: {type: string, required: true}}
 breakers:
   flaky: {fail_max: 2, reset_timeout: 1s}
 steps:
@@ -380,9 +395,9 @@ def test_coordinator_workers_and_cli_run_a_workflow_with_their_own_users(
         for _ in range(2):
             workers.start_worker(queues=["default"], concurrency=4)
         with client(acl_redis, "steppe-coordinator") as c:
-            workers.wait_for_workers(c, 2, timeout=30)
+            workers.wait_for_workers(c, 2, timeout=90)
             submitter = Submitter(settings=settings, store=store, client=c)
-            run_id = submitter.submit(load_workflow(WORKFLOW)).run_id
+            run_id = submitter.submit(load_workflow(WORKFLOW), inputs={"order": "o-1"}).run_id  # workers GET them
             doomed = submitter.submit(load_workflow(CANCELLED)).run_id
 
             def steps_of(run: str) -> dict[str, Any]:
@@ -391,7 +406,7 @@ def test_coordinator_workers_and_cli_run_a_workflow_with_their_own_users(
 
             assert_eventually(
                 lambda: steps_of(doomed).get("long", {}).get("status") == "running",
-                timeout=30,
+                timeout=90,
                 message=lambda: log.read_text()[-3000:],
             )
             steppe_cli(coordinator_env, "cancel", doomed)
@@ -399,12 +414,14 @@ def test_coordinator_workers_and_cli_run_a_workflow_with_their_own_users(
                 lambda: (
                     store.get_run(run_id)["status"] == "succeeded" and store.get_run(doomed)["status"] == "cancelled"
                 ),
-                timeout=60,
+                timeout=180,
                 message=lambda: log.read_text()[-4000:],
             )
             for command in (("status", run_id), ("history", run_id), ("workers",), ("runs",), ("dlq", "list")):
                 steppe_cli(coordinator_env, *command)
         assert steps_of(run_id)["flaky"]["attempts"] >= 4
+        assert admin.keys("*:inputs:*") == []  # the coordinator deleted the run's inputs key
+        assert admin.hget(K.breaker("flaky"), "opened_at")  # the workers opened it (HSET under WATCH)
         assert all(p.poll() is None for p in coordinators.coordinators + workers.workers), log.read_text()[-4000:]
         assert refusals(admin) == [], log.read_text()[-3000:]
         assert "NOPERM" not in log.read_text()
