@@ -38,6 +38,7 @@ from orchestrator.errors import ConflictError, InfrastructureError, RunDataError
 from orchestrator.hook_runner import HookRunner
 from orchestrator.keys import COORDINATOR_GROUP, Keys
 from orchestrator.quarantine import BatchSplitter
+from orchestrator.run_inputs import InputsPublisher
 from orchestrator.settings import Settings, check_timing
 from orchestrator.spec import WorkflowSpec
 from orchestrator.state import TERMINAL_RUN_STATUSES, RunStatus, key_role
@@ -99,6 +100,7 @@ class Coordinator:
         self._timer_seq = itertools.count()
         self._compiled: dict[bytes, CompiledWorkflow] = {}
         self._unpublished: list[Dispatch] = []
+        self.inputs = InputsPublisher(self.keys)  # each run's inputs key, for workers' ctx.inputs
         self._replay_pending = True
         self._epoch = uuid.uuid4().hex
         self._next_lease = 0.0
@@ -472,28 +474,32 @@ class Coordinator:
             self._on_finished(tracked)
 
     def _flush_unpublished(self, acks: dict[str, list[bytes]] | None = None) -> None:
-        """Publish committed dispatches, then acknowledge the batch, in one pipeline."""
-        if not self._unpublished and not acks:
+        """Publish committed dispatches, then acknowledge the batch, in one pipeline (headed by
+        the inputs keys of their runs and the deletion of finished runs' keys, `run_inputs`)."""
+        if not self._unpublished and not acks and not self.inputs.has_deletes:
             return
         pending, self._unpublished = self._unpublished, []
         pipe = self.redis.pipeline(transaction=False)
+        inputs = self.inputs.stage(pipe, pending)
         for d in pending:
             pipe.xadd(self.keys.queue_stream(d.queue, d.priority), {FIELD: encode(d.message)})
         for stream, ids in (acks or {}).items():
             pipe.xack(stream, COORDINATOR_GROUP, *ids)
         try:
-            pipe.execute()
+            replies = pipe.execute()
         except bus.RETRYABLE:
             # The pipeline may have run before the connection broke, so publishing again could
             # deliver a step twice. The caller reloads from PostgreSQL instead, and the reconciler
             # re-publishes exactly the dispatched attempts that Redis does not hold.
             raise
+        self.inputs.published(inputs, replies, self.redis)
 
     def _on_finished(self, tracked: _Tracked) -> None:
         run = tracked.engine.run
         metrics.RUNS_FINISHED.labels(workflow=tracked.workflow, status=str(run.status)).inc()
         log.info("run_finished", run_id=run.run_id, workflow=tracked.workflow, status=str(run.status))
         self.children.report(run.run_id, run.status, run.state)
+        self.inputs.finished(run.run_id, tracked.engine.partition)
         self.runs.pop(run.run_id, None)
 
     def _forget_all(self) -> None:
@@ -501,6 +507,7 @@ class Coordinator:
         self.runs.clear()
         self._timers.clear()
         self._unpublished.clear()  # the reconciler re-publishes what Redis lacks once runs reload
+        self.inputs.forget()  # and writes their inputs keys again with them
         self.hooks.forget()
         self._replay_pending = True
         self._next_reconcile = 0.0
@@ -526,6 +533,7 @@ class Coordinator:
             for run_id in [r for r, t in self.runs.items() if t.engine.partition in lost]:
                 self.runs.pop(run_id, None)
             self.hooks.forget(lost)
+            self.inputs.release(lost)
         if gained or force:
             bus.ensure_partition_groups(self.redis, self.keys, self.partitions)
             streams.claim_backlog(self.redis, self.keys, gained, consumer=self.id)
@@ -545,6 +553,7 @@ class Coordinator:
         if redis_lost_data:
             log.warning("redis_data_loss_detected", action="recreating groups and re-publishing in-flight steps")
             self.redis.set(self.keys.epoch, self._epoch)
+            self.inputs.forget()  # the re-published steps below bring their runs' inputs keys back
             bus.ensure_partition_groups(self.redis, self.keys, self.partitions)
             self._known_queues.clear()
         self.hooks.refresh()

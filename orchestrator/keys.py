@@ -9,6 +9,12 @@ Layout (``ns`` is ``Settings.namespace``, default ``steppe``)::
                                         consumer group ``coordinators``
     {ns:p<N>}:control           stream  wake-ups for partition N (run submitted, cancel, retry);
                                         consumer group ``coordinators``
+    {ns:p<N>}:inputs:<run_id>   string  the inputs of one run of partition N (JSON, keys sorted),
+                                        written once (SET NX) by the coordinator in the pipeline that
+                                        publishes the run's steps, read (GET) by workers for
+                                        ``ctx.inputs``, deleted when the run finishes; expires 30 days
+                                        after the last publish as a backstop. The partition's hash tag
+                                        keeps it in the slot of the partition's streams.
     {ns}:dlq                    stream  dead letters: original payload, error, stream id, deliveries
     {ns}:workers                zset    worker id → last heartbeat (unix seconds)
     {ns}:worker:<id>            string  JSON description of a live worker; expires after its TTL
@@ -46,6 +52,9 @@ class Keys:
 
     def control_stream(self, partition: int) -> str:
         return f"{{{self.namespace}:p{partition}}}:control"
+
+    def run_inputs(self, partition: int, run_id: str) -> str:
+        return f"{{{self.namespace}:p{partition}}}:inputs:{run_id}"
 
     @property
     def dlq_stream(self) -> str:

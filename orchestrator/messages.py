@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.errors import SteppeError, TemplateError
+from orchestrator.run_inputs import RunInputs
 from orchestrator.spec import WorkflowSpec, validate_inputs
 from orchestrator.state import (
     IN_FLIGHT_STEP_STATUSES,
@@ -61,11 +62,15 @@ class _OutputsView(Mapping[str, Any]):
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
-    """A step message to publish once the events that announce it are committed."""
+    """A step message to publish once the events that announce it are committed.
+
+    `inputs` (the run's, by reference) is written to Redis with it when the message names
+    them (`orchestrator.run_inputs`); it is not part of the message."""
 
     queue: str
     priority: str
     message: StepMessage
+    inputs: RunInputs | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +110,8 @@ class StepMessages:
         self.depth = depth
         self.max_depth = max_depth
         self.items: dict[str, list[Any]] = {}  # for_each step id → its resolved items
+        # The run's inputs with their digest (None without inputs), named by each message.
+        self.run_inputs = RunInputs.of(run.run_id, partition, inputs)
 
     def child_start(self, key: str, attempt: int) -> ChildStart:
         step = self.wf.steps[key]
@@ -178,6 +185,7 @@ class StepMessages:
             if role == "step":
                 feedback = self.run.steps[key].detail.get("feedback") if key in self.run.steps else None
             annotations = self.annotations(sid)
+        run_inputs = self.run_inputs
         message = StepMessage(
             run=self.run.run_id,
             step=key,
@@ -193,8 +201,9 @@ class StepMessages:
             event=event,
             feedback=feedback,
             annotations=annotations,
+            inputs_digest=run_inputs.digest if run_inputs is not None else "",
         )
-        return Dispatch(queue, priority, message)
+        return Dispatch(queue, priority, message, run_inputs)
 
     def pre_check(self, key: str) -> PreCheck:
         hook_id = pre_check_hook_id(key)

@@ -4,8 +4,11 @@ Each stream entry carries one field, ``m``, holding one of these structs. Every 
 has a ``v`` schema version so that old and new processes can tell each other apart.
 
 Versions: 1 — step messages carried a copy of the run's inputs (`inputs`); 2 — they carry
-only what the step needs (its resolved `args`), so that a 10,000-item `for_each` does not
-hold 10,000 copies of the inputs. A version-1 message still decodes (its `inputs` is ignored).
+only what the step needs (its resolved `args`) and, for a run with inputs, their digest
+(`inputs_digest`): the inputs themselves are stored once per run in Redis and read by the
+worker for `ctx.inputs` (`orchestrator.run_inputs`), so that a 10,000-item `for_each` does not
+hold 10,000 copies of them. A version-1 message still decodes and its handler gets its inline
+`inputs` as `ctx.inputs`.
 """
 
 from __future__ import annotations
@@ -41,7 +44,11 @@ class StepMessage(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=Fals
     timeout: float = 300.0
     kind: StepKind = "step"
     workflow: str = ""
-    # No `inputs`: a handler receives what its `with:` references (schema version 2).
+    # The digest of the run's inputs stored at `Keys.run_inputs` (schema version 2), read by the
+    # worker for `ctx.inputs`; empty when the run has none (nothing to fetch) and for hooks.
+    inputs_digest: str = ""
+    # Version 1 only: a copy of the run's inputs. Never written by version 2.
+    inputs: dict[str, Any] | None = None
     breaker: str | None = None
     # fail_max, reset_timeout (seconds), exclude (error type names not counted) of `breaker`
     breaker_config: dict[str, Any] | None = None

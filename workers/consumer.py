@@ -49,6 +49,7 @@ from orchestrator.wire import (
     version_problem,
 )
 from patterns.breaker import BreakerRegistry
+from workers.inputs import InputsCache
 from workers.registry import MIN_ENTRY_TTL, HandlerRegistry, entry_ttl, stale_workers
 from workers.runner import Redactor, StepRunner
 from workers.secrets import SecretStore
@@ -149,6 +150,8 @@ class Worker:
         self._cluster = redis_clients.is_cluster(self.redis)
         # Circuit breakers share their state through this worker's Redis (patterns.breaker).
         self.runner.breakers = BreakerRegistry(client=self.redis, keys=self.keys)
+        # `ctx.inputs`: each run's inputs read once from Redis, then from this LRU (workers.inputs).
+        self.runner.inputs = InputsCache(self.redis, self.keys)
         # Secrets resolved for handlers are redacted from every log line of this process.
         self.redactor.install_log_processors()
         if install_signals:

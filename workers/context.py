@@ -3,47 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from types import MappingProxyType
+from typing import Any
 
 import structlog
-
-from orchestrator.errors import NonRetryableStepError
-
-INPUTS_NOT_SENT = (
-    "ctx.inputs is not sent to workers: a step message carries only the step's own arguments, so that "
-    "a for_each over 10,000 items does not copy the run's inputs 10,000 times; pass what the handler "
-    'needs in the step\'s `with:`, e.g. `with: {order_id: "${{ inputs.order_id }}"}`'
-)
-
-
-class InputsNotSent(Mapping[str, Any]):
-    """`ctx.inputs`: fails every access with a message saying to use `with:` instead.
-
-    It is not an empty mapping on purpose: `ctx.inputs.get("x")` returning None would hide the change.
-    """
-
-    def _fail(self) -> NoReturn:
-        raise NonRetryableStepError(INPUTS_NOT_SENT)
-
-    def __getitem__(self, key: str) -> Any:
-        self._fail()
-
-    def __iter__(self) -> Iterator[str]:
-        self._fail()
-
-    def __len__(self) -> int:  # noqa: PLE0303 - it never returns: every access fails with the message
-        self._fail()
-
-    def __contains__(self, key: object) -> bool:
-        self._fail()
-
-    def get(self, key: str, default: Any = None) -> Any:
-        self._fail()
-
-    def __repr__(self) -> str:
-        return "<ctx.inputs not sent: use the step's `with:`>"
 
 
 @dataclass
@@ -55,6 +20,10 @@ class StepContext:
     step_key: str
     attempt: int
     workflow: str
+    # The run's inputs, read-only: stored once per run in Redis and read by the worker before the
+    # handler is called (`workers.inputs`); hooks get a mapping that says to use their `with:`.
+    # Where it always was (sixth), so that positional construction keeps working.
+    inputs: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), repr=False)
     kind: str = "step"
     event: dict[str, Any] | None = None  # hooks: the run or step event that triggered this execution
     feedback: Any = None  # handoff: the gate's feedback on the previous attempt's output (None at first)
@@ -62,8 +31,6 @@ class StepContext:
     log: Any = field(default_factory=lambda: structlog.get_logger("steppe.handler"))
     _on_heartbeat: Callable[[], None] | None = field(default=None, repr=False)
     _cancelled: asyncio.Event | None = field(default=None, repr=False)
-    # Not sent since step-message schema version 2 (see `InputsNotSent`); kept so old handlers fail clearly.
-    inputs: Mapping[str, Any] = field(default_factory=InputsNotSent, repr=False)
 
     @property
     def idempotency_key(self) -> str:

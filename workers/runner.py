@@ -21,6 +21,7 @@ from orchestrator.wire import ResultMessage, StepErrorInfo, StepMessage, dumps
 from patterns.breaker import BreakerRegistry, CircuitOpenError, SharedBreaker
 from workers.capture import capture_step
 from workers.context import StepContext
+from workers.inputs import InputsCache, inputs_of
 from workers.redaction import REDACTED, Redactor
 from workers.registry import Handler, HandlerRegistry
 from workers.secrets import SecretStore
@@ -62,6 +63,8 @@ class StepRunner:
         )
         # Set by the worker once its Redis client exists; without it breakers are not enforced.
         self.breakers = breakers
+        # Set by the worker too: where `ctx.inputs` comes from (`workers.inputs`).
+        self.inputs: InputsCache | None = None
 
     async def run(
         self,
@@ -133,6 +136,7 @@ class StepRunner:
             args = resolve_secrets(message.args, values)
         except TemplateError as e:
             raise NonRetryableStepError(str(e)) from e
+        inputs = await inputs_of(message, self.inputs)  # InputsUnavailableError: retried
         ctx = StepContext(
             run_id=message.run,
             step_id=base_step_id(message.step),
@@ -143,6 +147,7 @@ class StepRunner:
             event=message.event,
             feedback=message.feedback,
             annotations=message.annotations,
+            inputs=inputs,
             log=log,
             _on_heartbeat=on_heartbeat,
             _cancelled=cancelled,

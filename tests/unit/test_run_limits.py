@@ -1,4 +1,5 @@
-"""Memory bounded by design: step messages without the run's inputs, and every run limit with its message."""
+"""Memory bounded by design: step messages name the run's inputs instead of copying them (workers read
+them once per run for `ctx.inputs`, tests/unit/test_run_inputs.py), and every run limit with its message."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from orchestrator import run_limits
 from orchestrator.engine import RunEngine
-from orchestrator.errors import NonRetryableStepError, SpecValidationError
+from orchestrator.errors import SpecValidationError
 from orchestrator.hook_runner import HookRunner
 from orchestrator.settings import LimitSettings
 from orchestrator.spec import load_workflow
@@ -20,7 +21,6 @@ from orchestrator.wire import SCHEMA_VERSION, SUPPORTED_VERSIONS, ResultMessage,
 from orchestrator.workflow import compile_workflow
 from patterns.hierarchical import root_of
 from patterns.hooks import HookDef
-from workers.context import INPUTS_NOT_SENT, StepContext
 
 BLOB = "x" * (100 * 1024)
 
@@ -72,7 +72,9 @@ def test_a_for_each_item_message_carries_its_arguments_not_the_run_inputs() -> N
     message = decode_step(encode(outbox[7].message))
     assert message.args == {"n": 7}
     assert message.v == SCHEMA_VERSION == 2
-    assert "inputs" not in msgspec.json.decode(encode(outbox[7].message))
+    fields = msgspec.json.decode(encode(outbox[7].message))
+    assert "inputs" not in fields
+    assert fields["inputs_digest"] == outbox[0].inputs.digest  # type: ignore[union-attr]  # ctx.inputs, read once
 
 
 def test_re_published_messages_stay_small_too() -> None:
@@ -112,12 +114,13 @@ def test_a_version_1_message_with_inputs_still_decodes() -> None:
     assert message.v in SUPPORTED_VERSIONS
 
 
-def test_ctx_inputs_fails_with_a_message_saying_to_use_with() -> None:
-    ctx = StepContext(run_id="r1", step_id="a", step_key="a", attempt=1, workflow="w")
-    for access in (lambda: ctx.inputs["x"], lambda: ctx.inputs.get("x"), lambda: "x" in ctx.inputs):
-        with pytest.raises(NonRetryableStepError, match="pass what the handler needs in the step's `with:`"):
-            access()
-    assert "with:" in INPUTS_NOT_SENT
+def test_every_message_of_a_run_names_the_same_inputs_which_are_stored_once() -> None:
+    engine = engine_for(FAN_OUT, {"blob": BLOB, "items": list(range(3))})
+    engine.start()
+    _, outbox, _, _ = engine.drain()
+    assert {d.message.inputs_digest for d in outbox} == {outbox[0].inputs.digest}  # type: ignore[union-attr]
+    assert all(d.inputs is outbox[0].inputs for d in outbox)  # one reference, no copy per item
+    assert outbox[0].inputs.values is engine.inputs  # type: ignore[union-attr]
 
 
 # -- limits at validation ---------------------------------------------------------------------------
