@@ -67,7 +67,10 @@ def test_10_postgres_fast_and_immediate_restarts_pools_recover_no_event_gap(
     )
 
 
-def test_19_migrations_down_and_up_on_a_database_populated_by_real_runs(faults: FaultEnv, db_url: str) -> None:
+def test_19_migrations_down_and_up_on_a_database_populated_by_real_runs(
+    faults: FaultEnv, db_url: str, postgres_server: Any
+) -> None:
+    owner_url = postgres_server.owner_url(db_url.rsplit("/", 1)[1])  # migrations run as the schema owner
     faults.start(workers=1)
     runs = {
         "succeeded": faults.submit(ledger_chain("mig", 3, 0.0)),
@@ -92,9 +95,9 @@ steps:
     assert all(counts.values()), counts
 
     started = time.monotonic()
-    db.downgrade(db_url, "base")
+    db.downgrade(owner_url, "base")
     assert db.current_revision(db_url) is None
-    db.upgrade(db_url)
+    db.upgrade(owner_url)
     migrated_s = time.monotonic() - started
     assert db.current_revision(db_url) == db.head_revision()
 
