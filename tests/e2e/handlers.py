@@ -70,6 +70,14 @@ async def flaky_once(ctx: StepContext) -> dict[str, Any]:
     return {"attempt": ctx.attempt}
 
 
+@handler("test.inputs")
+async def inputs(ctx: StepContext, seconds: float = 0.0, item: Any = None) -> dict[str, Any]:
+    """Reads `ctx.inputs` (stored once per run in Redis, read by the worker): what it saw of them."""
+    if seconds:
+        await asyncio.sleep(seconds)
+    return {"item": item, "keys": sorted(ctx.inputs), "order": ctx.inputs["order"], "blob": len(ctx.inputs["blob"])}
+
+
 @handler("test.secret_echo")
 async def secret_echo(ctx: StepContext, token: str) -> dict[str, Any]:
     """Fails with the secret in its message: the worker must redact it."""
