@@ -1,12 +1,14 @@
 """`ctx.inputs` end to end: handlers read the run's inputs, stored once per run in Redis
 (orchestrator/run_inputs.py) rather than copied into each step message, in a plain step and in
-`for_each` items over 100 KiB of inputs; the key is gone once the run finished, and a key Redis
-lost mid-run is written back with the run's next steps."""
+`for_each` items over 100 KiB of inputs; the key is gone once the run finished, a key Redis
+lost mid-run is written back with the run's next steps, and a Redis restarted empty gets it back
+with the steps the reconciler re-publishes."""
 
 from __future__ import annotations
 
 import pytest
 
+from orchestrator.dev import RedisServer
 from orchestrator.keys import Keys
 from orchestrator.store.leases import partition_of
 from tests.e2e.conftest import Env
@@ -89,4 +91,25 @@ def test_an_inputs_key_redis_lost_mid_run_is_written_back_with_the_next_step(e2e
     # retryably (InputsUnavailableError) and the retry found the key.
     assert doc["steps"]["second"]["attempts"] in (1, 2)
     assert "run_inputs_restored" in e2e.log()
+    assert_eventually(lambda: not e2e.redis.exists(key), timeout=30, message=e2e.log)
+
+
+def test_a_redis_restarted_empty_gets_the_inputs_key_back_with_the_re_published_steps(
+    e2e_own_redis: Env, own_redis: RedisServer
+) -> None:
+    e2e = e2e_own_redis
+    e2e.start(workers=1)
+    run_id = e2e.submit(TWO_STEPS.replace("seconds: 2", "seconds: 4"), inputs={"order": "o-9", "blob": BLOB})
+    key = inputs_key(e2e, run_id)
+    assert_eventually(
+        lambda: e2e.run(run_id)["steps"].get("first", {}).get("status") == "running", timeout=60, message=e2e.log
+    )
+    own_redis.restart(empty=True)  # no AOF: the streams and the inputs key are gone
+    # The reconciler sees the data loss and re-publishes `first`, its run's inputs key ahead of it.
+    assert_eventually(lambda: e2e.redis.exists(key), timeout=30, message=e2e.log)
+    assert "redis_data_loss_detected" in e2e.log()
+
+    doc = finish(e2e, run_id, timeout=60)
+    assert doc["status"] == "succeeded", e2e.log()
+    assert doc["steps"]["second"]["output"] == {"item": None, "keys": ["blob", "order"], "order": "o-9", "blob": 102400}
     assert_eventually(lambda: not e2e.redis.exists(key), timeout=30, message=e2e.log)
