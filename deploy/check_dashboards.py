@@ -170,8 +170,21 @@ def acl_with_passwords(workdir: Path) -> tuple[Path, dict[str, str]]:
     return path, passwords
 
 
+def redis7_binary() -> Path:
+    """STEPPE_TEST_REDIS_SERVER, else the Redis 7 `make install` unpacks: users.acl needs ACL selectors (7+)."""
+    unpacked = ROOT / ".steppe-tools" / "redis7" / "usr" / "bin" / "redis-server"
+    configured = os.environ.get("STEPPE_TEST_REDIS_SERVER") or (str(unpacked) if unpacked.exists() else None)
+    found = find_redis_server(configured)
+    if found.version_info < (7,):
+        raise RuntimeError(
+            f"{found.path} is Redis {found.version}; deploy/redis/users.acl needs Redis 7 (ACL selectors): "
+            "run `make install` or set STEPPE_TEST_REDIS_SERVER to a redis-server 7"
+        )
+    return found.path
+
+
 def start_redis(procs: Processes, workdir: Path, deadline: Deadline) -> tuple[int, dict[str, str]]:
-    binary = find_redis_server(os.environ.get("STEPPE_TEST_REDIS_SERVER")).path
+    binary = redis7_binary()
     acl, passwords = acl_with_passwords(workdir)
     port = free_port()
     procs.popen("redis-server", [
