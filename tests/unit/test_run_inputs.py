@@ -15,6 +15,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 import structlog
+from redis.cluster import key_slot
 
 from orchestrator.engine import RunEngine
 from orchestrator.keys import Keys
@@ -382,3 +383,8 @@ def test_a_finished_run_s_key_is_deleted_at_the_next_publish_unless_it_was_retri
     publish(sync_redis, publisher, outbox[:1])  # `steppe retry` re-admitted it before the delete went out
     assert sync_redis.get(key) == stored_form(outbox)
     assert not publisher.has_deletes
+
+
+def test_an_inputs_key_is_in_the_redis_cluster_slot_of_its_partition(keys: Keys) -> None:
+    for partition in (0, 7, 63):
+        assert key_slot(keys.run_inputs(partition, "r1").encode()) == key_slot(keys.results_stream(partition).encode())
