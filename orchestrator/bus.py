@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -113,6 +113,15 @@ def live_handlers(client: redis.Redis, keys: Keys) -> dict[str, list[str]]:
         for name in info.get("handlers", []):
             handlers.setdefault(name, []).append(worker_id)
     return handlers
+
+
+def live_members(client: redis.Redis, index_key: str, item_key: Callable[[str], str]) -> list[dict[str, Any]]:
+    """The heartbeat documents of live workers or coordinators (`keys.workers`/`keys.worker`, or
+    `keys.coordinators`/`keys.coordinator`): ids from the index, documents that have not expired."""
+    ids = [i.decode() for i in client.zrange(index_key, 0, -1)]
+    if not ids:
+        return []
+    return [orjson.loads(raw) for raw in client.mget([item_key(i) for i in ids]) if raw is not None]
 
 
 def coordinator_heartbeat(client: redis.Redis, keys: Keys, info: dict[str, Any], *, ttl: float) -> int:

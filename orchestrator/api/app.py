@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from orchestrator import __version__
+from orchestrator.api import ui
 from orchestrator.api.config import ApiSettings
 from orchestrator.api.errors import install_error_handlers
 from orchestrator.api.follow import follow
@@ -56,4 +57,5 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
     app.include_router(runs)
     app.include_router(follow)
     app.include_router(health)
+    ui.install(app)  # the web UI at /ui
     return app

@@ -177,10 +177,7 @@ def replay(
     as_json: bool = typer.Option(False, "--json", help='Print {"run_id", "step", "overrides"}'),
 ) -> None:
     """Resume the dead letter's run from its failed steps, optionally with edited arguments for its step."""
-    from orchestrator import bus
-    from orchestrator.store.leases import partition_of
-    from orchestrator.wire import ControlMessage
-    from patterns.dead_letter import overrides_payload, replay_problem
+    from orchestrator.store.dead_letters import check_replayable, replay
 
     if edit and payload_file is not None:
         raise typer.BadParameter("give either --edit or --payload-file, not both", param_hint="--edit")
@@ -188,17 +185,17 @@ def replay(
     with connect(settings) as clients:
         store = _synced(clients)
         row = store.get(dead_letter_id)
-        problem = replay_problem(row, store.run_status(row["run_id"]) if row["run_id"] else None)
-        if problem is not None:
-            raise SubmitError(problem)
+        check_replayable(store, row)  # before the editor opens: no edits made in vain
         args = _edited_args(row, edit=edit, payload_file=payload_file)
-        payload = overrides_payload(row["step_key"], args) if args is not None else {}
         run_id = row["run_id"]
-        # A durable request for the run's coordinator (one writer per run), then its wake-up.
-        clients.store.add_command(run_id, "retry", payload)
-        partition = partition_of(run_id, settings.coordinator.partitions)
-        bus.notify(clients.redis, Keys(settings.namespace), partition, ControlMessage(kind="retry", run=run_id))
-        store.mark_replayed(dead_letter_id)
+        replay(
+            store,
+            clients.redis,
+            Keys(settings.namespace),
+            partitions=settings.coordinator.partitions,
+            row=row,
+            args=args,
+        )
     if as_json:
         typer.echo(json.dumps({"run_id": run_id, "step": row["step_key"], "overrides": args is not None}))
         return

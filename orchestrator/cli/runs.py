@@ -328,8 +328,6 @@ def register(app: typer.Typer) -> None:
 
 
 def _live(clients: Clients, index_key: str, item_key: Any) -> list[dict[str, Any]]:
-    ids = [i.decode() for i in clients.redis.zrange(index_key, 0, -1)]
-    if not ids:
-        return []
-    raw = clients.redis.mget([item_key(i) for i in ids])
-    return [orjson.loads(r) for r in raw if r is not None]
+    from orchestrator.bus import live_members
+
+    return live_members(clients.redis, index_key, item_key)

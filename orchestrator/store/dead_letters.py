@@ -11,17 +11,17 @@ reading.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
 from psycopg.types.json import Jsonb
 
-from orchestrator.errors import RedisUnavailableError, SteppeError
+from orchestrator.errors import RedisUnavailableError, SteppeError, SubmitError
 from orchestrator.keys import Keys
 from orchestrator.store.runs import RunStore
 from orchestrator.wire import ResultMessage
-from patterns.dead_letter import minid_before, record_from_stream
+from patterns.dead_letter import minid_before, overrides_payload, record_from_stream, replay_problem
 
 COLUMNS = (
     "dead_letter_id, run_id, step_key, attempt, queue, stream_id, delivery_count, reason, error, payload, raw,"
@@ -196,6 +196,36 @@ def trim_stream(client: redis.Redis, keys: Keys, *, before: dt.datetime) -> int:
         return int(client.xtrim(keys.dlq_stream, minid=minid_before(before), approximate=False))
     except (redis.ConnectionError, redis.TimeoutError) as e:
         raise RedisUnavailableError(f"cannot trim the dead-letter stream {keys.dlq_stream}: {e}") from e
+
+
+def check_replayable(store: DeadLetterStore, row: Mapping[str, Any]) -> None:
+    """Raise SubmitError (saying what to do instead) unless the dead letter's run can be resumed now."""
+    problem = replay_problem(row, store.run_status(row["run_id"]) if row["run_id"] else None)
+    if problem is not None:
+        raise SubmitError(problem)
+
+
+def replay(
+    store: DeadLetterStore,
+    client: redis.Redis,
+    keys: Keys,
+    *,
+    partitions: int,
+    row: Mapping[str, Any],
+    args: dict[str, Any] | None,
+) -> None:
+    """Resume the dead letter's run from its failed steps, its step with `args` when given (`steppe dlq
+    replay`, the UI): a durable retry command for the run's coordinator, its wake-up, the row marked replayed."""
+    from orchestrator import bus
+    from orchestrator.store.leases import partition_of
+    from orchestrator.wire import ControlMessage
+
+    run_id = row["run_id"]
+    payload = overrides_payload(row["step_key"], args) if args is not None else {}
+    # One writer per run: the request goes through the run's coordinator, never straight to the queue.
+    store.runs.add_command(run_id, "retry", payload)
+    bus.notify(client, keys, partition_of(run_id, partitions), ControlMessage(kind="retry", run=run_id))
+    store.mark_replayed(int(row["dead_letter_id"]))
 
 
 def row_from_result(result: ResultMessage) -> dict[str, Any]:

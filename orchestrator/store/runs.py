@@ -521,15 +521,29 @@ class RunStore:
         return str(row["status"])
 
     def list_runs(
-        self, *, status: str | None = None, workflow: str | None = None, limit: int = 50
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        limit: int = 50,
+        created_after: dt.datetime | None = None,
+        created_before: dt.datetime | None = None,
     ) -> list[dict[str, Any]]:
-        clauses, params = [], []
+        """Runs newest first, filtered by status, workflow and a window of creation times."""
+        clauses: list[str] = []
+        params: list[Any] = []
         if status:
             clauses.append("status = %s")
             params.append(status)
         if workflow:
             clauses.append("workflow = %s")
             params.append(workflow)
+        if created_after is not None:
+            clauses.append("created_at >= %s")
+            params.append(created_after)
+        if created_before is not None:
+            clauses.append("created_at < %s")
+            params.append(created_before)
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
         with self.connection() as conn:
             return conn.execute(
