@@ -49,9 +49,10 @@ def _register_commands() -> None:
         processes,
         runs,
         spec_cmds,
+        ui_cmd,
     )
 
-    for module in (dev, db, processes, runs, spec_cmds, bench, api_cmd, dlq, hooks, admin, patterns_cmd):
+    for module in (dev, db, processes, runs, spec_cmds, bench, api_cmd, ui_cmd, dlq, hooks, admin, patterns_cmd):
         module.register(app)
     del bench_client, bench_cluster  # each registers its commands on `bench` when imported
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import statistics
+import subprocess
 import tempfile
 import time
 import uuid
@@ -20,8 +21,9 @@ import httpx
 import psycopg
 import pytest
 
+from orchestrator.dev.cluster import steppe_argv
 from tests.e2e.conftest import Env, make_env
-from tests.e2e.test_api import TOKEN, ApiServer
+from tests.e2e.test_api import TOKEN, ApiServer, free_port
 from tests.helpers import assert_eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -430,6 +432,32 @@ def test_the_workers_page_lists_live_workers_and_coordinators(cluster: Env, open
     assert page.locator("#workers tbody tr").count() >= 2
     assert "builtin.echo" in page.locator("#workers").inner_text()
     assert page.locator("#coordinators tbody tr").count() == 1
+
+
+def test_steppe_ui_serves_the_ui_and_opens_a_browser_tab_on_it(cluster: Env, tmp_path: Path) -> None:
+    opened = tmp_path / "opened.txt"
+    browser = tmp_path / "browser.sh"
+    browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
+    browser.chmod(0o755)
+    port = free_port()
+    log = (tmp_path / "ui.log").open("wb")
+    env = {**cluster.env, "BROWSER": f"{browser} %s", "STEPPE_API_TOKEN": ""}
+    proc = subprocess.Popen([*steppe_argv(), "ui", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/ui/runs"
+        assert_eventually(
+            lambda: opened.exists() and opened.read_text().strip() == url,
+            timeout=60,
+            message=lambda: (tmp_path / "ui.log").read_text(errors="replace"),
+        )
+        page = httpx.get(url, timeout=10)
+        assert page.status_code == 200
+        assert "<h1>Runs</h1>" in page.text
+        assert f"Steppe UI on {url}" in (tmp_path / "ui.log").read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
 
 
 WIDE = 200
