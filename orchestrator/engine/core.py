@@ -5,7 +5,7 @@ an event and folds it into the projection with `state.apply_event`, so the in-me
 state is by construction the fold of the log. The coordinator drains `events` (to
 commit), then `outbox` (to publish) and `timers` (to schedule). No I/O happens here.
 Messages are built by `orchestrator.messages`; the handoff, pre-hook and child-workflow
-transitions live in `orchestrator.engine_patterns`.
+transitions live in `orchestrator.engine.patterns`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator import run_limits
-from orchestrator.engine_patterns import PatternTransitions
+from orchestrator.engine.patterns import PatternTransitions
 from orchestrator.errors import TemplateError
 from orchestrator.messages import PRE_CHECK_QUEUE, Dispatch, PreCheck, StepMessages
 from orchestrator.settings import LimitSettings
