@@ -1,15 +1,28 @@
-"""A validated workflow compiled into the plain structures the engine runs on."""
+"""A validated workflow compiled into the plain structures the engine runs on.
+
+`compile_workflow` is the one place that resolves a step's settings against the document's
+`defaults:` and then the built-in values (`orchestrator.spec.model.DEFAULT_*`, `RetryPolicy()`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from orchestrator.spec.model import (
+    DEFAULT_PRIORITY,
+    DEFAULT_TIMEOUT,
+    BreakerSpec,
+    CompensateSpec,
+    GateSpec,
+    HookSpec,
+    RetrySpec,
+    StepSpec,
+    SwarmSpec,
+    WorkflowSpec,
+)
 from orchestrator.templates import find_references
 from patterns.retry import RetryPolicy
-
-DEFAULT_QUEUE = "default"
-DEFAULT_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +86,8 @@ class CompiledWorkflow:
     order: tuple[str, ...]  # a topological order
     leaves: tuple[str, ...]
     queues: frozenset[str] = field(default_factory=frozenset)
-    hooks: tuple[Any, ...] = ()  # the `hooks:` entries of the document (HookSpec)
-    children: dict[str, Any] = field(default_factory=dict)  # child workflow name → definition
+    hooks: tuple[HookSpec, ...] = ()  # the `hooks:` entries of the document
+    children: dict[str, dict[str, Any]] = field(default_factory=dict)  # child workflow name → definition
 
     def handlers(self) -> set[str]:
         names: set[str] = set()
@@ -88,101 +101,103 @@ class CompiledWorkflow:
         return names
 
 
-def _policy(raw: Any, default: RetryPolicy) -> RetryPolicy:
-    if raw is None:
-        return default
-    return RetryPolicy(
-        max_attempts=raw.max_attempts if raw.max_attempts is not None else default.max_attempts,
-        backoff=raw.backoff or default.backoff,
-        initial_delay=raw.initial_delay if raw.initial_delay is not None else default.initial_delay,
-        max_delay=raw.max_delay if raw.max_delay is not None else default.max_delay,
-        jitter=raw.jitter if raw.jitter is not None else default.jitter,
-    )
+BUILT_IN_RETRY = RetryPolicy()
 
 
-def compile_workflow(spec: Any) -> CompiledWorkflow:
-    """Turn a validated `WorkflowSpec` into a `CompiledWorkflow` (defaults merged, edges indexed)."""
-    defaults = spec.defaults
-    default_retry = _policy(getattr(defaults, "retry", None), RetryPolicy())
-    default_queue = getattr(defaults, "queue", None) or DEFAULT_QUEUE
-    default_timeout = getattr(defaults, "timeout", None) or DEFAULT_TIMEOUT
-    default_priority = getattr(defaults, "priority", None) or "normal"
-    default_breaker = getattr(defaults, "circuit_breaker", None)
+def retry_policy(written: RetrySpec | None, base: RetryPolicy = BUILT_IN_RETRY) -> RetryPolicy:
+    """The runtime policy of a `retry:` block as written: `base` with each field the block sets.
+
+    The one conversion from the YAML shape (`RetrySpec`, every field optional) to the complete
+    `RetryPolicy` the coordinator schedules retries with; `base` is what an unset field inherits.
+    """
+    if written is None:
+        return base
+    return replace(base, **written.model_dump(exclude_none=True))
+
+
+def compile_workflow(spec: WorkflowSpec) -> CompiledWorkflow:
+    """Turn a validated `WorkflowSpec` into a `CompiledWorkflow` (settings resolved, edges indexed)."""
     dependents: dict[str, list[str]] = {s.id: [] for s in spec.steps}
     for s in spec.steps:
         for need in s.needs:
             dependents[need].append(s.id)
-    steps: dict[str, StepDef] = {}
-    for s in spec.steps:
-        queue = s.queue or default_queue
-        timeout = s.timeout or default_timeout
-        comp = None
-        if s.compensate is not None:
-            c = s.compensate
-            comp = CompensateDef(
-                handler=c.handler,
-                args=c.with_,
-                queue=c.queue or queue,
-                timeout=c.timeout or timeout,
-                retry=_policy(c.retry, default_retry),
-                templated=bool(find_references(c.with_)),
-            )
-        steps[s.id] = StepDef(
-            id=s.id,
-            handler=s.handler,
-            args=s.with_,
-            needs=tuple(s.needs),
-            queue=queue,
-            timeout=float(timeout),
-            retry=_policy(s.retry, default_retry),
-            priority=str(s.priority or default_priority),
-            templated=bool(find_references(s.with_)),
-            when=s.when,
-            for_each=s.for_each,
-            compensate=comp,
-            breaker=(breaker := s.circuit_breaker or default_breaker),
-            breaker_config=_breaker_config(spec, breaker),
-            dependents=tuple(dependents[s.id]),
-            workflow=s.workflow,
-            gate=_gate(s.gate),
-            swarm=_swarm(s.swarm),
-        )
+    default_retry = retry_policy(spec.defaults.retry)  # shared by every step without a `retry:` of its own
+    steps = {s.id: _step(spec, s, default_retry, tuple(dependents[s.id])) for s in spec.steps}
     order = _topological(steps)
-    leaves = tuple(sid for sid in order if not steps[sid].dependents)
     return CompiledWorkflow(
         name=spec.name,
-        on_failure=str(spec.on_failure),
+        on_failure=spec.on_failure,
         steps=steps,
         order=order,
-        leaves=leaves,
-        hooks=tuple(getattr(spec, "hooks", ()) or ()),
-        children=dict(getattr(spec, "workflows", None) or {}),
+        leaves=tuple(sid for sid in order if not steps[sid].dependents),
         queues=frozenset(
             {s.queue for s in steps.values()} | {s.compensate.queue for s in steps.values() if s.compensate}
         ),
+        hooks=tuple(spec.hooks),
+        children=dict(spec.workflows),
     )
 
 
-def _gate(raw: Any) -> GateDef | None:
-    if raw is None:
+def _step(spec: WorkflowSpec, s: StepSpec, default_retry: RetryPolicy, dependents: tuple[str, ...]) -> StepDef:
+    """One step with each setting resolved: its own, else `defaults:`, else the built-in value."""
+    defaults = spec.defaults
+    queue = spec.queue_of(s)
+    # `or`: a timeout of 0 counts as unset (it always has at run time) and inherits the next one.
+    timeout = s.timeout or defaults.timeout or DEFAULT_TIMEOUT
+    breaker = s.circuit_breaker or defaults.circuit_breaker
+    return StepDef(
+        id=s.id,
+        handler=s.handler,
+        args=s.with_,
+        needs=tuple(s.needs),
+        queue=queue,
+        timeout=timeout,
+        retry=retry_policy(s.retry, default_retry),
+        priority=s.priority or defaults.priority or DEFAULT_PRIORITY,
+        templated=bool(find_references(s.with_)),
+        when=s.when,
+        for_each=s.for_each,
+        compensate=_compensate(s.compensate, queue, timeout, default_retry),
+        breaker=breaker,
+        breaker_config=None if breaker is None else _breaker_config(spec.breaker(breaker)),
+        dependents=dependents,
+        workflow=s.workflow,
+        gate=_gate(s.gate),
+        swarm=_swarm(s.swarm),
+    )
+
+
+def _compensate(
+    c: CompensateSpec | None, queue: str, timeout: float, default_retry: RetryPolicy
+) -> CompensateDef | None:
+    """The undo step: its own settings, else the step's queue and timeout; its retry follows `defaults.retry`."""
+    if c is None:
         return None
-    return GateDef(raw.handler, raw.with_, raw.max_attempts, bool(find_references(raw.with_)))
+    return CompensateDef(
+        handler=c.handler,
+        args=c.with_,
+        queue=c.queue or queue,
+        timeout=c.timeout or timeout,
+        retry=retry_policy(c.retry, default_retry),
+        templated=bool(find_references(c.with_)),
+    )
 
 
-def _swarm(raw: Any) -> SwarmDef | None:
-    if raw is None:
+def _gate(gate: GateSpec | None) -> GateDef | None:
+    if gate is None:
         return None
-    return SwarmDef(raw.replicas, raw.effective_quorum, raw.vote)
+    return GateDef(gate.handler, gate.with_, gate.max_attempts, bool(find_references(gate.with_)))
 
 
-def _breaker_config(spec: Any, name: str | None) -> dict[str, Any] | None:
-    """Settings of a named breaker: its `breakers:` entry, else the defaults."""
-    if name is None:
+def _swarm(swarm: SwarmSpec | None) -> SwarmDef | None:
+    if swarm is None:
         return None
-    entry = (getattr(spec, "breakers", None) or {}).get(name)
-    if entry is None:
-        return {"fail_max": 5, "reset_timeout": 30.0, "exclude": []}
-    return {"fail_max": entry.fail_max, "reset_timeout": float(entry.reset_timeout), "exclude": list(entry.exclude)}
+    return SwarmDef(swarm.replicas, swarm.effective_quorum, swarm.vote)
+
+
+def _breaker_config(breaker: BreakerSpec) -> dict[str, Any]:
+    """What workers need of a named breaker (`WorkflowSpec.breaker`: its entry, else the defaults)."""
+    return {"fail_max": breaker.fail_max, "reset_timeout": breaker.reset_timeout, "exclude": list(breaker.exclude)}
 
 
 def _topological(steps: dict[str, StepDef]) -> tuple[str, ...]:

@@ -20,7 +20,11 @@ Backoff = Literal["exponential", "fixed", "linear"]
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """How often and how fast a step is retried (mirrors the YAML `retry:` block)."""
+    """How often and how fast a step is retried: the one complete retry policy.
+
+    A workflow's `retry:` blocks (`orchestrator.spec.model.RetrySpec`, fields optional) become
+    one through `orchestrator.workflow.retry_policy`; hooks and pre-checks use fixed ones.
+    """
 
     max_attempts: int = 3
     backoff: Backoff = "exponential"

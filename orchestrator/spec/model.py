@@ -1,5 +1,6 @@
-"""Pydantic models of a workflow document (docs/spec.md §3), and each step's settings resolved against `defaults`.
+"""Pydantic models of a workflow document (docs/spec.md §3): its shape as written.
 
+`orchestrator.workflow.compile_workflow` resolves each step's settings against `defaults`.
 The models round-trip through JSON (`model_dump(mode="json", by_alias=True)` then
 `WorkflowSpec.model_validate`): durations are stored as seconds, and settings a step does
 not set stay `None` so that they keep following `defaults` after a round trip.
@@ -129,7 +130,7 @@ class InputSpec(_Model):
 
 
 class RetrySpec(_Model):
-    """A retry policy as written; unset fields follow `defaults.retry`, then the built-in policy."""
+    """A `retry:` block as written; unset fields follow `defaults.retry`, then `patterns.retry.RetryPolicy()`."""
 
     max_attempts: int | None = Field(default=None, ge=1)
     backoff: Backoff | None = None
@@ -142,28 +143,6 @@ class RetrySpec(_Model):
         if self.initial_delay is not None and self.max_delay is not None and self.initial_delay > self.max_delay:
             raise ValueError("initial_delay is longer than max_delay: raise max_delay or lower initial_delay")
         return self
-
-
-class RetryPolicy(_Model):
-    """A complete retry policy (the resolved form of RetrySpec layers)."""
-
-    max_attempts: int = Field(default=3, ge=1)
-    backoff: Backoff = "exponential"
-    initial_delay: float = 1.0
-    max_delay: float = 60.0
-    jitter: bool = True
-
-    @classmethod
-    def merged(cls, *layers: RetrySpec | None) -> RetryPolicy:
-        """The built-in policy overridden by each layer in turn (later layers win)."""
-        values: dict[str, Any] = {}
-        for layer in layers:
-            if layer is not None:
-                values.update({k: v for k, v in layer.__dict__.items() if v is not None})
-        return cls.model_construct(**{**_DEFAULT_RETRY, **values})
-
-
-_DEFAULT_RETRY: dict[str, Any] = RetryPolicy().model_dump()
 
 
 class StepDefaults(_Model):
@@ -234,7 +213,7 @@ class HookSpec(_Model):
 
 
 class StepSpec(_Model):
-    """One step as written. Unset settings are None; `WorkflowSpec.effective()` resolves them."""
+    """One step as written. Unset settings are None; `orchestrator.workflow.compile_workflow` resolves them."""
 
     id: StepId
     description: str | None = None
@@ -271,41 +250,6 @@ class StepSpec(_Model):
         return self
 
 
-class ResolvedCompensation(_Model):
-    """A compensation with every setting resolved."""
-
-    handler: str
-    with_: Arguments = Field(alias="with")
-    queue: str
-    timeout: float
-    retry: RetryPolicy
-
-
-class ResolvedStep(_Model):
-    """A step with `defaults` and built-in defaults applied: what the coordinator dispatches."""
-
-    id: str
-    handler: str | None
-    workflow: str | None
-    with_: Arguments = Field(alias="with")
-    needs: list[str]
-    queue: str
-    timeout: float
-    retry: RetryPolicy
-    priority: Priority
-    circuit_breaker: str | None
-    when: str | bool | None
-    for_each: str | list[Any] | None
-    estimate: float | None
-    compensate: ResolvedCompensation | None
-    gate: GateSpec | None
-    swarm: SwarmSpec | None
-
-    @property
-    def fan_out(self) -> bool:
-        return self.for_each is not None
-
-
 class WorkflowSpec(_Model):
     """A whole workflow document."""
 
@@ -322,8 +266,6 @@ class WorkflowSpec(_Model):
     workflows: dict[Name, dict[str, Any]] = Field(default_factory=dict)
 
     _index: dict[str, StepSpec] | None = PrivateAttr(default=None)
-    _resolved: dict[str, ResolvedStep] = PrivateAttr(default_factory=dict)
-    _default_retry: RetryPolicy | None = PrivateAttr(default=None)
     # The planner's analysis of this graph, kept by validation so that planning does not redo it.
     _analysis: Any = PrivateAttr(default=None)
     # The `uses:` steps that validation expanded (patterns.expansion.Expansion), for `steppe validate` / `plan`.
@@ -346,64 +288,12 @@ class WorkflowSpec(_Model):
         return self._index[step_id]
 
     def queue_of(self, step: StepSpec) -> str:
+        """The step's queue: its own, else `defaults.queue`, else `default`.
+
+        The compiler's rule (`orchestrator.workflow`), here so that the planner uses it without loading the runtime.
+        """
         return step.queue or self.defaults.queue or DEFAULT_QUEUE
 
     def breaker(self, name: str) -> BreakerSpec:
         """Settings of a named breaker: its `breakers:` entry, else the defaults."""
         return self.breakers.get(name) or BreakerSpec()
-
-    def effective(self, step: StepSpec | str) -> ResolvedStep:
-        """The step with every setting resolved (cached; the spec is immutable)."""
-        spec = self.step(step) if isinstance(step, str) else step
-        resolved = self._resolved.get(spec.id)
-        if resolved is None:
-            resolved = self._resolve(spec)
-            self._resolved[spec.id] = resolved
-        return resolved
-
-    def _retry_of(self, retry: RetrySpec | None) -> RetryPolicy:
-        if retry is not None:
-            return RetryPolicy.merged(self.defaults.retry, retry)
-        if self._default_retry is None:  # most steps share it; resolve it once
-            self._default_retry = RetryPolicy.merged(self.defaults.retry)
-        return self._default_retry
-
-    def _resolve(self, step: StepSpec) -> ResolvedStep:
-        defaults = self.defaults
-        queue = self.queue_of(step)
-        timeout = _first(step.timeout, defaults.timeout, DEFAULT_TIMEOUT)
-        compensation = None
-        if step.compensate is not None:
-            comp = step.compensate
-            compensation = ResolvedCompensation.model_construct(
-                handler=comp.handler,
-                with_=comp.with_,
-                queue=comp.queue or queue,
-                timeout=_first(comp.timeout, timeout),
-                retry=RetryPolicy.merged(defaults.retry, comp.retry),
-            )
-        return ResolvedStep.model_construct(
-            id=step.id,
-            handler=step.handler,
-            workflow=step.workflow,
-            with_=step.with_,
-            needs=list(step.needs),
-            queue=queue,
-            timeout=timeout,
-            retry=self._retry_of(step.retry),
-            priority=step.priority or defaults.priority or DEFAULT_PRIORITY,
-            circuit_breaker=step.circuit_breaker or defaults.circuit_breaker,
-            when=step.when,
-            for_each=step.for_each,
-            estimate=step.estimate,
-            compensate=compensation,
-            gate=step.gate,
-            swarm=step.swarm,
-        )
-
-
-def _first(*values: float | None) -> float:
-    for value in values:
-        if value is not None:
-            return value
-    raise AssertionError("the last value is the built-in default")

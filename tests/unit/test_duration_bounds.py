@@ -89,7 +89,7 @@ def test_steppe_validate_refuses_it_with_exit_2(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("backoff", ["exponential", "fixed", "linear"])
 def test_backoff_is_clamped_even_for_a_policy_that_skipped_validation(backoff: str) -> None:
-    # RetryPolicy.merged builds policies without validation: the scheduler clamps on its own.
+    # A RetryPolicy is a plain dataclass that never validates: the scheduler clamps on its own.
     for delay in (8.64e15, math.inf, math.nan, 1e308):
         policy = RetryPolicy(backoff=backoff, initial_delay=delay, max_delay=delay)  # type: ignore[arg-type]
         for failures in (1, 2, 40):

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from orchestrator.cli import spec_cmds
 from orchestrator.errors import SpecProblem, SpecValidationError
 from orchestrator.spec import WorkflowSpec, load_workflow
+from orchestrator.workflow import compile_workflow
 
 
 def load(doc: str) -> WorkflowSpec:
@@ -75,8 +76,9 @@ def test_map_reduce_becomes_a_fan_out_and_a_reduce_that_keeps_the_step_id() -> N
 
 def test_the_entry_step_inherits_needs_and_when_and_every_step_the_settings() -> None:
     spec = load(MAP_REDUCE)
-    map_step, reduce_step = spec.effective("count-map"), spec.effective("count")
-    assert map_step.needs == ["fetch"]
+    compiled = compile_workflow(spec).steps
+    map_step, reduce_step = compiled["count-map"], compiled["count"]
+    assert map_step.needs == ("fetch",)
     assert map_step.when == "${{ inputs.go }}"
     assert reduce_step.when is None  # skipped with its entry step, as every dependent of a skipped step
     assert map_step.queue == "fast"  # the pattern's own setting wins

@@ -440,7 +440,7 @@ def test_merge_keys_are_supported() -> None:
         load_workflow(doc)  # description must be a string
     ok = "name: wf\nsteps:\n  - &a {id: a, handler: builtin.echo, queue: io}\n  - <<: *a\n    id: b\n"
     spec = load_workflow(ok)
-    assert spec.effective("b").queue == "io"
+    assert spec.queue_of(spec.step("b")) == "io"
     assert spec.step("b").handler == "builtin.echo"
 
 

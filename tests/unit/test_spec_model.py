@@ -1,4 +1,4 @@
-"""The workflow models: resolved settings, JSON round trips, submit-time inputs, durations."""
+"""The workflow models: settings resolved by the compiler, JSON round trips, submit-time inputs, durations."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pytest
 from orchestrator.durations import DurationError, format_duration, parse_duration
 from orchestrator.errors import SpecValidationError, SubmitError
 from orchestrator.settings import LimitSettings
-from orchestrator.spec import RetryPolicy, WorkflowSpec, load_workflow, parse_cli_inputs, validate_inputs
+from orchestrator.spec import WorkflowSpec, load_workflow, parse_cli_inputs, validate_inputs
+from orchestrator.workflow import compile_workflow
+from patterns.retry import RetryPolicy
 
 SAGA = """\
 name: order-fulfilment
@@ -59,10 +61,10 @@ hooks:
 """
 
 
-def test_effective_merges_defaults_field_by_field() -> None:
-    spec = load_workflow(SAGA)
-    charge = spec.effective("charge")
-    assert (charge.queue, charge.timeout, charge.priority, charge.circuit_breaker) == (
+def test_compiling_merges_defaults_field_by_field() -> None:
+    steps = compile_workflow(load_workflow(SAGA)).steps
+    charge = steps["charge"]
+    assert (charge.queue, charge.timeout, charge.priority, charge.breaker) == (
         "payments",
         5400.0,
         "high",
@@ -72,8 +74,8 @@ def test_effective_merges_defaults_field_by_field() -> None:
     assert charge.compensate is not None
     assert (charge.compensate.queue, charge.compensate.timeout) == ("refunds", 10.0)
     assert charge.compensate.retry.max_attempts == 4
-    reserve = spec.effective(spec.steps[0])
-    assert (reserve.queue, reserve.timeout, reserve.priority, reserve.circuit_breaker) == (
+    reserve = steps["reserve"]
+    assert (reserve.queue, reserve.timeout, reserve.priority, reserve.breaker) == (
         "work",
         30.0,
         "normal",
@@ -85,23 +87,22 @@ def test_effective_merges_defaults_field_by_field() -> None:
         30.0,
         9,
     )
-    assert spec.effective("reserve") is reserve  # cached
 
 
 def test_builtin_defaults_without_a_defaults_section() -> None:
     spec = load_workflow("name: x\nsteps:\n  - {id: a, handler: h}\n")
-    step = spec.effective("a")
-    assert (step.queue, step.timeout, step.priority, step.circuit_breaker) == ("default", 300.0, "normal", None)
+    step = compile_workflow(spec).steps["a"]
+    assert (step.queue, step.timeout, step.priority, step.breaker) == ("default", 300.0, "normal", None)
     assert step.retry == RetryPolicy(
         max_attempts=3, backoff="exponential", initial_delay=1.0, max_delay=60.0, jitter=True
     )
-    assert step.with_ == {}
-    assert step.needs == []
+    assert step.args == {}
+    assert step.needs == ()
 
 
 def test_patterns_are_parsed() -> None:
     spec = load_workflow(SAGA)
-    child = spec.effective("child")
+    child = spec.step("child")
     assert (child.workflow, child.handler, child.estimate, child.when) == (
         "shipping-flow",
         None,
@@ -128,8 +129,8 @@ def test_json_round_trip_keeps_the_spec_and_its_defaulting() -> None:
     ):
         again = WorkflowSpec.model_validate(dump)
         assert again == spec
-        assert again.effective("charge") == spec.effective("charge")
-        assert again.effective("reserve").retry.backoff == "linear"
+        assert compile_workflow(again) == compile_workflow(spec)
+        assert compile_workflow(again).steps["reserve"].retry.backoff == "linear"
     dumped = spec.model_dump(mode="json", by_alias=True)
     assert dumped["steps"][0]["with"] == {"order_id": "${{ inputs.order_id }}"}
     assert dumped["steps"][1]["timeout"] == 5400.0
