@@ -1,20 +1,25 @@
-"""The Redis side of the coordinator and the CLI: connections, consumer groups, publishing."""
+"""Redis helpers shared by the coordinator, the submitter and the CLI: connections, consumer
+groups, the XADD of a wire message (`append`, `send`), wake-ups, the live-process registry.
+
+The coordinator's own Redis calls go through `orchestrator.coordinator_bus.CoordinatorBus`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis
 import structlog
 
 from orchestrator import redis_clients
-from orchestrator.engine import Dispatch
 from orchestrator.errors import InfrastructureError, RedisUnavailableError
 from orchestrator.keys import COORDINATOR_GROUP, WORKER_GROUP, Keys
 from orchestrator.settings import Settings
-from orchestrator.wire import FIELD, ControlMessage, encode
+from orchestrator.wire import FIELD, ControlMessage, ResultMessage, StepMessage, encode
+
+if TYPE_CHECKING:
+    from redis.client import Pipeline
 
 log = structlog.get_logger(__name__)
 
@@ -79,20 +84,31 @@ def ensure_partition_groups(client: redis.Redis, keys: Keys, partitions: Iterabl
         ensure_group(client, keys.control_stream(p), COORDINATOR_GROUP)
 
 
-def publish(client: redis.Redis, keys: Keys, dispatches: Sequence[Dispatch]) -> None:
-    """XADD every dispatch in one pipeline (no MULTI: each entry stands alone)."""
-    if not dispatches:
-        return
-    pipe = client.pipeline(transaction=False)
-    for d in dispatches:
-        pipe.xadd(keys.queue_stream(d.queue, d.priority), {FIELD: encode(d.message)})
-    pipe.execute()
+Message = StepMessage | ResultMessage | ControlMessage
+
+
+def append(target: redis.Redis | Pipeline, stream: str, message: Message) -> None:
+    """XADD `message` to `stream` as one entry (field `m`, `wire.encode`): the one way a Steppe
+    process writes a step, result or control message (a pipeline queues it, a client sends it)."""
+    target.xadd(stream, {FIELD: encode(message)})
+
+
+def send(client: redis.Redis, entries: Sequence[tuple[str, Message]]) -> None:
+    """Append each (stream, message): one XADD, or one pipeline without MULTI for several (each
+    entry stands alone; against a cluster each is routed by its slot). Errors are the caller's."""
+    if len(entries) == 1:
+        append(client, *entries[0])
+    elif entries:
+        pipe = client.pipeline(transaction=False)
+        for stream, message in entries:
+            append(pipe, stream, message)
+        pipe.execute()
 
 
 def notify(client: redis.Redis, keys: Keys, partition: int, message: ControlMessage) -> None:
     """Wake the coordinator owning `partition`; the request itself is already in PostgreSQL."""
     try:
-        client.xadd(keys.control_stream(partition), {FIELD: encode(message)})
+        send(client, [(keys.control_stream(partition), message)])
     except RETRYABLE as e:
         # The coordinator polls PostgreSQL, so the request is only delayed, not lost.
         log.warning("control_notify_failed", error=str(e), partition=partition)

@@ -369,9 +369,8 @@ class Coordinator:
     # -- timers ---------------------------------------------------------------------------------------
 
     def _take_timers(self, engine: RunEngine) -> None:
-        for timer in engine.timers:
+        for timer in engine.drain().timers:  # a freshly loaded engine holds only its timers
             heapq.heappush(self._timers, (timer.due, next(self._timer_seq), timer))
-        engine.timers = []
 
     def _fire_timers(self) -> set[str]:
         touched: set[str] = set()
@@ -402,11 +401,11 @@ class Coordinator:
             if tracked is None:
                 continue
             engine = tracked.engine
-            events, dispatches, new_timers, comp_dead = engine.drain()
-            children += engine.children
-            child_cancels += engine.child_cancels
-            engine.children, engine.child_cancels = [], []
-            timers.extend(new_timers)
+            out = engine.drain()
+            events, dispatches, comp_dead = out.events, out.dispatches, out.dead_letters
+            children += out.child_starts
+            child_cancels += out.child_cancels
+            timers.extend(out.timers)
             if not events:
                 continue
             run = engine.run
@@ -628,4 +627,4 @@ class Coordinator:
         metrics.ACTIVE_RUNS.set(len(self.runs))
 
 
-# -- TEST-ONLY fault injection (tests/faults, RELIABILITY.md scenario 5) -----------------------------
+# -- TEST-ONLY fault injection (tests/faults, docs/reliability.md scenario 5) -----------------------------

@@ -4,6 +4,6 @@
 transitions it delegates to. No I/O happens in this package.
 """
 
-from orchestrator.engine.core import DEFER_DELAY, PRE_CHECK_QUEUE, Dispatch, PreCheck, RunEngine, Timer
+from orchestrator.engine.core import DEFER_DELAY, PRE_CHECK_QUEUE, Dispatch, EngineOutput, PreCheck, RunEngine, Timer
 
-__all__ = ["DEFER_DELAY", "PRE_CHECK_QUEUE", "Dispatch", "PreCheck", "RunEngine", "Timer"]
+__all__ = ["DEFER_DELAY", "PRE_CHECK_QUEUE", "Dispatch", "EngineOutput", "PreCheck", "RunEngine", "Timer"]

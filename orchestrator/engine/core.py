@@ -2,8 +2,9 @@
 
 A `RunEngine` owns one run's projection. Every change goes through `_emit`, which appends
 an event and folds it into the projection with `state.apply_event`, so the in-memory
-state is by construction the fold of the log. The coordinator drains `events` (to
-commit), then `outbox` (to publish) and `timers` (to schedule). No I/O happens here.
+state is by construction the fold of the log. The coordinator drains an `EngineOutput`:
+events to commit, then dispatches to publish, timers to schedule and child runs to start or
+cancel. No I/O happens here.
 Messages are built by `orchestrator.messages`; the handoff, pre-hook and child-workflow
 transitions live in `orchestrator.engine.patterns`.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator import run_limits
@@ -46,7 +47,7 @@ from patterns.retry import compute_backoff
 from patterns.saga import compensation_blockers, ready_compensations
 from patterns.swarm import count_votes
 
-__all__ = ["DEFER_DELAY", "PRE_CHECK_QUEUE", "Dispatch", "PreCheck", "RunEngine", "Timer"]
+__all__ = ["DEFER_DELAY", "PRE_CHECK_QUEUE", "Dispatch", "EngineOutput", "PreCheck", "RunEngine", "Timer"]
 
 # Deferred steps (open circuit breaker) are re-offered after this many seconds.
 DEFER_DELAY = 1.0
@@ -61,6 +62,23 @@ class Timer:
     step: str
     attempt: int
     kind: str  # "retry" | "timeout"
+
+
+@dataclass(slots=True)
+class EngineOutput:
+    """What one run decided since the last `RunEngine.drain()`, for the coordinator to act on.
+
+    `events` are committed (with the run's projection); only once they are, `dispatches` are
+    published, `timers` scheduled, `child_starts` created and `child_cancels` requested.
+    `dead_letters` are rows committed with the events (compensations that failed for good).
+    """
+
+    events: list[Event] = field(default_factory=list)
+    dispatches: list[Dispatch] = field(default_factory=list)
+    timers: list[Timer] = field(default_factory=list)
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    child_starts: list[ChildStart] = field(default_factory=list)
+    child_cancels: list[str] = field(default_factory=list)
 
 
 class RunEngine(PatternTransitions):
@@ -156,9 +174,18 @@ class RunEngine(PatternTransitions):
         apply_event(self.run, event)
         self.events.append(event)
 
-    def drain(self) -> tuple[list[Event], list[Dispatch], list[Timer], list[dict[str, Any]]]:
-        out = (self.events, self.outbox, self.timers, self.dead_letters)
+    def drain(self) -> EngineOutput:
+        """Everything decided since the last drain; the engine starts over with empty buffers."""
+        out = EngineOutput(
+            events=self.events,
+            dispatches=self.outbox,
+            timers=self.timers,
+            dead_letters=self.dead_letters,
+            child_starts=self.children,
+            child_cancels=self.child_cancels,
+        )
         self.events, self.outbox, self.timers, self.dead_letters = [], [], [], []
+        self.children, self.child_cancels = [], []
         return out
 
     # -- commands -------------------------------------------------------------------------------------

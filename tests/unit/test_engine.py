@@ -49,7 +49,7 @@ def failed(step: str, attempt: int = 1, retryable: bool = True) -> ResultMessage
 
 
 def dispatched(engine: RunEngine) -> list[str]:
-    _, outbox, _, _ = engine.drain()
+    outbox = engine.drain().dispatches
     return sorted(d.message.step for d in outbox)
 
 
@@ -72,7 +72,7 @@ def test_dispatches_each_step_as_soon_as_its_needs_succeed() -> None:
     engine.start()
     assert dispatched(engine) == ["a"]
     engine.on_result(ok("a", output={"v": [1, 2]}))
-    _, outbox, _, _ = engine.drain()
+    outbox = engine.drain().dispatches
     assert sorted(d.message.step for d in outbox) == ["b", "c"]
     b = next(d for d in outbox if d.message.step == "b")
     assert b.message.args == {"x": [1, 2]}  # a whole-string reference keeps its JSON type
@@ -92,7 +92,7 @@ def test_results_are_fenced_by_attempt() -> None:
     assert engine.on_result(failed("a", 1))
     assert engine.run.steps["a"].status is StepStatus.RETRY_SCHEDULED
     assert not engine.on_result(ok("a", 1)), "a late result of attempt 1 must not be applied"
-    _, _, timers, _ = engine.drain()
+    timers = engine.drain().timers
     clock.now = timers[0].due
     engine.on_timer(timers[0])
     assert dispatched(engine) == ["a"]
@@ -146,7 +146,7 @@ steps:
         {"xs": ["a", "b", "c"]},
     )
     engine.start()
-    _, outbox, _, _ = engine.drain()
+    outbox = engine.drain().dispatches
     assert [d.message.args for d in outbox] == [{"v": "a"}, {"v": "b"}, {"v": "c"}]
     for index in (2, 0, 1):
         engine.on_result(ok(f"each[{index}]", output={"i": index}))
@@ -172,10 +172,10 @@ def test_saga_compensates_in_reverse_dependency_order() -> None:
     engine.drain()
     engine.on_result(failed("ship", retryable=False))
     assert engine.run.status is RunStatus.COMPENSATING
-    _, outbox, _, _ = engine.drain()
+    outbox = engine.drain().dispatches
     assert [d.message.step for d in outbox] == ["charge:compensate"]
     engine.on_result(ok("charge:compensate"))
-    _, outbox, _, _ = engine.drain()
+    outbox = engine.drain().dispatches
     assert [(d.message.step, d.message.args) for d in outbox] == [("reserve:compensate", {"r": "R1"})]
     engine.on_result(ok("reserve:compensate"))
     assert engine.run.status is RunStatus.COMPENSATED
@@ -191,7 +191,7 @@ def test_failed_compensation_ends_compensation_failed_with_a_dead_letter() -> No
     engine.on_result(failed("charge:compensate"))
     engine.on_result(ok("reserve:compensate"))
     assert engine.run.status is RunStatus.COMPENSATION_FAILED
-    _, _, _, dead = engine.drain()
+    dead = engine.drain().dead_letters
     assert [d["step_key"] for d in dead] == ["charge:compensate"]
 
 
@@ -226,7 +226,7 @@ def test_rebuilt_engine_continues_where_the_log_left_off() -> None:
     engine, clock = make(DIAMOND)
     engine.start()
     engine.on_result(ok("a", output={"v": 1}))
-    events, _, _, _ = engine.drain()
+    events = engine.drain().events
     assert_fold_matches(engine, events)
     restored = RunEngine(workflow=engine.wf, projection=fold("r1", events), inputs={}, partition=0, clock=clock)
     assert sorted(d.message.step for d in restored.in_flight_dispatches()) == ["b", "c"]
@@ -240,7 +240,7 @@ def test_deferred_result_does_not_burn_an_attempt() -> None:
     engine.start()
     engine.drain()
     engine.on_result(ResultMessage(run="r1", step="a", attempt=1, status="deferred"))
-    _, _, timers, _ = engine.drain()
+    timers = engine.drain().timers
     clock.now = timers[0].due
     engine.on_timer(timers[0])
     assert dispatched(engine) == ["a"]
@@ -257,7 +257,7 @@ def test_every_event_type_folds() -> None:
     engine.on_result(failed("ship", retryable=False))
     engine.on_result(ok("charge:compensate"))
     engine.on_result(ok("reserve:compensate"))
-    events, _, _, _ = engine.drain()
+    events = engine.drain().events
     assert_fold_matches(engine, events)
     assert EventType.STEP_STARTED in {e.type for e in events}
 
@@ -267,8 +267,9 @@ def test_resume_with_overridden_arguments_uses_them_and_logs_them() -> None:
     engine.start()
     engine.on_result(failed("a"))
     assert engine.run.status is RunStatus.FAILED
-    events, _, _, _ = engine.drain()
+    events = engine.drain().events
     assert engine.resume({"a": {"n": 2}})
-    new_events, outbox, _, _ = engine.drain()
+    out = engine.drain()
+    new_events, outbox = out.events, out.dispatches
     assert [d.message.args for d in outbox] == [{"n": 2}]
     assert_fold_matches(engine, events + new_events)

@@ -29,13 +29,16 @@ class Run:
         )
         self.log: list[Event] = []
         self.sent: list[Any] = []
+        self.children: list[Any] = []  # every child run the engine asked to start
         self.engine.start()
         self._collect()
 
     def _collect(self) -> list[str]:
-        events, outbox, _, _ = self.engine.drain()
+        out = self.engine.drain()
+        events, outbox = out.events, out.dispatches
         self.log.extend(events)
         self.sent.extend(outbox)
+        self.children.extend(out.child_starts)
         return sorted(d.message.step for d in outbox)
 
     def result(self, step: str, status: str = "succeeded", *, attempt: int = 1, output: Any = None) -> list[str]:
@@ -217,7 +220,7 @@ workflows:
 
 def test_child_workflow_is_started_with_its_inputs_and_its_outputs_become_the_step_output() -> None:
     run = Run(PARENT)
-    [start] = run.engine.children
+    [start] = run.children
     assert start.run_id == "r1.child.1"
     assert (start.workflow, start.inputs, start.depth) == ("kid", {"n": 2}, 1)
     assert start.definition["workflows"]["kid"]["name"] == "kid"  # grandchildren stay resolvable
@@ -240,10 +243,11 @@ def test_failed_child_is_retried_as_a_new_child_run_then_fails_the_parent() -> N
     assert failure.error is not None
     assert "ended failed at step 'work': boom" in failure.error.message
     run.engine.on_result(failure)
-    _, _, timers, _ = run.engine.drain()
+    timers = run.engine.drain().timers
     run.now = timers[0].due
     run.engine.on_timer(timers[0])
-    assert [c.run_id for c in run.engine.children][-1] == "r1.child.2"
+    run._collect()
+    assert [c.run_id for c in run.children] == ["r1.child.1", "r1.child.2"]
     second = outcome("r1.child.2", RunStatus.COMPENSATED, {"error": {"message": "undone"}})
     assert second is not None
     run.engine.on_result(second)
@@ -256,7 +260,7 @@ def test_depth_limit_and_bad_child_inputs_fail_the_step_without_retrying() -> No
     error = run.engine.run.steps["child"].error
     assert error is not None
     assert "levels deep" in error["message"]
-    assert run.engine.children == []
+    assert run.children == []
     bad = Run(PARENT.replace("with: {n: 2}", "with: {n: two}"))
     error = bad.engine.run.steps["child"].error
     assert error is not None
@@ -279,7 +283,8 @@ def test_resuming_a_vetoed_step_asks_its_pre_hooks_again() -> None:
     run.result("charge:pre-7", output={"veto": True, "reason": "over budget"})
     assert run.engine.run.status is RunStatus.FAILED
     assert run.engine.resume()
-    events, outbox, _, _ = run.engine.drain()
+    out = run.engine.drain()
+    events, outbox = out.events, out.dispatches
     run.log.extend(events)
     assert [d.message.step for d in outbox] == ["charge:pre-7"]  # not the step itself
     assert outbox[0].message.attempt == 2

@@ -185,7 +185,7 @@ def test_dispatched_and_dead_lettered_messages_carry_references_never_values() -
         rng=random.Random(1),
     )
     engine.start()
-    (dispatch,) = engine.drain()[1]
+    (dispatch,) = engine.drain().dispatches
     raw = encode(dispatch.message)
     assert dispatch.message.args == {"token": "${{ secrets.API_TOKEN }}", "n": 1}
     record = record_from_stream(

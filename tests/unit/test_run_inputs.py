@@ -89,7 +89,7 @@ def fan_out(items: int, inputs: dict[str, Any] | None = None) -> list[Dispatch]:
         rng=random.Random(1),
     )
     engine.start()
-    _, outbox, _, _ = engine.drain()
+    outbox = engine.drain().dispatches
     return outbox
 
 
@@ -244,7 +244,7 @@ def test_a_run_without_inputs_names_no_digest_and_its_steps_read_nothing(redis_u
         clock=lambda: 1_000_000.0,
     )
     engine.start()
-    _, [dispatch], _, _ = engine.drain()
+    [dispatch] = engine.drain().dispatches
     assert dispatch.inputs is None
     assert "inputs" not in encode(dispatch.message).decode()  # neither a digest nor a copy
 

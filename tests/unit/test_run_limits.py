@@ -65,7 +65,7 @@ def problems(doc: str, limits: LimitSettings) -> list[str]:
 def test_a_for_each_item_message_carries_its_arguments_not_the_run_inputs() -> None:
     engine = engine_for(FAN_OUT, {"blob": BLOB, "items": list(range(1000))})
     engine.start()
-    _, outbox, _, _ = engine.drain()
+    outbox = engine.drain().dispatches
     assert len(outbox) == 1000
     sizes = [len(encode(d.message)) for d in outbox]
     assert max(sizes) < 1024, max(sizes)  # was > 100 KiB each: a copy of `blob` per item
@@ -92,7 +92,7 @@ def test_a_step_gets_the_inputs_it_references_in_with() -> None:
         {"blob": "abc"},
     )
     engine.start()
-    _, outbox, _, _ = engine.drain()
+    outbox = engine.drain().dispatches
     assert outbox[0].message.args == {"b": "abc"}
 
 
@@ -117,7 +117,7 @@ def test_a_version_1_message_with_inputs_still_decodes() -> None:
 def test_every_message_of_a_run_names_the_same_inputs_which_are_stored_once() -> None:
     engine = engine_for(FAN_OUT, {"blob": BLOB, "items": list(range(3))})
     engine.start()
-    _, outbox, _, _ = engine.drain()
+    outbox = engine.drain().dispatches
     assert {d.message.inputs_digest for d in outbox} == {outbox[0].inputs.digest}  # type: ignore[union-attr]
     assert all(d.inputs is outbox[0].inputs for d in outbox)  # one reference, no copy per item
     assert outbox[0].inputs.values is engine.inputs  # type: ignore[union-attr]
@@ -257,7 +257,7 @@ def test_a_for_each_from_a_step_output_wider_than_the_limit_fails_the_step_and_t
     engine.start()
     engine.drain()
     engine.on_result(ResultMessage(run="r1", step="list", attempt=1, status="succeeded", output={"items": [0] * 6}))
-    _, outbox, _, _ = engine.drain()
+    outbox = engine.drain().dispatches
     assert outbox == []  # not one item dispatched
     record = engine.run.steps["each"]
     assert record.status is StepStatus.FAILED
@@ -286,7 +286,7 @@ def test_a_fan_out_within_the_limits_runs() -> None:
     engine.start()
     engine.drain()
     engine.on_result(ResultMessage(run="r1", step="list", attempt=1, status="succeeded", output={"items": [0] * 5}))
-    _, outbox, _, _ = engine.drain()
+    outbox = engine.drain().dispatches
     assert len(outbox) == 5
 
 

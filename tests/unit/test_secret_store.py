@@ -280,7 +280,7 @@ def test_the_step_event_says_when_its_output_was_redacted() -> None:
     engine.drain()
     engine.on_result(ResultMessage(run="r1", step="a", attempt=1, status="succeeded", output=REDACTED, redacted=["T"]))
     engine.on_result(ResultMessage(run="r1", step="b", attempt=1, status="succeeded", output={"ok": 1}))
-    events = {e.step: e.data for e in engine.drain()[0] if e.type.value == "step.succeeded"}
+    events = {e.step: e.data for e in engine.drain().events if e.type.value == "step.succeeded"}
     assert events["a"]["output_redacted"] == {
         "secrets": ["T"],
         "note": "secret values in the output were replaced by ***",
