@@ -5,7 +5,12 @@ worker subprocesses (`cluster.py`, used by `steppe run` and `steppe bench`), the
 the multi-host demo (`netns.py`, `multihost.py`).
 
 RedisServer.start(data_dir, binary=None, port=None, appendonly=True) -> RedisServer
+    .url (app user: no CONFIG SET, DEBUG, MODULE, …)  .admin_url (every command)
 PostgresServer.start(data_dir, port=None, settings=None) -> PostgresServer
+    .url / .app_url(db) (steppe_app, DML only)  .owner_url(db) (migrations)  .url_for(db) (superuser)
+
+Both require passwords, generated into `<data_dir>.credentials.json` (mode 0600); started by
+root, both run as the unprivileged `postgres` OS user.
 DevServers(settings=...).up() / .down() / .status() -> list[ServerReport]
 """
 
