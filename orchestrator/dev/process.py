@@ -20,7 +20,7 @@ from orchestrator.errors import LauncherError
 log = structlog.get_logger(__name__)
 
 LOOPBACK = "127.0.0.1"
-# PostgreSQL refuses to run as root; when we are root its processes run as this user.
+# PostgreSQL refuses to run as root, and Redis should not: when we are root both run as this user.
 POSTGRES_OS_USER = "postgres"
 
 
@@ -138,13 +138,13 @@ def postgres_user() -> pwd.struct_passwd:
         return pwd.getpwnam(POSTGRES_OS_USER)
     except KeyError:
         raise LauncherError(
-            "PostgreSQL refuses to run as root and there is no `postgres` OS user to run it as: "
+            "the embedded servers never run as root and there is no `postgres` OS user to run them as: "
             "create one (`useradd --system postgres`) or run `steppe dev up` as a normal user"
         ) from None
 
 
 def as_server_user(argv: Sequence[str]) -> list[str]:
-    """`argv` run as the unprivileged `postgres` user when we are root, unchanged otherwise."""
+    """`argv` run as the unprivileged `postgres` user when we are root (PostgreSQL and Redis), unchanged otherwise."""
     if not running_as_root():
         return list(argv)
     postgres_user()
