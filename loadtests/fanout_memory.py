@@ -34,6 +34,7 @@ from orchestrator.dev import PostgresServer, RedisServer  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
 from orchestrator.spec import load_workflow  # noqa: E402
 from orchestrator.store.db import upgrade  # noqa: E402
+from orchestrator.store.queries import RunQueries  # noqa: E402
 from orchestrator.store.runs import RunStore  # noqa: E402
 from orchestrator.submit import Submitter  # noqa: E402
 
@@ -86,7 +87,7 @@ def measure(
             sample = client.xrange("{bench:q:default}:normal", count=1)
             entry = sum(len(k) + len(v) for k, v in sample[0][1].items()) if sample else 0
         if time.monotonic() >= next_poll:
-            status = store.get_run(run_id)["status"]
+            status = RunQueries(store).get_run(run_id)["status"]
             next_poll = time.monotonic() + 0.5
             if status in ("succeeded", "failed", "cancelled"):
                 break

@@ -25,7 +25,7 @@ from orchestrator.spec import WorkflowSpec
 from orchestrator.state import TERMINAL_RUN_STATUSES, RunStatus
 from orchestrator.store.descendants import count_descendants, existing_runs
 from orchestrator.store.leases import partition_of
-from orchestrator.store.runs import RunStore
+from orchestrator.store.runs import NewRun, RunStore
 from orchestrator.wire import FIELD, ControlMessage, ResultMessage, StepErrorInfo, encode
 from patterns.hierarchical import ChildStart, outcome, parent_of, root_of
 
@@ -52,11 +52,9 @@ class ChildRuns:
             return
         created = self.store.create_child_runs(rows)
         for row in rows:
-            if row["run_id"] in created:
-                log.info(
-                    "child_run_created", run_id=row["run_id"], parent=row["parent_run_id"], workflow=row["workflow"]
-                )
-        self._wake([(r["partition"], ControlMessage(kind="submitted", run=r["run_id"])) for r in rows])
+            if row.run_id in created:
+                log.info("child_run_created", run_id=row.run_id, parent=row.parent_run_id, workflow=row.workflow)
+        self._wake([(r.partition, ControlMessage(kind="submitted", run=r.run_id)) for r in rows])
 
     def _within_limit(self, starts: list[ChildStart]) -> list[ChildStart]:
         """The starts that keep every top-level run within `descendants_per_run`; the parent step of
@@ -143,19 +141,19 @@ class ChildRuns:
                     results.append(result)
         return results
 
-    def _row(self, start: ChildStart) -> dict[str, Any]:
+    def _row(self, start: ChildStart) -> NewRun:
         spec = WorkflowSpec.model_validate(start.definition)
-        return {
-            "run_id": start.run_id,
-            "workflow": start.workflow,
-            "partition": partition_of(start.run_id, self.partitions),
-            "definition": start.definition,
-            "inputs": start.inputs,
-            "plan": make_plan(spec).to_json(),
-            "parent_run_id": start.parent_run_id,
-            "parent_step": start.parent_step,
-            "depth": start.depth,
-        }
+        return NewRun(
+            run_id=start.run_id,
+            workflow=start.workflow,
+            partition=partition_of(start.run_id, self.partitions),
+            definition=start.definition,
+            inputs=start.inputs,
+            plan=make_plan(spec).to_json(),
+            parent_run_id=start.parent_run_id,
+            parent_step=start.parent_step,
+            depth=start.depth,
+        )
 
     def _wake(self, wakes: list[tuple[int, ControlMessage]]) -> None:
         if not wakes:

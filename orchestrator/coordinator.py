@@ -42,17 +42,13 @@ from orchestrator.run_inputs import InputsPublisher
 from orchestrator.settings import Settings, check_timing
 from orchestrator.spec import WorkflowSpec
 from orchestrator.state import TERMINAL_RUN_STATUSES, RunStatus, key_role
-from orchestrator.store.dead_letters import (
-    DeadLetterStore,
-    row_from_compensation,
-    row_from_result,
-    sync_from_stream,
-)
+from orchestrator.store.dead_letters import DeadLetterStore, sync_from_stream
 from orchestrator.store.hooks import HookStore
 from orchestrator.store.leases import LeaseManager
 from orchestrator.store.runs import RunStore, RunWrite, StoredRun
 from orchestrator.wire import FIELD, ControlMessage, ResultMessage, decode_control, decode_result, encode, read_entry
 from orchestrator.workflow import CompiledWorkflow, compile_workflow
+from patterns.dead_letter import DeadLetter
 from patterns.hierarchical import ChildStart
 from patterns.hooks import HOOKS_QUEUE, is_hook_key
 
@@ -204,7 +200,7 @@ class Coordinator:
         unknown = {r.run for r in results if r.run not in self.runs}
         if unknown:
             self._load(unknown)
-        dead_letters: list[dict[str, Any]] = []
+        dead_letters: list[DeadLetter] = []
         for result in results:
             if is_hook_key(result.step):
                 self.hooks.on_result(result)
@@ -225,7 +221,7 @@ class Coordinator:
                 continue
             touched.add(result.run)
             if result.status == "dead_lettered":
-                dead_letters.append(row_from_result(result))
+                dead_letters.append(DeadLetter.from_result(result))
         touched |= self._fire_timers()
         self._unpublished.extend(self.hooks.due(self.clock()))
         self._commit(touched, [c[0] for c in processed_commands], dead_letters)
@@ -388,7 +384,7 @@ class Coordinator:
     # -- commit, publish, ack -------------------------------------------------------------------------
 
     def _commit(  # noqa: PLR0915 - collect, commit, then bookkeeping, top to bottom
-        self, touched: set[str], commands: list[int], dead_letters: list[dict[str, Any]]
+        self, touched: set[str], commands: list[int], dead_letters: list[DeadLetter]
     ) -> None:
         writes: list[RunWrite] = []
         outbox: list[Dispatch] = []
@@ -427,7 +423,7 @@ class Coordinator:
             self.hooks.on_events(
                 run_id=run_id, partition=engine.partition, workflow=engine.wf, inputs=engine.inputs, events=events
             )
-            dead_letters.extend(row_from_compensation(d) for d in comp_dead)
+            dead_letters.extend(comp_dead)
             if engine.finished:
                 finished.append(tracked)
         hooks = self.hooks.take_batch()

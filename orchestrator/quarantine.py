@@ -32,6 +32,7 @@ from orchestrator.sanitize import storable_text
 from orchestrator.store.hook_executions import HookCount, HookExecutionRow
 from orchestrator.store.run_failures import fail_run
 from orchestrator.store.runs import RunStore, RunWrite
+from patterns.dead_letter import DeadLetter
 
 log = structlog.get_logger(__name__)
 
@@ -104,7 +105,7 @@ class BatchSplitter:
         self,
         writes: Sequence[RunWrite],
         processed_commands: Sequence[int] = (),
-        dead_letters: Sequence[dict[str, Any]] = (),
+        dead_letters: Sequence[DeadLetter] = (),
         hook_rows: Sequence[HookExecutionRow] = (),
         hook_counts: Sequence[HookCount] = (),
     ) -> bool:
@@ -122,7 +123,7 @@ class BatchSplitter:
         self,
         writes: Sequence[RunWrite],
         processed_commands: Sequence[int],
-        dead_letters: Sequence[dict[str, Any]],
+        dead_letters: Sequence[DeadLetter],
         hook_rows: Sequence[HookExecutionRow],
         hook_counts: Sequence[HookCount],
     ) -> list[str]:
@@ -133,13 +134,13 @@ class BatchSplitter:
                 self.store.commit_batch(
                     [write],
                     owner=self.owner,
-                    dead_letters=[d for d in dead_letters if d.get("run_id") == write.run_id],
+                    dead_letters=[d for d in dead_letters if d.run_id == write.run_id],
                     hook_rows=[r for r in hook_rows if r.run_id == write.run_id],
                 )
             except RunDataError as e:
                 if self.fail(write.run_id, unstorable_error(e, suspects(write))):
                     failed.append(write.run_id)
-        rest_dead = [d for d in dead_letters if d.get("run_id") not in run_ids]
+        rest_dead = [d for d in dead_letters if d.run_id not in run_ids]
         rest_hooks = [r for r in hook_rows if r.run_id not in run_ids]
         try:
             self.store.commit_batch(

@@ -16,7 +16,7 @@ from orchestrator.planner import plan as make_plan
 from orchestrator.settings import LimitSettings, Settings
 from orchestrator.spec import WorkflowSpec, load_workflow, validate_inputs
 from orchestrator.store.leases import partition_of
-from orchestrator.store.runs import RunStore
+from orchestrator.store.runs import NewRun, RunStore
 from orchestrator.wire import FIELD, ControlMessage, dumps, encode
 from orchestrator.workflow import CompiledWorkflow, compile_workflow
 from patterns.hierarchical import collect_children
@@ -97,16 +97,18 @@ class Submitter:
         run_id = new_run_id()
         partition = partition_of(run_id, self.settings.coordinator.partitions)
         run_id, created = self.store.create_run(
-            run_id=run_id,
-            workflow=spec.name,
-            partition=partition,
-            definition=definition,
-            inputs=values,
-            plan=make_plan(spec).to_json(),
-            idempotency_key=idempotency_key,
-            parent_run_id=parent_run_id,
-            parent_step=parent_step,
-            depth=depth,
+            NewRun(
+                run_id=run_id,
+                workflow=spec.name,
+                partition=partition,
+                definition=definition,
+                inputs=values,
+                plan=make_plan(spec).to_json(),
+                idempotency_key=idempotency_key,
+                parent_run_id=parent_run_id,
+                parent_step=parent_step,
+                depth=depth,
+            )
         )
         if created:
             bus.notify(self.redis, self.keys, partition, ControlMessage(kind="submitted", run=run_id))
@@ -122,7 +124,7 @@ class Submitter:
             self.check_handlers(self.handlers_of(definition))
         plan = make_plan(spec).to_json()
         partitions = self.settings.coordinator.partitions
-        rows: list[dict[str, Any]] = []
+        rows: list[NewRun] = []
         for values in inputs:
             checked = validate_inputs(spec, values)
             problems = run_limits.run_problems(definition, checked, self.settings.limits)
@@ -130,24 +132,24 @@ class Submitter:
                 raise SubmitError("; ".join(problems))
             run_id = new_run_id()
             rows.append(
-                {
-                    "run_id": run_id,
-                    "workflow": spec.name,
-                    "partition": partition_of(run_id, partitions),
-                    "definition": definition,
-                    "inputs": checked,
-                    "plan": plan,
-                }
+                NewRun(
+                    run_id=run_id,
+                    workflow=spec.name,
+                    partition=partition_of(run_id, partitions),
+                    definition=definition,
+                    inputs=checked,
+                    plan=plan,
+                )
             )
         self.store.create_runs(rows)
         pipe = self.redis.pipeline(transaction=False)
         for row in rows:
             pipe.xadd(
-                self.keys.control_stream(row["partition"]),
-                {FIELD: encode(ControlMessage(kind="submitted", run=row["run_id"]))},
+                self.keys.control_stream(row.partition),
+                {FIELD: encode(ControlMessage(kind="submitted", run=row.run_id))},
             )
         pipe.execute()
-        return [r["run_id"] for r in rows]
+        return [r.run_id for r in rows]
 
     def definition(self, spec: WorkflowSpec, *, base_dir: Path | None) -> dict[str, Any]:
         """The document to store: the spec, with every child workflow it may start embedded."""

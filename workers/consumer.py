@@ -39,8 +39,6 @@ from orchestrator.keys import WORKER_GROUP, Keys
 from orchestrator.settings import Settings, check_timing
 from orchestrator.wire import (
     FIELD,
-    UNDECODABLE,
-    UNKNOWN_VERSION,
     ResultMessage,
     StepErrorInfo,
     StepMessage,
@@ -49,6 +47,7 @@ from orchestrator.wire import (
     version_problem,
 )
 from patterns.breaker import BreakerRegistry
+from patterns.dead_letter import DeadLetterReason, stream_entry
 from workers.inputs import InputsCache
 from workers.registry import MIN_ENTRY_TTL, HandlerRegistry, entry_ttl, stale_workers
 from workers.runner import Redactor, StepRunner
@@ -327,7 +326,7 @@ class Worker:
                 None,
                 None,
                 deliveries,
-                "TrimmedEntry",
+                DeadLetterReason.TRIMMED,
                 "the entry was deleted from the stream while pending",
             )
             return
@@ -335,13 +334,13 @@ class Worker:
         try:
             message = decode_step(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
-            self._dead_letter(stream, entry_id, None, raw, deliveries, UNDECODABLE, str(e))
+            self._dead_letter(stream, entry_id, None, raw, deliveries, DeadLetterReason.UNDECODABLE, str(e))
             return
         unreadable = version_problem(message)
         if unreadable is not None:
             # Never run what this worker may misread; the step fails with the reason (a result of a
             # version the coordinator reads), so its run still ends.
-            self._dead_letter(stream, entry_id, message, raw, deliveries, UNKNOWN_VERSION, unreadable)
+            self._dead_letter(stream, entry_id, message, raw, deliveries, DeadLetterReason.UNKNOWN_VERSION, unreadable)
             return
         if reclaimed:
             # A redelivery is a possible duplicate execution: say which step it is (RELIABILITY.md I2).
@@ -361,7 +360,7 @@ class Worker:
                 message,
                 raw,
                 deliveries,
-                "MaxDeliveriesExceeded",
+                DeadLetterReason.MAX_DELIVERIES,
                 f"delivered {deliveries} times (max_deliveries={self.cfg.max_deliveries}); "
                 "the handler probably crashes or hangs its worker",
             )
@@ -441,7 +440,7 @@ class Worker:
         message: StepMessage | None,
         raw: bytes | None,
         deliveries: int,
-        reason: str,
+        reason: DeadLetterReason,
         error: str,
     ) -> None:
         queue = self.keys.queue_of_stream(stream)
@@ -455,16 +454,16 @@ class Worker:
             step=message.step if message else None,
         )
         metrics.DEAD_LETTERS.labels(queue=queue, reason=reason).inc()
-        dead = {
-            "stream": stream,
-            "id": entry_id,
-            "queue": queue,
-            "deliveries": deliveries,
-            "reason": reason,
-            "error": self.redactor(error),
-            "m": raw or b"",
-            "worker": self.id,
-        }
+        dead = stream_entry(
+            stream=stream,
+            entry_id=entry_id,
+            queue=queue,
+            deliveries=deliveries,
+            reason=reason,
+            error=self.redactor(error),
+            raw=raw or b"",
+            by=self.id,
+        )
         result = None
         entry = None
         if message is not None:
@@ -475,7 +474,7 @@ class Worker:
                 attempt=message.attempt,
                 status="dead_lettered",
                 worker=self.id,
-                error=StepErrorInfo(type=reason, message=self.redactor(error), retryable=False),
+                error=StepErrorInfo(type=reason.value, message=self.redactor(error), retryable=False),
                 deliveries=deliveries,
                 stream_id=entry_id.decode(),
                 queue=queue,

@@ -53,12 +53,12 @@ async def wait_for_run(
         raise HTTPException(
             422, f"timeout is at most {res.api.max_wait:g}s (STEPPE_API_MAX_WAIT); ask again to wait longer"
         )
-    store = res.store()
+    queries = res.queries()
     deadline = time.monotonic() + timeout
     # The coordinator announces no finished run, so poll its status (5 ms, x1.5, up to 0.5 s);
     # the first poll is also the 404 of an unknown run.
     for delay in poll_delays(cap=0.5):
-        status = await run_in_threadpool(store.run_status, run_id)
+        status = await run_in_threadpool(queries.run_status, run_id)
         remaining = deadline - time.monotonic()
         if status in TERMINAL_RUN_STATUSES or remaining <= 0 or await request.is_disconnected():
             break
@@ -71,5 +71,5 @@ def run_events(
     run_id: RunId, res: Res, after: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Only seq > after")] = 0
 ) -> JSONBytes:
     """The run's append-only event log, oldest first."""
-    rows = res.store().events(run_id, after=after)
+    rows = res.queries().events(run_id, after=after)
     return JSONBytes({"events": [{**row, "created_at": row["created_at"].isoformat()} for row in rows]})

@@ -11,6 +11,7 @@ from orchestrator import bus
 from orchestrator.api.config import ApiSettings
 from orchestrator.errors import DatabaseUnavailableError
 from orchestrator.settings import Settings
+from orchestrator.store.queries import RunQueries
 from orchestrator.store.runs import RunStore
 from orchestrator.submit import Submitter
 
@@ -50,6 +51,10 @@ class Resources:
                 store.open(wait_timeout=float(self.settings.database.connect_timeout))
                 self._store = store
             return self._store
+
+    def queries(self) -> RunQueries:
+        """The read paths (status documents, run lists, event logs) over the shared store."""
+        return RunQueries(self.store())
 
     def submitter(self) -> Submitter:
         return Submitter(settings=self.settings, store=self.store(), client=self.redis)

@@ -123,7 +123,7 @@ async def submit_run(
         header_key=idempotency_key,
     )
     submitted = await run_in_threadpool(_submit, res, submission, check_handlers)
-    store = res.store()
+    store = res.queries()
     if wait is not None:
         await _wait_until_terminal(request, lambda: store.run_status(submitted.run_id), wait)
         doc = await run_in_threadpool(run_document, res, submitted.run_id, False)
@@ -163,7 +163,7 @@ async def _wait_until_terminal(request: Request, status_of: Callable[[], str], t
 
 
 def run_document(res: Resources, run_id: str, include_definition: bool) -> dict[str, Any]:
-    doc = res.store().get_run(run_id)
+    doc = res.queries().get_run(run_id)
     if not include_definition:
         doc.pop("definition", None)
     return doc
@@ -185,7 +185,7 @@ def list_runs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> RunList:
     """Recent runs, newest first."""
-    rows = res.store().list_runs(status=status, workflow=workflow, limit=limit)
+    rows = res.queries().list_runs(status=status, workflow=workflow, limit=limit)
     return RunList(
         runs=[
             RunSummary(
@@ -204,7 +204,7 @@ def list_runs(
 @runs.post("/runs/{run_id}/cancel", status_code=202, response_model=RequestAccepted)
 def cancel_run(run_id: RunId, res: Res) -> RequestAccepted:
     """Stop dispatching, cancel in-flight steps, and compensate if the workflow says so."""
-    current = res.store().run_status(run_id)
+    current = res.queries().run_status(run_id)
     if current in TERMINAL_RUN_STATUSES:
         raise HTTPException(409, f"run {run_id} is already {current}; there is nothing to cancel")
     res.submitter().request(run_id, "cancel")
@@ -214,7 +214,7 @@ def cancel_run(run_id: RunId, res: Res) -> RequestAccepted:
 @runs.post("/runs/{run_id}/retry", status_code=202, response_model=RequestAccepted)
 def retry_run(run_id: RunId, res: Res) -> RequestAccepted:
     """Resume a failed or cancelled run from its failed steps, keeping succeeded outputs."""
-    current = res.store().run_status(run_id)
+    current = res.queries().run_status(run_id)
     if current not in RETRYABLE_STATUSES:
         raise HTTPException(409, f"run {run_id} is {current}; only failed or cancelled runs can be retried")
     res.submitter().request(run_id, "retry")

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     import redis
 
     from orchestrator.settings import Settings
+    from orchestrator.store.queries import RunQueries
     from orchestrator.store.runs import RunStore
     from orchestrator.submit import Submitter
 
@@ -22,6 +23,12 @@ class Clients:
     settings: Settings
     redis: redis.Redis
     store: RunStore
+
+    @property
+    def queries(self) -> RunQueries:
+        from orchestrator.store.queries import RunQueries
+
+        return RunQueries(self.store)
 
     @property
     def submitter(self) -> Submitter:

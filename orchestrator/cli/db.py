@@ -20,13 +20,14 @@ def upgrade(
     revision: str = typer.Option("head", "--revision", "-r", help="Target revision (default: newest)"),
 ) -> None:
     """Apply migrations (creates the tables on a new database)."""
+    from orchestrator.settings import display_url
     from orchestrator.store import db
 
     url = _database_url()
     before = db.current_revision(url)
     db.upgrade(url, revision)
     after = db.current_revision(url)
-    target = db.display_url(url)
+    target = display_url(url)
     if before == after:
         console.print(f"database {target} already at revision {after}", soft_wrap=True)
     else:
@@ -36,6 +37,7 @@ def upgrade(
 @report_errors
 def downgrade(revision: str = typer.Argument(..., help="Target revision; `base` drops every table")) -> None:
     """Revert migrations down to REVISION."""
+    from orchestrator.settings import display_url
     from orchestrator.store import db
 
     url = _database_url()
@@ -43,21 +45,20 @@ def downgrade(revision: str = typer.Argument(..., help="Target revision; `base` 
     db.downgrade(url, revision)
     after = db.current_revision(url)
     console.print(
-        f"database {db.display_url(url)} downgraded from {before or 'empty'} to {after or 'base'}", soft_wrap=True
+        f"database {display_url(url)} downgraded from {before or 'empty'} to {after or 'base'}", soft_wrap=True
     )
 
 
 @report_errors
 def current() -> None:
     """Show the database's revision and the newest one this Steppe ships."""
+    from orchestrator.settings import display_url
     from orchestrator.store import db
 
     url = _database_url()
     revision, head = db.current_revision(url), db.head_revision()
     state = "up to date" if revision == head else "run `steppe db upgrade`"
-    console.print(
-        f"database {db.display_url(url)}: revision {revision or 'none'} (head {head}; {state})", soft_wrap=True
-    )
+    console.print(f"database {display_url(url)}: revision {revision or 'none'} (head {head}; {state})", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

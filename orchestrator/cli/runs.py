@@ -112,20 +112,20 @@ def _plan_order(doc: dict[str, Any], key: str) -> tuple[int, str]:
 def wait_for(clients: Clients, run_id: str, *, live: bool, timeout: float | None = None) -> dict[str, Any]:
     """Poll the projection until the run is terminal, optionally drawing the step table."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    doc = clients.store.get_run(run_id)
+    doc = clients.queries.get_run(run_id)
     if not live:
         while doc["status"] not in TERMINAL_RUN_STATUSES:
             if deadline is not None and time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-            doc = clients.store.get_run(run_id)
+            doc = clients.queries.get_run(run_id)
         return doc
     with Live(status_table(doc), console=err_console, refresh_per_second=4, transient=False) as view:
         while doc["status"] not in TERMINAL_RUN_STATUSES:
             if deadline is not None and time.monotonic() > deadline:
                 break
             time.sleep(0.25)
-            doc = clients.store.get_run(run_id)
+            doc = clients.queries.get_run(run_id)
             view.update(status_table(doc))
     return doc
 
@@ -185,7 +185,7 @@ def register(app: typer.Typer) -> None:
     def status(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
         """Show a run and its steps."""
         with connect(load_settings(), need_redis=False) as clients:
-            doc = clients.store.get_run(run_id)
+            doc = clients.queries.get_run(run_id)
         if as_json:
             doc.pop("definition", None)
             typer.echo(json.dumps(doc, default=str))
@@ -207,7 +207,7 @@ def register(app: typer.Typer) -> None:
     def history(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
         """Print a run's append-only event log."""
         with connect(load_settings(), need_redis=False) as clients:
-            events = clients.store.events(run_id)
+            events = clients.queries.events(run_id)
         if as_json:
             typer.echo(json.dumps(events, default=str))
             return
@@ -236,7 +236,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """List recent runs."""
         with connect(load_settings(), need_redis=False) as clients:
-            rows = clients.store.list_runs(status=status_, workflow=workflow, limit=limit)
+            rows = clients.queries.list_runs(status=status_, workflow=workflow, limit=limit)
         if as_json:
             typer.echo(json.dumps(rows, default=str))
             return
@@ -258,7 +258,7 @@ def register(app: typer.Typer) -> None:
     def cancel(run_id: str) -> None:
         """Cancel a run: stop dispatching, cancel in-flight steps, compensate if the workflow says so."""
         with connect(load_settings()) as clients:
-            clients.store.run_status(run_id)
+            clients.queries.run_status(run_id)
             clients.submitter.request(run_id, "cancel")
         console.print(f"cancel requested for {run_id}")
 
@@ -267,7 +267,7 @@ def register(app: typer.Typer) -> None:
     def retry(run_id: str) -> None:
         """Resume a failed or cancelled run from its failed steps, keeping succeeded outputs."""
         with connect(load_settings()) as clients:
-            current = clients.store.run_status(run_id)
+            current = clients.queries.run_status(run_id)
             if current not in (RunStatus.FAILED, RunStatus.CANCELLED):
                 raise SubmitError(f"run {run_id} is {current}; only failed or cancelled runs can be retried")
             clients.submitter.request(run_id, "retry")

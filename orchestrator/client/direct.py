@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import redis
 
     from orchestrator.settings import Settings
+    from orchestrator.store.queries import RunQueries
     from orchestrator.store.runs import RunStore
     from orchestrator.submit import Submitter
 
@@ -95,6 +96,12 @@ class DirectTransport:
     def store(self) -> RunStore:
         return self._open().store
 
+    @property
+    def queries(self) -> RunQueries:
+        from orchestrator.store.queries import RunQueries
+
+        return RunQueries(self.store)
+
     def close(self) -> None:
         with self._lock:
             if self._store is not None:
@@ -120,35 +127,35 @@ class DirectTransport:
         return SubmitResult(run_id=done.run_id, workflow=done.workflow, created=done.created)
 
     def get(self, run_id: str) -> dict[str, Any]:
-        doc = self.store.get_run(run_id)
+        doc = self.queries.get_run(run_id)
         doc.pop("definition", None)
         return doc
 
     def wait(self, run_id: str, timeout: float) -> dict[str, Any]:
         """The status document once the run is finished, or when `timeout` seconds have passed."""
-        store = self.store
-        poll_until_terminal(lambda: store.run_status(run_id), timeout, time.sleep)
+        queries = self.queries
+        poll_until_terminal(lambda: queries.run_status(run_id), timeout, time.sleep)
         return self.get(run_id)
 
     def cancel(self, run_id: str) -> None:
         submitter = self._open()
-        refusal = cancel_refusal(run_id, submitter.store.run_status(run_id))
+        refusal = cancel_refusal(run_id, self.queries.run_status(run_id))
         if refusal:
             raise refusal
         submitter.request(run_id, "cancel")
 
     def retry(self, run_id: str) -> None:
         submitter = self._open()
-        refusal = retry_refusal(run_id, submitter.store.run_status(run_id))
+        refusal = retry_refusal(run_id, self.queries.run_status(run_id))
         if refusal:
             raise refusal
         submitter.request(run_id, "retry")
 
     def runs(self, *, status: str | None, workflow: str | None, limit: int) -> list[dict[str, Any]]:
-        return self.store.list_runs(status=status, workflow=workflow, limit=limit)
+        return self.queries.list_runs(status=status, workflow=workflow, limit=limit)
 
     def history(self, run_id: str, *, after: int) -> list[dict[str, Any]]:
-        return self.store.events(run_id, after=after)
+        return self.queries.events(run_id, after=after)
 
 
 def poll_until_terminal(status_of: Callable[[], str], timeout: float, sleep: Callable[[float], object]) -> str:
@@ -187,10 +194,10 @@ class AsyncDirectTransport:
         return await self._call(self.sync.get, run_id)
 
     async def wait(self, run_id: str, timeout: float) -> dict[str, Any]:
-        store = await self._call(lambda: self.sync.store)
+        queries = await self._call(lambda: self.sync.queries)
         deadline = time.monotonic() + timeout
         for delay in poll_delays():
-            status = await self._call(store.run_status, run_id)
+            status = await self._call(queries.run_status, run_id)
             remaining = deadline - time.monotonic()
             if status in TERMINAL_RUN_STATUSES or remaining <= 0:
                 break

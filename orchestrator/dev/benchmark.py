@@ -22,6 +22,7 @@ from orchestrator.dev.cluster import LocalCluster
 from orchestrator.errors import InfrastructureError
 from orchestrator.settings import Settings
 from orchestrator.spec import load_workflow
+from orchestrator.store.queries import RunQueries
 from orchestrator.store.runs import RunStore
 from orchestrator.submit import Submitter
 
@@ -163,7 +164,7 @@ class ClusterBench:
     def _wait_run(self, run_id: str, *, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            status = self.store.run_status(run_id)
+            status = RunQueries(self.store).run_status(run_id)
             if status == "succeeded":
                 return
             if status in ("failed", "cancelled"):

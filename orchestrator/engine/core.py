@@ -42,6 +42,7 @@ from orchestrator.state import (
 )
 from orchestrator.wire import ResultMessage
 from orchestrator.workflow import CompiledWorkflow, StepDef
+from patterns.dead_letter import DeadLetter
 from patterns.hierarchical import ChildStart
 from patterns.retry import compute_backoff
 from patterns.saga import compensation_blockers, ready_compensations
@@ -76,7 +77,7 @@ class EngineOutput:
     events: list[Event] = field(default_factory=list)
     dispatches: list[Dispatch] = field(default_factory=list)
     timers: list[Timer] = field(default_factory=list)
-    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
     child_starts: list[ChildStart] = field(default_factory=list)
     child_cancels: list[str] = field(default_factory=list)
 
@@ -110,7 +111,7 @@ class RunEngine(PatternTransitions):
         self.events: list[Event] = []
         self.outbox: list[Dispatch] = []
         self.timers: list[Timer] = []
-        self.dead_letters: list[dict[str, Any]] = []
+        self.dead_letters: list[DeadLetter] = []
         self.depth = depth
         self.max_depth = max_depth
         self.pre_checks = pre_checks
@@ -502,14 +503,13 @@ class RunEngine(PatternTransitions):
         if role == "compensate":
             record = self.run.steps[key]
             self.dead_letters.append(
-                {
-                    "run_id": self.run.run_id,
-                    "step_key": key,
-                    "attempt": record.attempt,
-                    "queue": self.messages.queue_of(key),
-                    "reason": "compensation_failed",
-                    "error": error,
-                }
+                DeadLetter.compensation(
+                    run_id=self.run.run_id,
+                    step_key=key,
+                    attempt=record.attempt,
+                    queue=self.messages.queue_of(key),
+                    error=error,
+                )
             )
             return
         if role == "item" and self.wf.steps[sid].swarm is not None:

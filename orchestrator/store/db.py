@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import sqlalchemy as sa
@@ -17,22 +16,13 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 
 from orchestrator.errors import ConfigError, DatabaseUnavailableError
-from orchestrator.settings import normalise_database_url, sqlalchemy_url
+from orchestrator.settings import display_url, normalise_database_url, sqlalchemy_url
 
 log = structlog.get_logger(__name__)
 
 MIGRATIONS_DIR_ENV = "STEPPE_MIGRATIONS_DIR"
 # The project is installed editable: migrations/ sits next to the orchestrator package.
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-def display_url(url: str) -> str:
-    """`url` with any password replaced by `***`, for messages and logs."""
-    parts = urlsplit(normalise_database_url(url))
-    if parts.password is None:
-        return parts.geturl()
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _unavailable(url: str, error: BaseException) -> DatabaseUnavailableError:

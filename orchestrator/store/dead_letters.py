@@ -1,7 +1,8 @@
 """Dead-letter repository: the `dead_letters` table, filled from the coordinator and the `{ns}:dlq` stream.
 
-The coordinator writes a row when it applies a dead-lettered step (`RunStore.commit_batch`);
-that row knows the run and step but not the original message. A worker's entry in the
+Every row is written by `write` (one INSERT, ignoring rows already there). The coordinator
+writes one when it applies a dead-lettered step (`RunStore.commit_batch`); that row knows the
+run and step but not the original message. A worker's entry in the
 `{ns}:dlq` stream knows the message, and is the only trace of an entry that could not be
 decoded (it belongs to no run). `sync_from_stream` merges the stream into the table (rows are
 keyed by queue and original stream id, so the merge is idempotent); the CLI runs it before
@@ -12,16 +13,18 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import psycopg
 import redis
 from psycopg.types.json import Jsonb
 
 from orchestrator.errors import RedisUnavailableError, SteppeError, SubmitError
 from orchestrator.keys import Keys
-from orchestrator.store.runs import RunStore
-from orchestrator.wire import ResultMessage
-from patterns.dead_letter import minid_before, overrides_payload, record_from_stream, replay_problem
+from patterns.dead_letter import DeadLetter, DeadLetterReason, minid_before, overrides_payload, replay_problem
+
+if TYPE_CHECKING:  # runs.py writes through `write` below
+    from orchestrator.store.runs import RunStore
 
 COLUMNS = (
     "dead_letter_id, run_id, step_key, attempt, queue, stream_id, delivery_count, reason, error, payload, raw,"
@@ -51,12 +54,17 @@ class DeadLetterStore:
         queue: str | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
-        """Newest first, filtered by any of run, status (`dead`, `replayed`), reason and queue."""
-        clauses, params = [], []
-        for column, value in (("run_id", run_id), ("status", status), ("reason", reason), ("queue", queue)):
+        """Newest first, filtered by any of run, status (`dead`, `replayed`), reason (in any of its
+        spellings, `DeadLetterReason.spellings`) and queue."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("run_id", run_id), ("status", status), ("queue", queue)):
             if value:
                 clauses.append(f"{column} = %s")
                 params.append(value)
+        if reason:
+            clauses.append("reason = ANY(%s)")
+            params.append(DeadLetterReason.spellings(reason))
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
         with self.runs.connection() as conn:
             return conn.execute(
@@ -101,7 +109,7 @@ class DeadLetterStore:
             cursor = conn.execute("DELETE FROM dead_letters WHERE created_at < %s", (before,))
             return cursor.rowcount
 
-    def merge(self, records: Sequence[dict[str, Any]]) -> int:
+    def merge(self, records: Sequence[DeadLetter]) -> int:
         """Insert stream records, or complete the coordinator's rows with their message; returns rows written.
 
         Rows that already hold their message are skipped before any INSERT is tried, so that
@@ -115,36 +123,12 @@ class DeadLetterStore:
                 for row in cur.execute(
                     "SELECT queue, stream_id, raw IS NOT NULL AS complete FROM dead_letters"
                     " WHERE (queue, stream_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
-                    ([r["queue"] for r in records], [r["stream_id"] for r in records]),
+                    ([r.queue for r in records], [r.stream_id for r in records]),
                 ).fetchall()
             }
-            new = [r for r in records if (r["queue"], r["stream_id"]) not in known]
-            incomplete = [r for r in records if known.get((r["queue"], r["stream_id"])) is False]
-            if new:
-                cur.executemany(
-                    """
-                    INSERT INTO dead_letters (run_id, step_key, attempt, queue, stream_id, delivery_count, reason,
-                                              error, payload, raw, created_at)
-                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, coalesce(%s, now()))
-                    ON CONFLICT (queue, stream_id) DO NOTHING
-                    """,
-                    [
-                        (
-                            r["run_id"],
-                            r["step_key"],
-                            r["attempt"],
-                            r["queue"],
-                            r["stream_id"],
-                            r["delivery_count"],
-                            r["reason"],
-                            r["error"],
-                            _jsonb(r["payload"]),
-                            r["raw"],
-                            r.get("created_at"),
-                        )
-                        for r in new
-                    ],
-                )
+            new = [r for r in records if (r.queue, r.stream_id) not in known]
+            incomplete = [r for r in records if known.get((r.queue, r.stream_id)) is False]
+            write(cur, new)
             if incomplete:
                 cur.executemany(
                     """
@@ -154,19 +138,42 @@ class DeadLetterStore:
                     WHERE queue = %s AND stream_id = %s AND raw IS NULL
                     """,
                     [
-                        (
-                            _jsonb(r["payload"]),
-                            r["raw"],
-                            r["run_id"],
-                            r["step_key"],
-                            r["attempt"],
-                            r["queue"],
-                            r["stream_id"],
-                        )
+                        (_jsonb(r.payload), r.raw, r.run_id, r.step_key, r.attempt, r.queue, r.stream_id)
                         for r in incomplete
                     ],
                 )
         return len(new) + len(incomplete)
+
+
+def write(cur: psycopg.Cursor[Any], letters: Sequence[DeadLetter]) -> None:
+    """Insert dead-letter rows on `cur` (inside the caller's transaction); a row whose queue and
+    stream id are there already is left as it is."""
+    if not letters:
+        return
+    cur.executemany(
+        """
+        INSERT INTO dead_letters (run_id, step_key, attempt, queue, stream_id, delivery_count, reason,
+                                  error, payload, raw, created_at)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, coalesce(%s, now()))
+        ON CONFLICT (queue, stream_id) DO NOTHING
+        """,
+        [
+            (
+                d.run_id,
+                d.step_key,
+                d.attempt,
+                d.queue,
+                d.stream_id,
+                d.delivery_count,
+                d.reason.value,
+                d.error,
+                _jsonb(d.payload),
+                d.raw,
+                d.created_at,
+            )
+            for d in letters
+        ],
+    )
 
 
 def _jsonb(value: Any) -> Jsonb | None:
@@ -179,7 +186,7 @@ def sync_from_stream(client: redis.Redis, keys: Keys, store: DeadLetterStore, *,
         entries = client.xrevrange(keys.dlq_stream, count=limit)
     except (redis.ConnectionError, redis.TimeoutError) as e:
         raise RedisUnavailableError(f"cannot read the dead-letter stream {keys.dlq_stream}: {e}") from e
-    return store.merge([record_from_stream(entry_id, fields) for entry_id, fields in reversed(entries)])
+    return store.merge([DeadLetter.from_stream_entry(entry_id, fields) for entry_id, fields in reversed(entries)])
 
 
 def add_to_stream(client: redis.Redis, keys: Keys, entries: Sequence[dict[str, Any]]) -> None:
@@ -226,34 +233,3 @@ def replay(
     store.runs.add_command(run_id, "retry", payload)
     bus.notify(client, keys, partition_of(run_id, partitions), ControlMessage(kind="retry", run=run_id))
     store.mark_replayed(int(row["dead_letter_id"]))
-
-
-def row_from_result(result: ResultMessage) -> dict[str, Any]:
-    """The row of a step a worker dead-lettered (its stream entry is in the dead-letter stream)."""
-    return {
-        "run_id": result.run,
-        "step_key": result.step,
-        "attempt": result.attempt,
-        "queue": result.queue or "?",
-        "stream_id": result.stream_id or f"{result.run}/{result.step}/{result.attempt}",
-        "delivery_count": result.deliveries,
-        "reason": "max_deliveries" if result.error is None else result.error.type,
-        "error": result.error.message if result.error else "dead-lettered",
-        "payload": None,
-    }
-
-
-def row_from_compensation(d: dict[str, Any]) -> dict[str, Any]:
-    """The row of a compensation that failed for good (`RunEngine.dead_letters`)."""
-    error = d.get("error") or {}
-    return {
-        "run_id": d["run_id"],
-        "step_key": d["step_key"],
-        "attempt": d["attempt"],
-        "queue": d["queue"],
-        "stream_id": f"compensation:{d['run_id']}/{d['step_key']}/{d['attempt']}",
-        "delivery_count": 0,
-        "reason": d["reason"],
-        "error": f"{error.get('type', 'Error')}: {error.get('message', '')}",
-        "payload": None,
-    }

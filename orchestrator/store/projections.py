@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import orjson
 
 from orchestrator.state import TERMINAL_RUN_STATUSES, fold
-from orchestrator.store.runs import RunStore, events_from_rows, to_datetime
+from orchestrator.store.queries import RunQueries, events_from_rows
+from orchestrator.store.runs import RunStore, to_datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,9 +21,10 @@ class RebuildResult:
 
 def rebuild(store: RunStore, run_id: str, *, write: bool = True) -> RebuildResult:
     """Fold a run's log; when the stored rows differ, replace them (bumping `version` fences coordinators)."""
-    rows = store.events(run_id)
+    queries = RunQueries(store)
+    rows = queries.events(run_id)
     folded = fold(run_id, events_from_rows(rows))
-    stored = store.stored_projection(run_id)
+    stored = queries.stored_projection(run_id)
     matched = folded.to_json() == stored.to_json()
     if matched or not write:
         return RebuildResult(run_id, len(rows), matched, written=False)

@@ -1,8 +1,11 @@
-"""Run repository: submission, batched coordinator writes, and the read paths of the CLI and API.
+"""Run repository, the write path: new runs, the coordinator's loads and batched writes, run commands.
 
-The coordinator's hot path writes a batch of results in one transaction: events with
-COPY, touched step rows with one multi-row upsert, run rows with an optimistic
-`version` check (a conflict means another coordinator owns the run now).
+Every run is inserted by one statement (`_insert_runs`: the row and its `run.submitted` event);
+submissions, bulk submissions and child runs differ only in what a conflict means. The
+coordinator's hot path writes a batch of results in one transaction: events, touched step rows
+with one multi-row upsert, run rows with an optimistic `version` check (a conflict means another
+coordinator owns the run now), dead letters (`dead_letters.write`). The read paths of the CLI,
+API and client are in `queries.py`.
 """
 
 from __future__ import annotations
@@ -10,8 +13,8 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 import orjson
 import psycopg
@@ -20,9 +23,12 @@ from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 from psycopg_pool import ConnectionPool
 
 from orchestrator.errors import ConflictError, DatabaseUnavailableError, RunDataError, RunNotFoundError
+from orchestrator.settings import display_url
 from orchestrator.state import Event, EventType, RunProjection, RunStatus, StepRecord, StepStatus
+from orchestrator.store import dead_letters as dead_letter_rows
 from orchestrator.store import hook_executions
 from orchestrator.store.hook_executions import HookCount, HookExecutionRow
+from patterns.dead_letter import DeadLetter
 
 
 def _dumps(value: Any) -> str:
@@ -51,6 +57,52 @@ def to_datetime(epoch: float | None) -> dt.datetime | None:
 
 def to_epoch(value: dt.datetime | None) -> float | None:
     return None if value is None else round(value.timestamp(), 3)
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """A pending run to insert: a submission (with its idempotency key, if any), one of a bulk
+    submission, or a child run (with its parent)."""
+
+    run_id: str
+    workflow: str
+    partition: int
+    definition: dict[str, Any]
+    inputs: dict[str, Any]
+    plan: dict[str, Any]
+    idempotency_key: str | None = None
+    parent_run_id: str | None = None
+    parent_step: str | None = None
+    depth: int = 0
+
+
+_NEW_RUN_FIELDS = tuple(f.name for f in fields(NewRun))
+# What an insert conflicting with an existing row means: a repeated submission (its idempotency key),
+# a child run a coordinator creates again after a crash (its run id), or nothing expected (an error).
+Conflict = Literal["idempotency_key", "run_id"] | None
+_ON_CONFLICT = {
+    None: "",
+    "idempotency_key": "ON CONFLICT (idempotency_key) DO NOTHING",
+    "run_id": "ON CONFLICT (run_id) DO NOTHING",
+}
+# The run rows and their `run.submitted` events in one statement; returns the ids inserted.
+_INSERT_RUNS = """
+WITH created AS (
+    INSERT INTO workflow_runs (run_id, workflow, status, partition, definition, inputs, plan, state, last_seq,
+                               idempotency_key, parent_run_id, parent_step, depth)
+    SELECT run_id, workflow, 'pending', partition, definition, inputs, plan,
+           jsonb_build_object('workflow', workflow), 1, idempotency_key, parent_run_id, parent_step, depth
+    FROM jsonb_to_recordset(%s::jsonb) AS x(run_id text, workflow text, partition int, definition jsonb,
+         inputs jsonb, plan jsonb, idempotency_key text, parent_run_id text, parent_step text, depth int)
+    {on_conflict}
+    RETURNING run_id, workflow),
+submitted AS (
+    INSERT INTO workflow_events (run_id, seq, type, data)
+    SELECT run_id, 1, %s, jsonb_build_object('workflow', workflow) FROM created)
+SELECT run_id FROM created
+"""
+# Runs per statement of a bulk submission: bounds the JSON document a statement carries.
+INSERT_CHUNK = 500
 
 
 @dataclass(slots=True)
@@ -103,7 +155,7 @@ class RunStore:
             self._pool.open(wait=True, timeout=wait_timeout)
         except psycopg.Error as e:  # pool timeouts are psycopg errors too
             raise DatabaseUnavailableError(
-                f"cannot connect to PostgreSQL at {_safe(self.url)} ({e}); start one with `steppe dev up` "
+                f"cannot connect to PostgreSQL at {display_url(self.url)} ({e}); start one with `steppe dev up` "
                 "or set STEPPE_DATABASE_URL"
             ) from e
 
@@ -127,131 +179,45 @@ class RunStore:
         except LIMIT_ERRORS:
             raise  # a value too large or too deep for PostgreSQL (class 54): the data's fault, not an outage
         except psycopg.OperationalError as e:
-            raise DatabaseUnavailableError(f"PostgreSQL at {_safe(self.url)} failed: {e}") from e
+            raise DatabaseUnavailableError(f"PostgreSQL at {display_url(self.url)} failed: {e}") from e
 
     # -- submission ----------------------------------------------------------------------------------
 
-    def create_run(
-        self,
-        *,
-        run_id: str,
-        workflow: str,
-        partition: int,
-        definition: dict[str, Any],
-        inputs: dict[str, Any],
-        plan: dict[str, Any],
-        idempotency_key: str | None = None,
-        parent_run_id: str | None = None,
-        parent_step: str | None = None,
-        depth: int = 0,
-    ) -> tuple[str, bool]:
-        """Insert a pending run and its `run.submitted` event; returns (run_id, created)."""
-        state = {"workflow": workflow}
+    def create_run(self, run: NewRun) -> tuple[str, bool]:
+        """Insert a pending run and its `run.submitted` event; returns (run_id, created), the id of
+        the run submitted before with the same idempotency key when there is one."""
         with self.connection() as conn, conn.transaction():
-            row = conn.execute(
-                """
-                INSERT INTO workflow_runs (run_id, workflow, status, partition, definition, inputs, plan, state,
-                                           last_seq, idempotency_key, parent_run_id, parent_step, depth)
-                VALUES (%s, %s, 'pending', %s, %s, %s, %s, %s, 1, %s, %s, %s, %s)
-                ON CONFLICT (idempotency_key) DO NOTHING
-                RETURNING run_id
-                """,
-                (
-                    run_id,
-                    workflow,
-                    partition,
-                    Jsonb(definition),
-                    Jsonb(inputs),
-                    Jsonb(plan),
-                    Jsonb(state),
-                    idempotency_key,
-                    parent_run_id,
-                    parent_step,
-                    depth,
-                ),
+            if _insert_runs(conn, [run], on_conflict="idempotency_key"):
+                return run.run_id, True
+            existing = conn.execute(
+                "SELECT run_id FROM workflow_runs WHERE idempotency_key = %s", (run.idempotency_key,)
             ).fetchone()
-            if row is None:
-                existing = conn.execute(
-                    "SELECT run_id FROM workflow_runs WHERE idempotency_key = %s", (idempotency_key,)
-                ).fetchone()
-                assert existing is not None
-                return str(existing["run_id"]), False
-            conn.execute(
-                "INSERT INTO workflow_events (run_id, seq, type, data) VALUES (%s, 1, %s, %s)",
-                (run_id, str(EventType.RUN_SUBMITTED), Jsonb({"workflow": workflow})),
-            )
-        return run_id, True
+            assert existing is not None
+            return str(existing["run_id"]), False
 
-    def create_runs(self, runs: Sequence[dict[str, Any]]) -> None:
-        """Insert many pending runs (no idempotency keys) in one transaction, with COPY."""
-        with self.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            with cur.copy(
-                "COPY workflow_runs (run_id, workflow, status, partition, definition, inputs, plan, state, last_seq)"
-                " FROM STDIN"
-            ) as copy:
-                for r in runs:
-                    copy.write_row(
-                        (
-                            r["run_id"],
-                            r["workflow"],
-                            "pending",
-                            r["partition"],
-                            _dumps(r["definition"]),
-                            _dumps(r["inputs"]),
-                            _dumps(r["plan"]),
-                            _dumps({"workflow": r["workflow"]}),
-                            1,
-                        )
-                    )
-            with cur.copy("COPY workflow_events (run_id, seq, type, data) FROM STDIN") as copy:
-                for r in runs:
-                    copy.write_row((r["run_id"], 1, str(EventType.RUN_SUBMITTED), _dumps({"workflow": r["workflow"]})))
+    def create_runs(self, runs: Sequence[NewRun]) -> None:
+        """Insert many pending runs (no idempotency keys) in one transaction."""
+        with self.connection() as conn, conn.transaction():
+            for start in range(0, len(runs), INSERT_CHUNK):
+                _insert_runs(conn, runs[start : start + INSERT_CHUNK], on_conflict=None)
+
+    def create_child_runs(self, children: Sequence[NewRun]) -> list[str]:
+        """Insert pending child runs that do not exist yet (a coordinator may repeat itself
+        after a crash); returns the ids actually created."""
+        if not children:
+            return []
+        with self.connection() as conn, conn.transaction():
+            return _insert_runs(conn, children, on_conflict="run_id")
 
     def add_command(self, run_id: str, command: str, payload: dict[str, Any] | None = None) -> int:
         with self.connection() as conn, conn.transaction():
-            self._require_run(conn, run_id)
+            require_run(conn, run_id)
             row = conn.execute(
                 "INSERT INTO run_commands (run_id, command, payload) VALUES (%s, %s, %s) RETURNING command_id",
                 (run_id, command, Jsonb(payload or {})),
             ).fetchone()
             assert row is not None
             return int(row["command_id"])
-
-    def create_child_runs(self, children: Sequence[dict[str, Any]]) -> list[str]:
-        """Insert pending child runs that do not exist yet (a coordinator may repeat itself
-        after a crash); returns the ids actually created."""
-        created: list[str] = []
-        with self.connection() as conn, conn.transaction():
-            for child in children:
-                row = conn.execute(
-                    """
-                    INSERT INTO workflow_runs (run_id, workflow, status, partition, definition, inputs, plan, state,
-                                               last_seq, parent_run_id, parent_step, depth)
-                    VALUES (%s, %s, 'pending', %s, %s, %s, %s, %s, 1, %s, %s, %s)
-                    ON CONFLICT (run_id) DO NOTHING
-                    RETURNING run_id
-                    """,
-                    (
-                        child["run_id"],
-                        child["workflow"],
-                        child["partition"],
-                        Jsonb(child["definition"]),
-                        Jsonb(child["inputs"]),
-                        Jsonb(child["plan"]),
-                        Jsonb({"workflow": child["workflow"]}),
-                        child["parent_run_id"],
-                        child["parent_step"],
-                        child["depth"],
-                    ),
-                ).fetchone()
-                if row is None:
-                    continue
-                conn.execute(
-                    "INSERT INTO workflow_events (run_id, seq, type, data) VALUES (%s, 1, %s, %s)",
-                    (child["run_id"], str(EventType.RUN_SUBMITTED), Jsonb({"workflow": child["workflow"]})),
-                )
-                created.append(child["run_id"])
-        return created
 
     def run_outcomes(self, run_ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         """run id → (status, state) of the given runs that exist."""
@@ -330,7 +296,7 @@ class RunStore:
         *,
         owner: str,
         processed_commands: Sequence[int] = (),
-        dead_letters: Sequence[dict[str, Any]] = (),
+        dead_letters: Sequence[DeadLetter] = (),
         hook_rows: Sequence[HookExecutionRow] = (),
         hook_counts: Sequence[HookCount] = (),
     ) -> None:
@@ -432,30 +398,7 @@ class RunStore:
                         "UPDATE run_commands SET processed_at = now() WHERE command_id = ANY(%s)",
                         (list(processed_commands),),
                     )
-                if dead_letters:
-                    cur.executemany(
-                        """
-                        INSERT INTO dead_letters (run_id, step_key, attempt, queue, stream_id, delivery_count,
-                                                  reason, error, payload, raw)
-                        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-                        ON CONFLICT (queue, stream_id) DO NOTHING
-                        """,
-                        [
-                            (
-                                d.get("run_id"),
-                                d.get("step_key"),
-                                d.get("attempt"),
-                                d["queue"],
-                                d["stream_id"],
-                                d.get("delivery_count", 0),
-                                d["reason"],
-                                d["error"],
-                                Jsonb(d.get("payload")) if d.get("payload") is not None else None,
-                                d.get("raw"),
-                            )
-                            for d in dead_letters
-                        ],
-                    )
+                dead_letter_rows.write(cur, dead_letters)
                 hook_executions.write(cur, hook_rows, hook_counts)
         except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as e:
             raise ConflictError(f"a run changed hands or was changed by another writer; reloading ({e})") from e
@@ -463,124 +406,12 @@ class RunStore:
             detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise RunDataError(f"{type(e).__name__}: {detail}", cause=type(e).__name__) from e
 
-    # -- read paths ---------------------------------------------------------------------------------
-
-    def _require_run(self, conn: psycopg.Connection[dict[str, Any]], run_id: str) -> dict[str, Any]:
-        row = conn.execute("SELECT * FROM workflow_runs WHERE run_id = %s", (run_id,)).fetchone()
-        if row is None:
-            raise RunNotFoundError(f"no run {run_id!r}; list runs with `steppe runs`")
-        return row
-
-    def get_run(self, run_id: str) -> dict[str, Any]:
-        """The status document of docs/spec.md §8 (`status --json`)."""
-        with self.connection() as conn:
-            run = self._require_run(conn, run_id)
-            steps = conn.execute(
-                "SELECT step_key, step_id, status, attempt, output, error, due_at, detail, updated_at"
-                " FROM workflow_steps WHERE run_id = %s ORDER BY step_key",
-                (run_id,),
-            ).fetchall()
-        return {
-            "run_id": run["run_id"],
-            "workflow": run["workflow"],
-            "status": run["status"],
-            "inputs": run["inputs"],
-            "outputs": run["state"].get("outputs"),
-            "error": run["state"].get("error"),
-            "created_at": run["created_at"].isoformat(),
-            "finished_at": run["finished_at"].isoformat() if run["finished_at"] else None,
-            "parent_run_id": run["parent_run_id"],
-            "steps": {
-                s["step_key"]: {
-                    "status": s["status"],
-                    "attempts": s["attempt"],
-                    "output": s["output"],
-                    "error": s["error"],
-                    "due_at": to_epoch(s["due_at"]),
-                    "detail": s["detail"],
-                }
-                for s in steps
-            },
-            "plan": run["plan"],
-            "definition": run["definition"],
-        }
-
-    def count_finished(self, run_ids: Sequence[str]) -> int:
-        with self.connection() as conn:
-            row = conn.execute(
-                "SELECT count(*) AS n FROM workflow_runs WHERE run_id = ANY(%s) AND finished_at IS NOT NULL",
-                (list(run_ids),),
-            ).fetchone()
-        return int(row["n"]) if row else 0
-
-    def run_status(self, run_id: str) -> str:
-        with self.connection() as conn:
-            row = conn.execute("SELECT status FROM workflow_runs WHERE run_id = %s", (run_id,)).fetchone()
-        if row is None:
-            raise RunNotFoundError(f"no run {run_id!r}; list runs with `steppe runs`")
-        return str(row["status"])
-
-    def list_runs(
-        self,
-        *,
-        status: str | None = None,
-        workflow: str | None = None,
-        limit: int = 50,
-        created_after: dt.datetime | None = None,
-        created_before: dt.datetime | None = None,
-    ) -> list[dict[str, Any]]:
-        """Runs newest first, filtered by status, workflow and a window of creation times."""
-        clauses: list[str] = []
-        params: list[Any] = []
-        if status:
-            clauses.append("status = %s")
-            params.append(status)
-        if workflow:
-            clauses.append("workflow = %s")
-            params.append(workflow)
-        if created_after is not None:
-            clauses.append("created_at >= %s")
-            params.append(created_after)
-        if created_before is not None:
-            clauses.append("created_at < %s")
-            params.append(created_before)
-        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-        with self.connection() as conn:
-            return conn.execute(
-                "SELECT run_id, workflow, status, created_at, finished_at, parent_run_id"  # noqa: S608
-                f" FROM workflow_runs {where} ORDER BY created_at DESC LIMIT %s",
-                (*params, limit),
-            ).fetchall()
-
-    def events(self, run_id: str, *, after: int = 0) -> list[dict[str, Any]]:
-        with self.connection() as conn:
-            self._require_run(conn, run_id)
-            return conn.execute(
-                "SELECT seq, type, step_key, attempt, data, created_at FROM workflow_events"
-                " WHERE run_id = %s AND seq > %s ORDER BY seq",
-                (run_id, after),
-            ).fetchall()
-
-    def stored_projection(self, run_id: str) -> RunProjection:
-        """The projection as stored (run row + step rows), for comparison with a fold of the log."""
-        loaded = self.load_runs([run_id])
-        if not loaded:
-            raise RunNotFoundError(f"no run {run_id!r}")
-        return loaded[0].projection
-
 
 def _rows_json(rows: Iterable[dict[str, Any]]) -> str:
     try:
         return orjson.dumps(list(rows)).decode()
     except orjson.JSONEncodeError as e:  # an integer beyond 64 bits, nesting deeper than 254, …
         raise RunDataError(f"JSONEncodeError: {e}", cause="JSONEncodeError") from e
-
-
-def events_from_rows(rows: Iterable[dict[str, Any]]) -> list[Event]:
-    return [
-        Event(seq=r["seq"], type=EventType(r["type"]), step=r["step_key"], attempt=r["attempt"], data=r["data"])
-        for r in rows
-    ]
 
 
 def _step_from_row(row: dict[str, Any]) -> StepRecord:
@@ -595,11 +426,21 @@ def _step_from_row(row: dict[str, Any]) -> StepRecord:
     )
 
 
-def _safe(url: str) -> str:
-    """A URL with its password masked, for error messages."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+def require_run(conn: psycopg.Connection[dict[str, Any]], run_id: str) -> dict[str, Any]:
+    """The run's row; RunNotFoundError (saying how to list runs) when there is none."""
+    row = conn.execute("SELECT * FROM workflow_runs WHERE run_id = %s", (run_id,)).fetchone()
+    if row is None:
+        raise RunNotFoundError(f"no run {run_id!r}; list runs with `steppe runs`")
+    return row
+
+
+def _insert_runs(
+    conn: psycopg.Connection[dict[str, Any]], runs: Sequence[NewRun], *, on_conflict: Conflict
+) -> list[str]:
+    """Insert `runs` (pending, each with its `run.submitted` event); returns the ids inserted, which
+    leave out those `on_conflict` skipped. A value orjson cannot encode raises its TypeError as
+    before; one PostgreSQL refuses (a NUL), psycopg's DataError."""
+    rows = _dumps([{name: getattr(run, name) for name in _NEW_RUN_FIELDS} for run in runs])
+    sql = _INSERT_RUNS.format(on_conflict=_ON_CONFLICT[on_conflict])
+    created = conn.execute(sql, (rows, str(EventType.RUN_SUBMITTED))).fetchall()
+    return [r["run_id"] for r in created]

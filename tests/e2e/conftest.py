@@ -20,6 +20,7 @@ from orchestrator.dev.cluster import LocalCluster
 from orchestrator.settings import Settings
 from orchestrator.spec import load_workflow
 from orchestrator.store.db import upgrade
+from orchestrator.store.queries import RunQueries
 from orchestrator.store.runs import RunStore
 from orchestrator.submit import Submitter
 from tests.conftest import private_dir, redis_binary_for_tests
@@ -66,6 +67,7 @@ class Env:
         self.redis = redis_clients.sync_client(settings.resolved_redis_url(), socket_timeout=30, connect_timeout=5)
         self.store = RunStore(settings.resolved_database_url(), pool_size=2)
         self.store.open()
+        self.queries = RunQueries(self.store)
         self.cluster = LocalCluster(settings, log_path=home / "cluster.log", env=env)
         self.submitter = Submitter(settings=settings, store=self.store, client=self.redis)
 
@@ -89,7 +91,7 @@ class Env:
         return self.submitter.submit(spec, inputs=inputs, **kwargs).run_id
 
     def run(self, run_id: str) -> dict[str, Any]:
-        return self.store.get_run(run_id)
+        return self.queries.get_run(run_id)
 
     def witness(self, kind: str) -> dict[str, int]:
         ns = self.settings.namespace

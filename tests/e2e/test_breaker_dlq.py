@@ -138,7 +138,7 @@ def test_breaker_opens_stops_calls_defers_without_burning_attempts_and_recovers(
     # Only calls that reached the service and failed burn attempts; deferrals do not.
     assert sum(s["detail"].get("failures", 0) for s in steps) == calls["failed"]
     assert max(s["attempts"] for s in steps) > 5, "no step was deferred more often than max_attempts"
-    history = e2e.store.events(runs[0])
+    history = e2e.queries.events(runs[0])
     deferrals = [e for e in history if e["type"] == "step.retry_scheduled" and e["data"].get("counts") is False]
     assert deferrals
     assert deferrals[0]["data"]["error"]["type"] == "CircuitOpenError"
@@ -210,7 +210,7 @@ def test_poison_messages_are_dead_lettered_listed_shown_replayed_and_purged(e2e:
     )
     assert doc["steps"]["crash"]["output"] == {"replayed": True, "token_length": len(secret)}
     assert doc["steps"]["prepare"]["attempts"] == 1  # kept from before the replay, not run again
-    resets = [e for e in e2e.store.events(run_id) if e["type"] == "step.reset" and e["step_key"] == "crash"]
+    resets = [e for e in e2e.queries.events(run_id) if e["type"] == "step.reset" and e["step_key"] == "crash"]
     assert resets[0]["data"]["args"] == {"crash": False, "token": "${{ secrets.E2E_API_TOKEN }}"}
     assert steppe_json(e2e, "dlq", "list", "--run", run_id)[0]["status"] == "replayed"
 

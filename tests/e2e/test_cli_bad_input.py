@@ -49,7 +49,7 @@ def test_nul_and_deep_inputs_are_exit_2(e2e: Env, tmp_path: Path) -> None:
     deep_file = tmp_path / "deep.json"
     deep_file.write_text('{"who": ' + "[" * 100_000 + "]" * 100_000 + "}")
     refused(steppe(e2e, *submit, "--inputs-file", str(deep_file)), str(deep_file), "nest too deeply")
-    assert e2e.store.list_runs(limit=10) == []  # nothing was written
+    assert e2e.queries.list_runs(limit=10) == []  # nothing was written
 
 
 def test_unknown_hook_handlers_are_exit_2(e2e: Env, tmp_path: Path) -> None:

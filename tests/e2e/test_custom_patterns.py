@@ -53,7 +53,7 @@ def test_examples_run_to_success_and_their_projections_rebuild_from_the_log(e2e:
         "report": {"report": "Most frequent words: to (4), be (2), dream (1)", "distinct_words": 11}
     }
 
-    stored = e2e.store.get_run(word_count)["definition"]
+    stored = e2e.queries.get_run(word_count)["definition"]
     assert all("uses" not in step for step in stored["steps"])  # coordinators never see the pattern
 
     for run_id in (word_count, report):

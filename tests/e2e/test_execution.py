@@ -9,7 +9,7 @@ import pytest
 
 from orchestrator.errors import SubmitError
 from orchestrator.state import fold
-from orchestrator.store.runs import events_from_rows
+from orchestrator.store.queries import events_from_rows
 from tests.e2e.conftest import Env
 from tests.helpers import assert_eventually
 
@@ -28,10 +28,10 @@ def finish(e2e: Env, run_id: str, timeout: float = 30.0) -> dict:
 
 def assert_projection_matches_log(e2e: Env, run_id: str) -> None:
     """I3: a gapless log whose fold is exactly the stored projection."""
-    rows = e2e.store.events(run_id)
+    rows = e2e.queries.events(run_id)
     assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
     folded = fold(run_id, events_from_rows(rows)).to_json()
-    stored = e2e.store.stored_projection(run_id).to_json()
+    stored = e2e.queries.stored_projection(run_id).to_json()
     assert folded == stored
 
 
@@ -85,7 +85,7 @@ def test_retries_then_success(e2e: Env) -> None:
     assert doc["status"] == "succeeded"
     assert doc["steps"]["flaky"]["attempts"] == 3
     assert doc["steps"]["flaky"]["output"] == {"attempts": 3}
-    types = [e["type"] for e in e2e.store.events(run_id)]
+    types = [e["type"] for e in e2e.queries.events(run_id)]
     assert types.count("step.retry_scheduled") == 2
     assert_projection_matches_log(e2e, run_id)
 
@@ -238,14 +238,14 @@ def test_idempotent_submit_returns_the_existing_run(e2e: Env) -> None:
     first = e2e.submit(spec, idempotency_key="order-42", check_handlers=False)
     second = e2e.submit(spec, idempotency_key="order-42", check_handlers=False)
     assert first == second
-    assert len(e2e.store.list_runs(workflow="once")) == 1
+    assert len(e2e.queries.list_runs(workflow="once")) == 1
 
 
 def test_unknown_handler_is_rejected_at_submit(e2e: Env) -> None:
     e2e.start(workers=1)
     with pytest.raises(SubmitError, match=r"unknown handler\(s\): payments\.charge"):
         e2e.submit("name: x\nsteps:\n  - id: a\n    handler: payments.charge\n")
-    assert e2e.store.list_runs() == []
+    assert e2e.queries.list_runs() == []
 
 
 def test_worker_sigkill_mid_step_is_recovered_with_one_effect(e2e: Env) -> None:

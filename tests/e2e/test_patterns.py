@@ -36,7 +36,7 @@ def example(e2e: Env, name: str, **inputs: Any) -> str:
 
 
 def events(e2e: Env, run_id: str) -> list[str]:
-    return [f"{r['type']}:{r['step_key'] or ''}" for r in e2e.store.events(run_id)]
+    return [f"{r['type']}:{r['step_key'] or ''}" for r in e2e.queries.events(run_id)]
 
 
 def test_handoff_gate_sends_the_draft_back_until_it_passes_or_gives_up(e2e: Env) -> None:
@@ -191,6 +191,6 @@ def test_admin_rebuild_reproduces_every_pattern_run(e2e: Env) -> None:
     for run_id in runs:
         finish(e2e, run_id, timeout=60)
     output = e2e.rebuild_check()
-    total = len(e2e.store.list_runs())
+    total = len(e2e.queries.list_runs())
     assert total >= len(runs) + 2  # the child runs are runs too
     assert f"{total} run(s) checked, 0 projection(s) differ" in output

@@ -281,7 +281,7 @@ def test_the_run_page_draws_every_step_with_its_state_and_a_failed_steps_traceba
     assert "Traceback (most recent call last)" in traceback.inner_text()
     assert "card declined" in page.locator("#run-error").inner_text()
     events = page.locator("#events tbody tr")
-    assert events.count() == len(cluster.store.events(run_id))
+    assert events.count() == len(cluster.queries.events(run_id))
     assert "run.failed" in events.last.inner_text()
     screenshot(page, "ui-run.png")
 
@@ -403,7 +403,7 @@ def test_a_token_requires_a_login_and_every_post_its_csrf_token(cluster: Env, lo
     assert anonymous.status_code == 403
     assert httpx.get(f"{locked_api.url}/ui/runs/{run_id}", timeout=10).status_code == 303
     assert cluster.run(run_id)["status"] in {"pending", "running"}
-    assert not [e for e in cluster.store.events(run_id) if e["type"] == "run.cancel_requested"]
+    assert not [e for e in cluster.queries.events(run_id) if e["type"] == "run.cancel_requested"]
 
     page.click("#cancel")  # the page's own form carries the token
     assert finish(cluster, run_id)["status"] == "cancelled"

@@ -23,7 +23,7 @@ from typing import Any
 
 from orchestrator.keys import COORDINATOR_GROUP, WORKER_GROUP
 from orchestrator.state import fold
-from orchestrator.store.runs import events_from_rows
+from orchestrator.store.queries import events_from_rows
 from tests.faults.harness import FaultEnv
 from tests.helpers import assert_eventually
 
@@ -97,7 +97,7 @@ def duplicate_evidence(env: FaultEnv, run_ids: Iterable[str]) -> Counter[str]:
         if record.get("event") in ("result_duplicate_ignored", "step_reclaimed") and record.get("run_id"):
             evidence[f"{record['run_id']}/{record['step']}"] += 1
     for run_id in run_ids:
-        dispatched = Counter(r["step_key"] for r in env.store.events(run_id) if r["type"] == "step.dispatched")
+        dispatched = Counter(r["step_key"] for r in env.queries.events(run_id) if r["type"] == "step.dispatched")
         for step, n in dispatched.items():
             evidence[f"{run_id}/{step}"] += n - 1
     return evidence
@@ -143,7 +143,7 @@ def check_effectively_once(
 def check_applied_once(env: FaultEnv, run_ids: Iterable[str]) -> None:
     """I2 on the coordinator's side: no step instance has two applied successes in its log."""
     for run_id in run_ids:
-        succeeded = Counter(r["step_key"] for r in env.store.events(run_id) if r["type"] == "step.succeeded")
+        succeeded = Counter(r["step_key"] for r in env.queries.events(run_id) if r["type"] == "step.succeeded")
         twice = {k: n for k, n in succeeded.items() if n > 1}
         assert not twice, f"I2 violated: run {run_id} applied these steps more than once: {twice}"
 
@@ -154,11 +154,11 @@ def check_applied_once(env: FaultEnv, run_ids: Iterable[str]) -> None:
 def check_event_logs(env: FaultEnv, run_ids: Iterable[str]) -> None:
     """I3: each run's log has a gapless seq from 1, and folding it gives exactly the stored projection."""
     for run_id in run_ids:
-        rows = env.store.events(run_id)
+        rows = env.queries.events(run_id)
         seqs = [r["seq"] for r in rows]
         assert seqs == list(range(1, len(rows) + 1)), f"I3 violated: run {run_id} has seq gaps: {seqs}"
         folded = fold(run_id, events_from_rows(rows)).to_json()
-        stored = env.store.stored_projection(run_id).to_json()
+        stored = env.queries.stored_projection(run_id).to_json()
         assert folded == stored, f"I3 violated: run {run_id}: fold(log) != stored projection"
 
 

@@ -53,7 +53,7 @@ def test_14_breaker_opens_stops_calls_defers_and_all_finish_after_recovery(fault
     time.sleep(outage_s)
     calls_while_open = faults.witness("downstream").get("calls", 0) - calls_at_open
     assert calls_while_open <= outage_s / RESET_S + 1, f"{calls_while_open} calls went through an open breaker"
-    assert {faults.store.run_status(r) for r in runs} == {"running"}, "a deferred step burned its attempts"
+    assert {faults.queries.run_status(r) for r in runs} == {"running"}, "a deferred step burned its attempts"
 
     faults.set_flag("outage", False)
     recovered = time.monotonic()
@@ -70,7 +70,7 @@ def test_14_breaker_opens_stops_calls_defers_and_all_finish_after_recovery(fault
     deferrals = sum(
         1
         for r in runs
-        for e in faults.store.events(r)
+        for e in faults.queries.events(r)
         if e["type"] == "step.retry_scheduled" and e["data"].get("counts") is False
     )
     assert deferrals >= len(runs)

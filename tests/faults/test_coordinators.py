@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.integration]
 def dispatch_counts(env: FaultEnv, run_ids: list[str]) -> Counter[str]:
     counts: Counter[str] = Counter()
     for run_id in run_ids:
-        for row in env.store.events(run_id):
+        for row in env.queries.events(run_id):
             if row["type"] == "step.dispatched":
                 counts[f"{run_id}/{row['step_key']}#{row['attempt']}"] += 1
     return counts

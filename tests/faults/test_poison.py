@@ -55,7 +55,7 @@ def test_12_poison_messages_are_dead_lettered_and_other_runs_keep_flowing(faults
     normal: list[str] = []
     latencies: list[float] = []
     poison_entry: str | None = None
-    while faults.store.run_status(poison) not in ("compensated", "compensation_failed", "failed"):
+    while faults.queries.run_status(poison) not in ("compensated", "compensation_failed", "failed"):
         assert time.monotonic() - submitted < 45, f"poison run not finished; log:\n{faults.log_text()[-4000:]}"
         started = time.monotonic()
         run_id = faults.submit(NORMAL)

@@ -111,7 +111,7 @@ def test_a_retry_delay_postgres_cannot_store_fails_only_its_run(
     assert "cannot load this run's stored definition" in error["message"]
     assert "retry.initial_delay" in error["message"]
     assert "is longer than the maximum of 100 years (36500d): use a shorter delay" in error["message"]
-    assert [e["type"] for e in faults.store.events(doc["run_id"])] == ["run.submitted", "run.failed"]
+    assert [e["type"] for e in faults.queries.events(doc["run_id"])] == ["run.submitted", "run.failed"]
     assert len(quarantined(faults, doc["run_id"])) == 1
     report("poison-huge-delay", status=doc["status"], error_type=error["type"])
 
@@ -148,7 +148,7 @@ def test_an_output_postgres_cannot_store_fails_its_run_and_the_batch_commits(
     assert "could not store this run's changes (steps: bad)" in error["message"]
     assert hint in error["message"]
     assert error["retryable"] is False
-    events = faults.store.events(doc["run_id"])
+    events = faults.queries.events(doc["run_id"])
     assert events[-1]["type"] == "run.failed"
     assert events[-1]["data"]["error"] == error
     # Failed once, never retried in a loop: one call, one quarantine.

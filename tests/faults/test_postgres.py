@@ -105,7 +105,7 @@ steps:
     again = faults.submit(ledger_chain("mig-again", 3, 0.0))
     doc = wait_terminal(faults, [again], deadline=20)[again]
     assert doc["status"] == "succeeded"
-    assert faults.store.list_runs() == [faults.store.list_runs()[0]]  # only the new run
+    assert faults.queries.list_runs() == [faults.queries.list_runs()[0]]  # only the new run
     check_event_logs(faults, [again])
     check_nothing_stranded(faults)
     report("19-migrations-populated", rows_before=counts, down_up_s=migrated_s, old_pending_run=pending[:8])

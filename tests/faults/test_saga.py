@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 
 def dispatch_order(env: FaultEnv, run_id: str) -> list[str]:
-    return [r["step_key"] for r in env.store.events(run_id) if r["type"] == "step.dispatched"]
+    return [r["step_key"] for r in env.queries.events(run_id) if r["type"] == "step.dispatched"]
 
 
 def test_15_failing_compensation_ends_compensation_failed_with_a_dead_letter(faults: FaultEnv) -> None:

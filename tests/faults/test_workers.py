@@ -191,7 +191,7 @@ def test_4_zombie_worker_late_result_is_fenced(faults: FaultEnv) -> None:
     once = check_effectively_once(faults, [key], injected=1)
     assert once.duplicates == 1
     check_applied_once(faults, [run_id])
-    events = [e["type"] for e in faults.store.events(run_id)]
+    events = [e["type"] for e in faults.queries.events(run_id)]
     assert events.count("step.succeeded") == 1
     check_event_logs(faults, [run_id])
     check_nothing_stranded(faults)

@@ -171,13 +171,16 @@ def test_fence_function_rolls_back_a_batch_that_lost_its_run(database_url: str) 
     """A write whose run changed hands must fail as a conflict and leave nothing behind."""
     from orchestrator.errors import ConflictError
     from orchestrator.state import Event, EventType, RunStatus
-    from orchestrator.store.runs import RunStore, RunWrite
+    from orchestrator.store.queries import RunQueries
+    from orchestrator.store.runs import NewRun, RunStore, RunWrite
 
     store = RunStore(database_url)
     store.open()
     try:
         run_id, _ = store.create_run(
-            run_id=f"r-fence-{uuid.uuid4().hex[:6]}", workflow="w", partition=0, definition={}, inputs={}, plan={}
+            NewRun(
+                run_id=f"r-fence-{uuid.uuid4().hex[:6]}", workflow="w", partition=0, definition={}, inputs={}, plan={}
+            )
         )
         with store.connection() as conn:
             conn.execute(
@@ -194,10 +197,10 @@ def test_fence_function_rolls_back_a_batch_that_lost_its_run(database_url: str) 
         )
         with pytest.raises(ConflictError):
             store.commit_batch([write], owner="me")
-        assert [e["seq"] for e in store.events(run_id)] == [1]
+        assert [e["seq"] for e in RunQueries(store).events(run_id)] == [1]
         write.expected_version = 0
         store.commit_batch([write], owner="me")
-        assert [e["seq"] for e in store.events(run_id)] == [1, 2]
+        assert [e["seq"] for e in RunQueries(store).events(run_id)] == [1, 2]
         with pytest.raises(ConflictError):
             store.commit_batch(
                 [

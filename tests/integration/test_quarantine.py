@@ -11,7 +11,9 @@ import pytest
 from orchestrator.errors import RunDataError
 from orchestrator.quarantine import BatchSplitter
 from orchestrator.state import Event, EventType, RunStatus, StepRecord, StepStatus, fold
-from orchestrator.store.runs import RunStore, RunWrite, events_from_rows
+from orchestrator.store.queries import RunQueries, events_from_rows
+from orchestrator.store.runs import NewRun, RunStore, RunWrite
+from patterns.dead_letter import DeadLetter, DeadLetterReason
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +37,9 @@ def partition(store: RunStore) -> int:
 
 def new_run(store: RunStore, partition: int) -> str:
     run_id, _ = store.create_run(
-        run_id=f"r-q-{uuid.uuid4().hex[:8]}", workflow="w", partition=partition, definition={}, inputs={}, plan={}
+        NewRun(
+            run_id=f"r-q-{uuid.uuid4().hex[:8]}", workflow="w", partition=partition, definition={}, inputs={}, plan={}
+        )
     )
     return run_id
 
@@ -60,8 +64,8 @@ def a_write(run_id: str, *, output: object = None, due_at: float | None = None) 
 
 
 def assert_fold_matches(store: RunStore, run_id: str) -> None:
-    folded = fold(run_id, events_from_rows(store.events(run_id)))
-    assert folded.to_json() == store.stored_projection(run_id).to_json()
+    folded = fold(run_id, events_from_rows(RunQueries(store).events(run_id)))
+    assert folded.to_json() == RunQueries(store).stored_projection(run_id).to_json()
 
 
 def test_the_runs_at_fault_are_failed_with_the_reason_and_the_others_commit(store: RunStore, partition: int) -> None:
@@ -76,13 +80,13 @@ def test_the_runs_at_fault_are_failed_with_the_reason_and_the_others_commit(stor
     ]
     with pytest.raises(RunDataError):
         store.commit_batch(writes, owner="owner")
-    assert all(len(store.events(r)) == 1 for r in [*innocent, late, huge_int, nul])  # nothing committed
+    assert all(len(RunQueries(store).events(r)) == 1 for r in [*innocent, late, huge_int, nul])  # nothing committed
 
     splitter = BatchSplitter(store=store, owner="owner")
     assert splitter.split(writes)
     assert splitter.failed == [late, huge_int, nul]
     for run_id in innocent:
-        doc = store.get_run(run_id)
+        doc = RunQueries(store).get_run(run_id)
         assert doc["status"] == "running"
         assert doc["steps"]["a"]["status"] == "succeeded"
         assert_fold_matches(store, run_id)
@@ -92,7 +96,7 @@ def test_the_runs_at_fault_are_failed_with_the_reason_and_the_others_commit(stor
         nul: ("UntranslatableCharacter", "a NUL character"),
     }
     for run_id, (cause, hint) in hints.items():
-        doc = store.get_run(run_id)
+        doc = RunQueries(store).get_run(run_id)
         assert doc["status"] == "failed"
         assert doc["finished_at"] is not None
         error = doc["error"]
@@ -102,14 +106,14 @@ def test_the_runs_at_fault_are_failed_with_the_reason_and_the_others_commit(stor
         assert "could not store this run's changes (steps: a)" in error["message"]
         assert hint in error["message"]
         assert "submit it again" in error["message"]
-        events = store.events(run_id)
+        events = RunQueries(store).events(run_id)
         assert [e["type"] for e in events] == ["run.submitted", "run.failed"]
         assert events[-1]["data"] == {"error": error}
         assert_fold_matches(store, run_id)
 
     # Never twice: a finished run is not failed again.
     assert not splitter.fail(late, {"type": "X", "message": "again"})
-    assert len(store.events(late)) == 2
+    assert len(RunQueries(store).events(late)) == 2
 
 
 def test_the_steps_still_in_flight_are_cancelled_in_the_log(store: RunStore, partition: int) -> None:
@@ -138,13 +142,13 @@ def test_the_steps_still_in_flight_are_cancelled_in_the_log(store: RunStore, par
     splitter = BatchSplitter(store=store, owner="owner")
     assert splitter.split([refused])
     assert splitter.failed == [run_id]
-    doc = store.get_run(run_id)
+    doc = RunQueries(store).get_run(run_id)
     assert doc["status"] == "failed"
     assert {k: (s["status"], s["due_at"]) for k, s in doc["steps"].items()} == {
         "a": ("cancelled", None),
         "b": ("cancelled", None),
     }
-    types = [(e["type"], e["step_key"]) for e in store.events(run_id)][-3:]
+    types = [(e["type"], e["step_key"]) for e in RunQueries(store).events(run_id)][-3:]
     assert types == [("step.cancelled", "a"), ("step.cancelled", "b"), ("run.failed", None)]
     assert_fold_matches(store, run_id)
 
@@ -153,16 +157,16 @@ def test_a_run_of_another_coordinator_is_left_alone(store: RunStore, partition: 
     run_id = new_run(store, partition)
     splitter = BatchSplitter(store=store, owner="someone-else")
     assert not splitter.fail(run_id, {"type": "X", "message": "not mine"})
-    assert store.run_status(run_id) == "pending"
+    assert RunQueries(store).run_status(run_id) == "pending"
     # Its batch conflicts instead (the lease fence): the split says so and writes nothing.
     assert not splitter.split([a_write(run_id, output=1)])
-    assert len(store.events(run_id)) == 1
+    assert len(RunQueries(store).events(run_id)) == 1
 
 
 def test_processed_commands_are_kept_when_the_rows_of_no_run_are_refused(store: RunStore, partition: int) -> None:
     run_id = new_run(store, partition)
     command = store.add_command(run_id, "cancel")
-    refused = {"run_id": None, "queue": "q\x00", "stream_id": "1-1", "reason": "r", "error": "e"}
+    refused = DeadLetter(queue="q\x00", stream_id="1-1", reason=DeadLetterReason.UNKNOWN, error="e")
     splitter = BatchSplitter(store=store, owner="owner")
     assert splitter.split([], processed_commands=[command], dead_letters=[refused])
     assert splitter.failed == []

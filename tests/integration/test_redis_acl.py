@@ -29,6 +29,7 @@ from orchestrator.keys import COORDINATOR_GROUP, WORKER_GROUP, Keys
 from orchestrator.settings import Settings
 from orchestrator.spec import load_workflow
 from orchestrator.store.db import upgrade
+from orchestrator.store.queries import RunQueries
 from orchestrator.store.runs import RunStore
 from orchestrator.submit import Submitter
 from tests.conftest import private_dir
@@ -390,6 +391,7 @@ def test_coordinator_workers_and_cli_run_a_workflow_with_their_own_users(
     workers = LocalCluster(settings, log_path=log, env=worker_env)
     store = RunStore(acl_database, pool_size=2)
     store.open()
+    queries = RunQueries(store)
     try:
         coordinators.start_coordinator()
         for _ in range(2):
@@ -401,7 +403,7 @@ def test_coordinator_workers_and_cli_run_a_workflow_with_their_own_users(
             doomed = submitter.submit(load_workflow(CANCELLED)).run_id
 
             def steps_of(run: str) -> dict[str, Any]:
-                steps: dict[str, Any] = store.get_run(run)["steps"]
+                steps: dict[str, Any] = queries.get_run(run)["steps"]
                 return steps
 
             assert_eventually(
@@ -412,7 +414,8 @@ def test_coordinator_workers_and_cli_run_a_workflow_with_their_own_users(
             steppe_cli(coordinator_env, "cancel", doomed)
             assert_eventually(
                 lambda: (
-                    store.get_run(run_id)["status"] == "succeeded" and store.get_run(doomed)["status"] == "cancelled"
+                    queries.get_run(run_id)["status"] == "succeeded"
+                    and queries.get_run(doomed)["status"] == "cancelled"
                 ),
                 timeout=180,
                 message=lambda: log.read_text()[-4000:],

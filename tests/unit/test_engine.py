@@ -192,7 +192,7 @@ def test_failed_compensation_ends_compensation_failed_with_a_dead_letter() -> No
     engine.on_result(ok("reserve:compensate"))
     assert engine.run.status is RunStatus.COMPENSATION_FAILED
     dead = engine.drain().dead_letters
-    assert [d["step_key"] for d in dead] == ["charge:compensate"]
+    assert [(d.step_key, d.reason) for d in dead] == [("charge:compensate", "compensation_failed")]
 
 
 def test_cancel_waits_for_in_flight_steps() -> None:

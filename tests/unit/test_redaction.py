@@ -20,7 +20,7 @@ from orchestrator.spec import load_workflow
 from orchestrator.state import RunProjection
 from orchestrator.wire import FIELD, ResultMessage, StepMessage, encode
 from orchestrator.workflow import compile_workflow
-from patterns.dead_letter import record_from_stream
+from patterns.dead_letter import DeadLetter
 from workers.context import StepContext
 from workers.registry import HandlerRegistry
 from workers.runner import REDACTED, Redactor, StepRunner
@@ -188,7 +188,7 @@ def test_dispatched_and_dead_lettered_messages_carry_references_never_values() -
     (dispatch,) = engine.drain().dispatches
     raw = encode(dispatch.message)
     assert dispatch.message.args == {"token": "${{ secrets.API_TOKEN }}", "n": 1}
-    record = record_from_stream(
+    record = DeadLetter.from_stream_entry(
         b"1700000000000-0",
         {
             b"stream": b"{t:q:default}:normal",
@@ -200,6 +200,7 @@ def test_dispatched_and_dead_lettered_messages_carry_references_never_values() -
             FIELD: raw,
         },
     )
-    assert record["payload"]["args"]["token"] == "${{ secrets.API_TOKEN }}"
-    assert (record["run_id"], record["step_key"], record["attempt"]) == ("r1", "call", 1)
+    assert record.payload is not None
+    assert record.payload["args"]["token"] == "${{ secrets.API_TOKEN }}"
+    assert (record.run_id, record.step_key, record.attempt) == ("r1", "call", 1)
     assert SECRET not in json.dumps(record, default=str)

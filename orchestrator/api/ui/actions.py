@@ -85,7 +85,7 @@ async def retry(request: Request, run_id: str) -> Response:
 def _status(ui: Ui, run_id: str) -> str:
     if not pages.RUN_ID.match(run_id):
         raise RunNotFoundError(f"no run {run_id[:140]!r}; run ids are letters, digits, '.', '_' and '-'")
-    return ui.res.store().run_status(run_id)
+    return ui.res.queries().run_status(run_id)
 
 
 @actions.post("/dead-letters/{dead_letter_id}/replay")

@@ -56,7 +56,7 @@ def _runs(ui: Ui) -> tuple[str, dict[str, Any]]:
         created_after = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=parse_duration(since, what="since"))
     before = _timestamp(q.get("before"))
     limit = int(q["limit"]) if q.get("limit", "").isdigit() and int(q["limit"]) in RUN_LIMITS else RUN_LIMITS[0]
-    rows = ui.res.store().list_runs(
+    rows = ui.res.queries().list_runs(
         status=status, workflow=workflow, limit=limit, created_after=created_after, created_before=before
     )
     older = None
@@ -92,9 +92,9 @@ def run_page(request: Request, run_id: str) -> Response:
 def _run(ui: Ui, run_id: str) -> tuple[str, dict[str, Any]]:
     if not RUN_ID.match(run_id):
         raise RunNotFoundError(f"no run {run_id[:140]!r}; run ids are letters, digits, '.', '_' and '-'")
-    store = ui.res.store()
-    doc = store.get_run(run_id)
-    events = store.events(run_id)
+    queries = ui.res.queries()
+    doc = queries.get_run(run_id)
+    events = queries.events(run_id)
     definition = doc.get("definition") or {}
     waves = views.waves_of(doc)
     needs = views.needs_of(definition)
