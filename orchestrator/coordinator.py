@@ -41,7 +41,8 @@ from orchestrator.quarantine import BatchSplitter
 from orchestrator.run_inputs import InputsPublisher
 from orchestrator.settings import Settings, check_timing
 from orchestrator.spec import WorkflowSpec
-from orchestrator.state import TERMINAL_RUN_STATUSES, RunStatus, key_role
+from orchestrator.state import TERMINAL_RUN_STATUSES, RunStatus
+from orchestrator.step_keys import StepRole, role_of
 from orchestrator.store.dead_letters import DeadLetterStore, sync_from_stream
 from orchestrator.store.hooks import HookStore
 from orchestrator.store.leases import LeaseManager
@@ -50,7 +51,7 @@ from orchestrator.wire import FIELD, ControlMessage, ResultMessage, decode_contr
 from orchestrator.workflow import CompiledWorkflow, compile_workflow
 from patterns.dead_letter import DeadLetter
 from patterns.hierarchical import ChildStart
-from patterns.hooks import HOOKS_QUEUE, is_hook_key
+from patterns.hooks import HOOKS_QUEUE
 
 log = structlog.get_logger(__name__)
 
@@ -202,10 +203,11 @@ class Coordinator:
             self._load(unknown)
         dead_letters: list[DeadLetter] = []
         for result in results:
-            if is_hook_key(result.step):
+            role = role_of(result.step)
+            if role is StepRole.HOOK:
                 self.hooks.on_result(result)
                 continue
-            if key_role(result.step) == "pre":
+            if role is StepRole.PRE:
                 self.hooks.on_pre_check(result)
             tracked = self.runs.get(result.run)
             if tracked is None or not tracked.engine.on_result(result):

@@ -21,7 +21,8 @@ from msgspec.structs import replace
 from orchestrator import metrics
 from orchestrator.engine import Dispatch, PreCheck
 from orchestrator.errors import TemplateError
-from orchestrator.state import Event, pre_check_hook_id
+from orchestrator.state import Event
+from orchestrator.step_keys import StepKey
 from orchestrator.store.hook_executions import HOOK_PENDING, HookCount, HookExecutionRow
 from orchestrator.store.hooks import HookStore
 from orchestrator.templates import TemplateContext, resolve
@@ -108,7 +109,7 @@ class HookRunner:
         """Count one finished execution of a `pre` hook (the engine decides what it means)."""
         if result.status in ("started", "deferred"):
             return
-        hook_id = pre_check_hook_id(result.step)
+        hook_id = StepKey.parse(result.step).hook_number
         ok = result.status == "succeeded"
         error = None if ok else (f"{result.error.type}: {result.error.message}" if result.error else result.status)
         self._batch.counts.append(HookCount(hook_id, ok, error))

@@ -15,15 +15,8 @@ from typing import Any
 from orchestrator.errors import SteppeError, TemplateError
 from orchestrator.run_inputs import RunInputs
 from orchestrator.spec import WorkflowSpec, validate_inputs
-from orchestrator.state import (
-    IN_FLIGHT_STEP_STATUSES,
-    RunProjection,
-    StepStatus,
-    base_step_id,
-    key_role,
-    pre_check_hook_id,
-    pre_check_key,
-)
+from orchestrator.state import IN_FLIGHT_STEP_STATUSES, RunProjection, StepStatus
+from orchestrator.step_keys import StepKey, StepRole
 from orchestrator.templates import TemplateContext, resolve
 from orchestrator.wire import StepKind, StepMessage
 from orchestrator.workflow import CompiledWorkflow
@@ -113,8 +106,8 @@ class StepMessages:
         # The run's inputs with their digest (None without inputs), named by each message.
         self.run_inputs = RunInputs.of(run.run_id, partition, inputs)
 
-    def child_start(self, key: str, attempt: int) -> ChildStart:
-        step = self.wf.steps[key]
+    def child_start(self, key: StepKey, attempt: int) -> ChildStart:
+        step = self.wf.steps[key.step]
         name = step.workflow
         assert name is not None
         if self.depth + 1 > self.max_depth:
@@ -128,39 +121,38 @@ class StepMessages:
         args = self.resolve(step.args, None) if step.templated else step.args
         inputs = check_child_inputs(definition, args)
         return ChildStart(
-            run_id=child_run_id(self.run.run_id, key, attempt),
+            run_id=child_run_id(self.run.run_id, str(key), attempt),
             workflow=name,
             definition={**definition, "workflows": {**self.wf.children, **(definition.get("workflows") or {})}},
             inputs=inputs,
             parent_run_id=self.run.run_id,
-            parent_step=key,
+            parent_step=str(key),
             depth=self.depth + 1,
         )
 
-    def message(self, key: str, attempt: int) -> Dispatch:
+    def message(self, key: StepKey, attempt: int) -> Dispatch:
         """The message of one attempt; templates are re-resolved, which is deterministic."""
-        sid = base_step_id(key)
+        sid, role, text = key.step, key.role, str(key)
         step = self.wf.steps[sid]
-        role = key_role(key)
         event: dict[str, Any] | None = None
         feedback: Any = None
         annotations: dict[str, Any] | None = None
         breaker, breaker_config = None, None
         kind: StepKind = "step"
-        if role == "compensate":
+        if role is StepRole.COMPENSATE:
             comp = step.compensate
             assert comp is not None
             args = self.resolve(comp.args, None) if comp.templated else comp.args
             queue, priority, handler, timeout = comp.queue, "high", comp.handler, comp.timeout
             kind = "compensate"
-        elif role == "gate":
+        elif role is StepRole.GATE:
             gate = step.gate
             assert gate is not None
             args = self.resolve(gate.args, None) if gate.templated else dict(gate.args)
             args = {**args, "output": self.run.steps[sid].output}
             queue, priority, handler, timeout = step.queue, "high", gate.handler, step.timeout
             kind = "gate"
-        elif role == "pre":
+        elif role is StepRole.PRE:
             check = self.pre_check(key)
             args = self.resolve(check.args, None)
             queue, priority, handler, timeout = PRE_CHECK_QUEUE, "high", check.handler, PRE_CHECK_TIMEOUT
@@ -174,21 +166,23 @@ class StepMessages:
             }
         else:
             item = None
-            if role == "item" and step.for_each is not None:
+            if role is StepRole.ITEM and step.for_each is not None:
                 if sid not in self.items:
                     self.items[sid] = self.resolve(step.for_each, None)
-                item = (sid, int(key[len(sid) + 1 : -1]))
-            override = self.run.steps[key].detail.get("args") if key in self.run.steps else None
+                assert key.index is not None
+                item = (sid, key.index)
+            record = self.run.steps.get(text)
+            override = record.detail.get("args") if record is not None else None
             args = override if override is not None else self.resolve(step.args, item) if step.templated else step.args
             queue, priority, handler, timeout = step.queue, step.priority, step.handler or "", step.timeout
             breaker, breaker_config = step.breaker, step.breaker_config
-            if role == "step":
-                feedback = self.run.steps[key].detail.get("feedback") if key in self.run.steps else None
+            if role is StepRole.STEP:
+                feedback = record.detail.get("feedback") if record is not None else None
             annotations = self.annotations(sid)
         run_inputs = self.run_inputs
         message = StepMessage(
             run=self.run.run_id,
-            step=key,
+            step=text,
             attempt=attempt,
             handler=handler,
             partition=self.partition,
@@ -205,8 +199,8 @@ class StepMessages:
         )
         return Dispatch(queue, priority, message, run_inputs)
 
-    def pre_check(self, key: str) -> PreCheck:
-        hook_id = pre_check_hook_id(key)
+    def pre_check(self, key: StepKey) -> PreCheck:
+        hook_id = key.hook_number
         for check in self.pre_checks:
             if check.hook_id == hook_id:
                 return check
@@ -216,7 +210,7 @@ class StepMessages:
         """What the step's `pre` hooks added with `{annotations: {…}}`, merged in hook order."""
         merged: dict[str, Any] = {}
         for check in self.pre_checks:
-            record = self.run.steps.get(pre_check_key(sid, check.hook_id))
+            record = self.run.steps.get(str(StepKey.pre_check(sid, check.hook_id)))
             if record is not None and isinstance(record.output, dict):
                 extra = record.output.get("annotations")
                 if isinstance(extra, dict):
@@ -233,33 +227,33 @@ class StepMessages:
         return resolve(value, context)
 
     def labels_of(self, key: str) -> tuple[str, str]:
-        """(queue, handler) of a step key, for metrics."""
-        step = self.wf.steps[base_step_id(key)]
-        role = key_role(key)
-        if role == "compensate" and step.compensate is not None:
+        """(queue, handler) of a stored step key (an event's), for metrics."""
+        return self._labels(StepKey.parse(key))
+
+    def _labels(self, key: StepKey) -> tuple[str, str]:
+        step, role = self.wf.steps[key.step], key.role
+        if role is StepRole.COMPENSATE and step.compensate is not None:
             return step.compensate.queue, step.compensate.handler
-        if role == "gate" and step.gate is not None:
+        if role is StepRole.GATE and step.gate is not None:
             return step.queue, step.gate.handler
-        if role == "pre":
+        if role is StepRole.PRE:
             return PRE_CHECK_QUEUE, "pre-hook"
         return step.queue, step.handler or f"workflow:{step.workflow}"
 
-    def policy_of(self, key: str) -> RetryPolicy:
-        step = self.wf.steps[base_step_id(key)]
-        role = key_role(key)
-        if role == "compensate" and step.compensate is not None:
+    def policy_of(self, key: StepKey) -> RetryPolicy:
+        step, role = self.wf.steps[key.step], key.role
+        if role is StepRole.COMPENSATE and step.compensate is not None:
             return step.compensate.retry
-        return PRE_CHECK_RETRY if role == "pre" else step.retry
+        return PRE_CHECK_RETRY if role is StepRole.PRE else step.retry
 
-    def timeout_of(self, key: str) -> float:
-        step = self.wf.steps[base_step_id(key)]
-        role = key_role(key)
-        if role == "compensate" and step.compensate is not None:
+    def timeout_of(self, key: StepKey) -> float:
+        step, role = self.wf.steps[key.step], key.role
+        if role is StepRole.COMPENSATE and step.compensate is not None:
             return step.compensate.timeout
-        return PRE_CHECK_TIMEOUT if role == "pre" else step.timeout
+        return PRE_CHECK_TIMEOUT if role is StepRole.PRE else step.timeout
 
-    def queue_of(self, key: str) -> str:
-        return self.labels_of(key)[0]
+    def queue_of(self, key: StepKey) -> str:
+        return self._labels(key)[0]
 
     def in_flight(self, *, started: bool = True) -> list[Dispatch]:
         """The messages of every dispatched (and, when `started`, running) attempt."""
@@ -268,7 +262,7 @@ class StepMessages:
         for key, record in self.run.steps.items():
             if record.status in statuses and record.detail.get("items") is None and "child_run" not in record.detail:
                 try:
-                    out.append(self.message(key, record.attempt))
+                    out.append(self.message(StepKey.parse(key), record.attempt))
                 except TemplateError:
                     continue  # cannot happen for an attempt that was dispatched with the same inputs
         return out
@@ -279,7 +273,7 @@ class StepMessages:
         for key, record in self.run.steps.items():
             if record.status in IN_FLIGHT_STEP_STATUSES and "child_run" in record.detail:
                 try:
-                    out.append(self.child_start(key, record.attempt))
+                    out.append(self.child_start(StepKey.parse(key), record.attempt))
                 except (TemplateError, ValueError):
                     continue  # it was created with the same inputs; nothing to recreate
         return out

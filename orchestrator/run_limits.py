@@ -27,7 +27,8 @@ import msgspec
 from orchestrator.errors import TemplateError
 from orchestrator.settings import LimitSettings
 from orchestrator.spec.positions import Path
-from orchestrator.state import StepRecord, key_role
+from orchestrator.state import StepRecord
+from orchestrator.step_keys import StepRole, role_of
 from orchestrator.templates import TemplateContext, find_references, resolve
 from orchestrator.wire import dumps
 
@@ -210,7 +211,7 @@ def check_fan_out(
         widths = {
             other: int(record.detail.get("items") or 0)
             for other, record in steps.items()
-            if other != sid and key_role(other) == "step" and record.detail.get("items") is not None
+            if other != sid and record.detail.get("items") is not None and role_of(other) is StepRole.STEP
         }
         widths[sid] = count
         total = static_steps + sum(max(n, 1) - 1 for n in widths.values())

@@ -160,42 +160,12 @@ class RunProjection:
 
 
 def base_step_id(step_key: str) -> str:
-    """`pack[3]` → `pack`, `charge:compensate` → `charge`."""
+    """`pack[3]` → `pack`, `charge:compensate` → `charge`: the step id of any stored key, for display
+    (the engine parses keys into `orchestrator.step_keys.StepKey`)."""
     for sep in ("[", ":"):
         if sep in step_key:
             step_key = step_key.split(sep, 1)[0]
     return step_key
-
-
-def item_key(step_id: str, index: int) -> str:
-    return f"{step_id}[{index}]"
-
-
-def compensation_key(step_id: str) -> str:
-    return f"{step_id}:compensate"
-
-
-def gate_key(step_id: str) -> str:
-    return f"{step_id}:gate"
-
-
-def pre_check_key(step_id: str, hook_id: int) -> str:
-    return f"{step_id}:pre-{hook_id}"
-
-
-def pre_check_hook_id(step_key: str) -> int:
-    """`charge:pre-7` → 7: the hook a pre-check key runs."""
-    return int(step_key.rsplit(":pre-", 1)[1])
-
-
-def key_role(step_key: str) -> str:
-    """What a step key stands for: `step`, `item` (for_each item or swarm replica), `compensate`, `gate`, `pre`."""
-    if "[" in step_key:
-        return "item"
-    if ":" not in step_key:
-        return "step"
-    suffix = step_key.split(":", 1)[1]
-    return "pre" if suffix.startswith("pre-") else suffix
 
 
 def apply_event(run: RunProjection, event: Event) -> None:  # noqa: PLR0912, PLR0915 - one branch per event type

@@ -16,9 +16,9 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from orchestrator.state import RUN_TERMINAL_EVENTS, EventType
+from orchestrator.step_keys import StepKey
 
 HOOKS_QUEUE = "hooks"
-HOOK_PREFIX = "hook:"
 # Aliases an event is also known by, so that `on: [run.finished]` matches every terminal run event.
 _ALIASES: dict[str, tuple[str, ...]] = {str(t): ("run.finished",) for t in RUN_TERMINAL_EVENTS}
 
@@ -63,13 +63,9 @@ def triggered(hooks: Iterable[HookDef], event_type: EventType | str, workflow: s
 
 
 def hook_step_key(hook_id: int, seq: int) -> str:
-    """The step key of one hook execution: unique per hook and triggering event."""
-    return f"{HOOK_PREFIX}{hook_id}:{seq}"
-
-
-def is_hook_key(step_key: str) -> bool:
-    return step_key.startswith(HOOK_PREFIX)
+    """The step key of one hook execution (`hook:7:42`): unique per hook and triggering event."""
+    return str(StepKey.hook(hook_id, seq))
 
 
 def hook_id_of(step_key: str) -> int:
-    return int(step_key[len(HOOK_PREFIX) :].split(":", 1)[0])
+    return StepKey.parse(step_key).hook_number

@@ -13,7 +13,8 @@ from typing import Any
 
 import orjson
 
-from orchestrator.state import TERMINAL_STEP_STATUSES, StepRecord, StepStatus, item_key
+from orchestrator.state import TERMINAL_STEP_STATUSES, StepRecord, StepStatus
+from orchestrator.step_keys import StepKey
 
 VOTES = ("majority", "unanimous", "first")
 
@@ -43,7 +44,7 @@ def count_votes(steps: Mapping[str, StepRecord], step_id: str, *, replicas: int,
     outputs: dict[int, Any] = {}
     errors: dict[int, str] = {}
     for index in range(replicas):
-        replica = steps.get(item_key(step_id, index))
+        replica = steps.get(str(StepKey.item(step_id, index)))
         if replica is None:
             continue
         if replica.status is StepStatus.SUCCEEDED:
