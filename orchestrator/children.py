@@ -10,7 +10,7 @@ from PostgreSQL, and attempt fencing drops whatever arrives twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
@@ -26,7 +26,7 @@ from orchestrator.state import TERMINAL_RUN_STATUSES, RunStatus
 from orchestrator.store.descendants import count_descendants, existing_runs
 from orchestrator.store.leases import partition_of
 from orchestrator.store.runs import NewRun, RunStore
-from orchestrator.wire import FIELD, ControlMessage, ResultMessage, StepErrorInfo, encode
+from orchestrator.wire import ControlMessage, ResultMessage, StepErrorInfo
 from patterns.hierarchical import ChildStart, outcome, parent_of, root_of
 
 log = structlog.get_logger(__name__)
@@ -94,10 +94,7 @@ class ChildRuns:
             error=StepErrorInfo(type="RunLimitError", message=message, retryable=False),
         )
         stream = self.keys.results_stream(partition_of(start.parent_run_id, self.partitions))
-        try:
-            self.redis.xadd(stream, {FIELD: encode(result)})
-        except bus.RETRYABLE as e:
-            log.warning("child_refusal_unsent", run_id=start.run_id, error=str(e), recovery="the parent's reconciler")
+        self._send([(stream, result)], "child_refusal_unsent", "the parent's reconciler", run_id=start.run_id)
 
     def cancel(self, run_ids: Iterable[str]) -> None:
         wakes = []
@@ -113,10 +110,7 @@ class ChildRuns:
         if result is None:
             return
         stream = self.keys.results_stream(partition_of(result.run, self.partitions))
-        try:
-            self.redis.xadd(stream, {FIELD: encode(result)})
-        except bus.RETRYABLE as e:
-            log.warning("child_outcome_unsent", run_id=run_id, error=str(e), recovery="the parent's reconciler")
+        self._send([(stream, result)], "child_outcome_unsent", "the parent's reconciler", run_id=run_id)
 
     def reconcile(self, engines: Iterable[RunEngine]) -> list[ResultMessage]:
         """Recreate missing children of in-flight steps; return the outcomes of finished ones."""
@@ -156,12 +150,12 @@ class ChildRuns:
         )
 
     def _wake(self, wakes: list[tuple[int, ControlMessage]]) -> None:
-        if not wakes:
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        for partition, message in wakes:
-            pipe.xadd(self.keys.control_stream(partition), {FIELD: encode(message)})
+        entries = [(self.keys.control_stream(partition), message) for partition, message in wakes]
+        self._send(entries, "child_wake_unsent", "the owning coordinator's reconciler")
+
+    def _send(self, entries: Sequence[tuple[str, bus.Message]], event: str, recovery: str, **fields: Any) -> None:
+        """Best effort: a message lost here is recovered by `recovery` (logged as `event`)."""
         try:
-            pipe.execute()
+            bus.send(self.redis, entries)
         except bus.RETRYABLE as e:
-            log.warning("child_wake_unsent", error=str(e), recovery="the owning coordinator's reconciler")
+            log.warning(event, error=str(e), recovery=recovery, **fields)

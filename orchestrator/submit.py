@@ -17,7 +17,7 @@ from orchestrator.settings import LimitSettings, Settings
 from orchestrator.spec import WorkflowSpec, load_workflow, validate_inputs
 from orchestrator.store.leases import partition_of
 from orchestrator.store.runs import NewRun, RunStore
-from orchestrator.wire import FIELD, ControlMessage, dumps, encode
+from orchestrator.wire import ControlMessage, dumps
 from orchestrator.workflow import CompiledWorkflow, compile_workflow
 from patterns.hierarchical import collect_children
 
@@ -142,13 +142,13 @@ class Submitter:
                 )
             )
         self.store.create_runs(rows)
-        pipe = self.redis.pipeline(transaction=False)
-        for row in rows:
-            pipe.xadd(
-                self.keys.control_stream(row.partition),
-                {FIELD: encode(ControlMessage(kind="submitted", run=row.run_id))},
-            )
-        pipe.execute()
+        bus.send(
+            self.redis,
+            [
+                (self.keys.control_stream(r.partition), ControlMessage(kind="submitted", run=r.run_id))
+                for r in rows
+            ],
+        )
         return [r.run_id for r in rows]
 
     def definition(self, spec: WorkflowSpec, *, base_dir: Path | None) -> dict[str, Any]:
