@@ -1,17 +1,23 @@
-"""Redis stream maintenance for the coordinator: presence checks, safe trimming, queue metrics."""
+"""Redis stream maintenance for the coordinator: presence checks, safe trimming, queue metrics.
+
+Also what the coordinator and the workers both send, written once for either kind of client:
+consumer-group creation (`add_group_creates` + `check_group_replies`) and registry heartbeats
+(`add_heartbeat`). Each queues its commands on a pipeline without MULTI, which synchronous and
+asyncio pipelines do alike; only the caller's `execute()` (awaited or not) differs.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import msgspec
+import orjson
 import redis
 import structlog
 
 from orchestrator import metrics, redis_clients
 from orchestrator.keys import COORDINATOR_GROUP, WORKER_GROUP, Keys
-from orchestrator.store.dead_letters import add_to_stream
 from orchestrator.wire import FIELD, decode_result, decode_step
 from patterns.dead_letter import unreadable_entry
 
@@ -21,6 +27,33 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 # A results or control entry the coordinator will not apply: (stream, id, fields, reason, error).
 Unreadable = tuple[str, bytes, dict[bytes, bytes], str, str]
+
+
+# -- sent by the coordinator and the workers alike -----------------------------------------------
+
+
+def add_group_creates(pipe: Any, groups: Iterable[tuple[str, str]]) -> None:
+    """Queue XGROUP CREATE <stream> <group> 0 MKSTREAM for each (stream, group) on `pipe` (a sync or
+    asyncio pipeline without MULTI); execute it with raise_on_error=False, then `check_group_replies`."""
+    for stream, group in groups:
+        pipe.xgroup_create(stream, group, id="0", mkstream=True)
+
+
+def check_group_replies(replies: Iterable[object]) -> None:
+    """Raise the first error among the replies of `add_group_creates` but BUSYGROUP (the group exists)."""
+    for reply in replies:
+        if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
+            raise reply
+
+
+def add_heartbeat(
+    pipe: Any, *, index: str, key: str, member: str, info: Mapping[str, Any], ttl: int, now: float
+) -> None:
+    """Queue a registry heartbeat on `pipe`: `info` (JSON) at `key` for `ttl` seconds, and `member`
+    scored `now` in the `index` sorted set (`keys.workers`/`keys.worker(id)`, or
+    `keys.coordinators`/`keys.coordinator(id)`); readers skip members whose key expired."""
+    pipe.set(key, orjson.dumps(dict(info)), ex=ttl)
+    pipe.zadd(index, {member: now})
 
 
 def scan(client: redis.Redis, stream: str, chunk: int = 1000) -> Iterable[tuple[bytes, dict[bytes, bytes]]]:
@@ -170,4 +203,7 @@ def dead_letter_unreadable(client: redis.Redis, keys: Keys, entries: list[Unread
     for stream, entry_id, _, reason, error in entries:
         log.warning("stream_entry_dead_lettered", stream=stream, entry=entry_id.decode(), reason=reason, error=error)
         metrics.DEAD_LETTERS.labels(queue=stream, reason=reason).inc()
+    # Imported here: workers import this module for the helpers below, and never the database stack.
+    from orchestrator.store.dead_letters import add_to_stream
+
     add_to_stream(client, keys, [unreadable_entry(*entry, by=by) for entry in entries])
