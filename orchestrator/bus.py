@@ -12,7 +12,7 @@ import orjson
 import redis
 import structlog
 
-from orchestrator import redis_clients
+from orchestrator import redis_clients, streams
 from orchestrator.errors import InfrastructureError, RedisUnavailableError
 from orchestrator.keys import COORDINATOR_GROUP, WORKER_GROUP, Keys
 from orchestrator.settings import Settings
@@ -63,25 +63,23 @@ def check_noeviction(client: redis.Redis) -> str | None:
     return None
 
 
-def ensure_group(client: redis.Redis, stream: str, group: str) -> None:
-    """Create a consumer group (and its stream) unless it exists."""
-    try:
-        client.xgroup_create(stream, group, id="0", mkstream=True)
-    except redis.ResponseError as e:
-        if "BUSYGROUP" not in str(e):
-            raise
+def ensure_groups(client: redis.Redis, groups: Iterable[tuple[str, str]]) -> None:
+    """Create each (stream, group) consumer group, and its stream, unless it exists (one round
+    trip; the same commands as a worker's, `streams.add_group_creates`)."""
+    pipe = client.pipeline(transaction=False)
+    streams.add_group_creates(pipe, groups)
+    streams.check_group_replies(pipe.execute(raise_on_error=False))
 
 
 def ensure_queue_groups(client: redis.Redis, keys: Keys, queues: Iterable[str]) -> None:
-    for queue in queues:
-        for stream in keys.queue_streams(queue):
-            ensure_group(client, stream, WORKER_GROUP)
+    ensure_groups(client, [(stream, WORKER_GROUP) for queue in queues for stream in keys.queue_streams(queue)])
 
 
 def ensure_partition_groups(client: redis.Redis, keys: Keys, partitions: Iterable[int]) -> None:
-    for p in partitions:
-        ensure_group(client, keys.results_stream(p), COORDINATOR_GROUP)
-        ensure_group(client, keys.control_stream(p), COORDINATOR_GROUP)
+    ensure_groups(
+        client,
+        [(s, COORDINATOR_GROUP) for p in partitions for s in (keys.results_stream(p), keys.control_stream(p))],
+    )
 
 
 Message = StepMessage | ResultMessage | ControlMessage
@@ -142,10 +140,10 @@ def live_members(client: redis.Redis, index_key: str, item_key: Callable[[str], 
 
 def coordinator_heartbeat(client: redis.Redis, keys: Keys, info: dict[str, Any], *, ttl: float) -> int:
     """Register a live coordinator (`steppe workers` lists it); returns how many are alive."""
-    now = float(info["heartbeat"])
+    now, member = float(info["heartbeat"]), str(info["id"])
     pipe = client.pipeline(transaction=False)
-    pipe.set(keys.coordinator(str(info["id"])), orjson.dumps(info), ex=max(1, int(ttl * 2)))
-    pipe.zadd(keys.coordinators, {str(info["id"]): now})
+    key, ex = keys.coordinator(member), max(1, int(ttl * 2))
+    streams.add_heartbeat(pipe, index=keys.coordinators, key=key, member=member, info=info, ttl=ex, now=now)
     # A coordinator that missed a whole lease TTL of heartbeats is gone: stop counting it as a
     # peer, so that survivors claim all of its partitions as soon as its leases expire.
     pipe.zremrangebyscore(keys.coordinators, 0, now - ttl)

@@ -1,5 +1,6 @@
 """`WorkerStreams`, every Redis command of a worker, against the real Redis the fixtures start;
-and the group creation and heartbeat the coordinator shares with it (orchestrator/streams.py)."""
+and the group creation and registry heartbeat the coordinator shares with it (orchestrator/streams.py,
+called through orchestrator/bus.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from orchestrator.keys import COORDINATOR_GROUP, WORKER_GROUP, Keys
-from orchestrator.streams import add_group_creates, add_heartbeat, check_group_replies
+from orchestrator import bus
+from orchestrator.keys import WORKER_GROUP, Keys
 from orchestrator.wire import FIELD, ResultMessage, StepMessage, decode_result, encode
 from workers import entries
 from workers.entries import Delivery, Outgoing, Refused
@@ -67,15 +68,21 @@ def test_a_stream_key_of_another_type_is_an_error_not_an_existing_group(redis_ur
         run(redis_url, namespace, lambda io, keys: asyncio.sleep(0))
 
 
-def test_the_coordinator_creates_groups_with_the_same_helper_on_a_sync_client(redis_url: str, namespace: str) -> None:
+def test_the_coordinator_creates_its_groups_and_the_queues_with_the_same_commands(
+    redis_url: str, namespace: str
+) -> None:
     keys = Keys(namespace)
     client = redis.Redis.from_url(redis_url)
-    groups = [(keys.results_stream(0), COORDINATOR_GROUP), (keys.queue_stream("q"), WORKER_GROUP)]
-    for _ in range(2):
-        pipe = client.pipeline(transaction=False)
-        add_group_creates(pipe, groups)
-        check_group_replies(pipe.execute(raise_on_error=False))
-    assert [client.xinfo_groups(s)[0]["name"] for s, _ in groups] == [b"coordinators", b"workers"]
+    client.xadd(keys.results_stream(0), {FIELD: b"a result the coordinator must still read"})
+    for _ in range(2):  # BUSYGROUP the second time: no error
+        bus.ensure_partition_groups(client, keys, [0, 1])
+        bus.ensure_queue_groups(client, keys, ["q"])
+    streams = [keys.results_stream(0), keys.control_stream(0), keys.results_stream(1), *keys.queue_streams("q")]
+    groups = [[(g["name"], g["last-delivered-id"]) for g in client.xinfo_groups(s)] for s in streams]
+    assert groups == [[(b"coordinators", b"0-0")]] * 3 + [[(b"workers", b"0-0")]] * 3
+    client.set(keys.control_stream(2), "not a stream")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        bus.ensure_partition_groups(client, keys, [2])
 
 
 def test_reads_come_highest_priority_first(redis_url: str, namespace: str) -> None:
@@ -139,16 +146,16 @@ def test_a_heartbeat_registers_the_worker_and_evicts_only_dead_ones(redis_url: s
     assert admin.get(keys.worker("w1")) is None
 
 
-def test_the_coordinator_heartbeat_helper_writes_the_same_registry_shape(redis_url: str, namespace: str) -> None:
+def test_the_coordinator_heartbeat_writes_the_same_registry_shape(redis_url: str, namespace: str) -> None:
     keys = Keys(namespace)
     client = redis.Redis.from_url(redis_url)
-    pipe = client.pipeline(transaction=False)
-    info = {"id": "c1", "heartbeat": 12.5}
-    add_heartbeat(pipe, index=keys.coordinators, key=keys.coordinator("c1"), member="c1", info=info, ttl=9, now=12.5)
-    pipe.execute()
-    assert client.zrange(keys.coordinators, 0, -1, withscores=True) == [(b"c1", 12.5)]
+    now = time.time()
+    client.zadd(keys.coordinators, {"gone": now - 30})
+    info = {"id": "c1", "heartbeat": now}
+    assert bus.coordinator_heartbeat(client, keys, info, ttl=10) == 1  # "gone" missed a whole lease TTL
+    assert client.zrange(keys.coordinators, 0, -1, withscores=True) == [(b"c1", now)]
     assert orjson.loads(client.get(keys.coordinator("c1")) or b"") == info
-    assert 0 < client.ttl(keys.coordinator("c1")) <= 9
+    assert 0 < client.ttl(keys.coordinator("c1")) <= 20
 
 
 def test_lease_extension_resets_the_idle_time_and_the_cancel_set_is_read(redis_url: str, namespace: str) -> None:
