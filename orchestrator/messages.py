@@ -18,8 +18,8 @@ from orchestrator.spec import WorkflowSpec, validate_inputs
 from orchestrator.state import IN_FLIGHT_STEP_STATUSES, RunProjection, StepStatus
 from orchestrator.step_keys import StepKey, StepRole
 from orchestrator.templates import TemplateContext, resolve
-from orchestrator.wire import StepKind, StepMessage
-from orchestrator.workflow import CompiledWorkflow
+from orchestrator.wire import StepMessage
+from orchestrator.workflow import CompiledWorkflow, StepDef
 from patterns.hierarchical import ChildStart, child_run_id
 from patterns.retry import RetryPolicy
 
@@ -132,72 +132,83 @@ class StepMessages:
 
     def message(self, key: StepKey, attempt: int) -> Dispatch:
         """The message of one attempt; templates are re-resolved, which is deterministic."""
-        sid, role, text = key.step, key.role, str(key)
-        step = self.wf.steps[sid]
-        event: dict[str, Any] | None = None
-        feedback: Any = None
-        annotations: dict[str, Any] | None = None
-        breaker, breaker_config = None, None
-        kind: StepKind = "step"
-        if role is StepRole.COMPENSATE:
-            comp = step.compensate
-            assert comp is not None
-            args = self.resolve(comp.args, None) if comp.templated else comp.args
-            queue, priority, handler, timeout = comp.queue, "high", comp.handler, comp.timeout
-            kind = "compensate"
-        elif role is StepRole.GATE:
-            gate = step.gate
-            assert gate is not None
-            args = self.resolve(gate.args, None) if gate.templated else dict(gate.args)
-            args = {**args, "output": self.run.steps[sid].output}
-            queue, priority, handler, timeout = step.queue, "high", gate.handler, step.timeout
-            kind = "gate"
-        elif role is StepRole.PRE:
-            check = self.pre_check(key)
-            args = self.resolve(check.args, None)
-            queue, priority, handler, timeout = PRE_CHECK_QUEUE, "high", check.handler, PRE_CHECK_TIMEOUT
-            kind = "pre"
-            event = {
-                "type": "step.dispatching",
-                "run_id": self.run.run_id,
-                "workflow": self.wf.name,
-                "step": sid,
-                "data": {"handler": step.handler or step.workflow, "hook": check.name},
-            }
+        step = self.wf.steps[key.step]
+        if key.role is StepRole.COMPENSATE:
+            queue, priority, fields = self._compensation_fields(step)
+        elif key.role is StepRole.GATE:
+            queue, priority, fields = self._gate_fields(step)
+        elif key.role is StepRole.PRE:
+            queue, priority, fields = self._pre_check_fields(key, step)
         else:
-            item = None
-            if role is StepRole.ITEM and step.for_each is not None:
-                if sid not in self.items:
-                    self.items[sid] = self.resolve(step.for_each, None)
-                assert key.index is not None
-                item = (sid, key.index)
-            record = self.run.steps.get(text)
-            override = record.detail.get("args") if record is not None else None
-            args = override if override is not None else self.resolve(step.args, item) if step.templated else step.args
-            queue, priority, handler, timeout = step.queue, step.priority, step.handler or "", step.timeout
-            breaker, breaker_config = step.breaker, step.breaker_config
-            if role is StepRole.STEP:
-                feedback = record.detail.get("feedback") if record is not None else None
-            annotations = self.annotations(sid)
+            queue, priority, fields = self._step_fields(key, step)
+        args = fields.pop("args")
         run_inputs = self.run_inputs
         message = StepMessage(
             run=self.run.run_id,
-            step=text,
+            step=str(key),
             attempt=attempt,
-            handler=handler,
             partition=self.partition,
             args=args if isinstance(args, dict) else {"value": args},
-            timeout=timeout,
-            kind=kind,
             workflow=self.wf.name,
-            breaker=breaker,
-            breaker_config=breaker_config,
-            event=event,
-            feedback=feedback,
-            annotations=annotations,
             inputs_digest=run_inputs.digest if run_inputs is not None else "",
+            **fields,
         )
         return Dispatch(queue, priority, message, run_inputs)
+
+    # Each returns (queue, priority, the message's fields of that kind of instance).
+
+    def _compensation_fields(self, step: StepDef) -> tuple[str, str, dict[str, Any]]:
+        comp = step.compensate
+        assert comp is not None
+        args = self.resolve(comp.args, None) if comp.templated else comp.args
+        return (
+            comp.queue,
+            "high",
+            {"args": args, "handler": comp.handler, "timeout": comp.timeout, "kind": "compensate"},
+        )
+
+    def _gate_fields(self, step: StepDef) -> tuple[str, str, dict[str, Any]]:
+        gate = step.gate
+        assert gate is not None
+        args = self.resolve(gate.args, None) if gate.templated else dict(gate.args)
+        args = {**args, "output": self.run.steps[step.id].output}
+        return step.queue, "high", {"args": args, "handler": gate.handler, "timeout": step.timeout, "kind": "gate"}
+
+    def _pre_check_fields(self, key: StepKey, step: StepDef) -> tuple[str, str, dict[str, Any]]:
+        check = self.pre_check(key)
+        event = {
+            "type": "step.dispatching",
+            "run_id": self.run.run_id,
+            "workflow": self.wf.name,
+            "step": step.id,
+            "data": {"handler": step.handler or step.workflow, "hook": check.name},
+        }
+        args = self.resolve(check.args, None)
+        fields = {"args": args, "handler": check.handler, "timeout": PRE_CHECK_TIMEOUT, "kind": "pre", "event": event}
+        return PRE_CHECK_QUEUE, "high", fields
+
+    def _step_fields(self, key: StepKey, step: StepDef) -> tuple[str, str, dict[str, Any]]:
+        """A step's own attempt, or one of its for_each items or swarm replicas."""
+        item = None
+        if key.role is StepRole.ITEM and step.for_each is not None:
+            if step.id not in self.items:
+                self.items[step.id] = self.resolve(step.for_each, None)
+            assert key.index is not None
+            item = (step.id, key.index)
+        record = self.run.steps.get(str(key))
+        override = record.detail.get("args") if record is not None else None
+        args = override if override is not None else self.resolve(step.args, item) if step.templated else step.args
+        feedback = record.detail.get("feedback") if record is not None and key.role is StepRole.STEP else None
+        fields = {
+            "args": args,
+            "handler": step.handler or "",
+            "timeout": step.timeout,
+            "breaker": step.breaker,
+            "breaker_config": step.breaker_config,
+            "feedback": feedback,
+            "annotations": self.annotations(step.id),
+        }
+        return step.queue, step.priority, fields
 
     def pre_check(self, key: StepKey) -> PreCheck:
         hook_id = key.hook_number
