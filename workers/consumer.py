@@ -25,9 +25,7 @@ import structlog
 from orchestrator import metrics, redis_clients
 from orchestrator.keys import Keys
 from orchestrator.settings import Settings, check_timing
-from orchestrator.wire import (
-    StepMessage,
-)
+from orchestrator.wire import StepMessage
 from patterns.breaker import BreakerRegistry
 from patterns.dead_letter import DeadLetterReason
 from workers import entries

@@ -226,7 +226,7 @@ def test_anonymous_clients_are_refused(acl_redis: AclRedis) -> None:
 
 
 def test_worker_commands_work(acl_redis: AclRedis, admin: redis.Redis) -> None:
-    """Everything workers/consumer.py and patterns/breaker.py send, on the keys they send it to."""
+    """Everything workers/streams.py, workers/inputs.py and patterns/breaker.py send, on the keys they send it to."""
     with client(acl_redis, "steppe-worker") as w:
         assert w.ping()
         w.xgroup_create(K.queue_stream("new"), WORKER_GROUP, id="0", mkstream=True)
