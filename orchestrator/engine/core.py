@@ -23,7 +23,7 @@ from orchestrator.engine.output import EngineOutput, Timer
 from orchestrator.engine.patterns import PatternTransitions
 from orchestrator.engine.unwind import Unwinding
 from orchestrator.errors import TemplateError
-from orchestrator.messages import PRE_CHECK_QUEUE, Dispatch, PreCheck, StepMessages
+from orchestrator.messages import Dispatch, PreCheck, StepMessages
 from orchestrator.settings import LimitSettings
 from orchestrator.state import (
     IN_FLIGHT_STEP_STATUSES,
@@ -43,7 +43,7 @@ from patterns.dead_letter import DeadLetter
 from patterns.hierarchical import ChildStart
 from patterns.retry import compute_backoff
 
-__all__ = ["DEFER_DELAY", "PRE_CHECK_QUEUE", "Dispatch", "EngineOutput", "PreCheck", "RunEngine", "Timer"]
+__all__ = ["DEFER_DELAY", "RunEngine"]
 
 # Deferred steps (open circuit breaker) are re-offered after this many seconds.
 DEFER_DELAY = 1.0
