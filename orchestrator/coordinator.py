@@ -29,10 +29,10 @@ from collections.abc import Callable, Iterable
 import redis
 import structlog
 
-from orchestrator import bus, fault_points, metrics, redis_clients
+from orchestrator import fault_points, metrics, redis_clients
 from orchestrator.batch import Batch, Tracked
 from orchestrator.children import ChildRuns
-from orchestrator.coordinator_bus import CoordinatorBus, Inbox
+from orchestrator.coordinator_bus import CoordinatorBus, Inbox, trouble_of
 from orchestrator.engine import Dispatch
 from orchestrator.errors import ConflictError, InfrastructureError, RunDataError
 from orchestrator.hook_runner import HookBatch, HookRunner
@@ -130,8 +130,7 @@ class Coordinator:
                 except Exception as e:
                     # PostgreSQL or Redis unreachable, or a Redis error to wait out (LOADING, READONLY,
                     # UNBLOCKED, NOGROUP…): back off, reload from PostgreSQL, reconcile, carry on.
-                    trouble = redis_clients.Trouble.UNAVAILABLE if isinstance(e, bus.RECOVERABLE) else None
-                    trouble = trouble or redis_clients.classify(e)
+                    trouble = trouble_of(e)
                     if trouble is None:
                         raise
                     if trouble is redis_clients.Trouble.DATA_LOST:
@@ -233,12 +232,12 @@ class Coordinator:
                 started.add(run_id)
         return started
 
-    def _load(self, run_ids: Iterable[str]) -> None:
-        wanted = [r for r in run_ids if r not in self.runs]
-        for stored in self.store.load_runs(wanted):
+    def _load(self, run_ids: Iterable[str], *, finished_too: bool = False) -> None:
+        """Track the runs of these ids that this coordinator's partitions hold and it does not track yet."""
+        for stored in self.store.load_runs([r for r in run_ids if r not in self.runs]):
             if stored.partition not in self.partitions:
                 continue
-            if stored.projection.status in TERMINAL_RUN_STATUSES:
+            if stored.projection.status in TERMINAL_RUN_STATUSES and not finished_too:
                 continue  # late results of a finished run are duplicates; a retry command re-admits it
             self._track(stored)
 
@@ -253,10 +252,7 @@ class Coordinator:
         commands = self.store.pending_commands(self.partitions)
         if not commands:
             return done
-        needed = {c["run_id"] for c in commands}
-        for stored in self.store.load_runs([r for r in needed if r not in self.runs]):
-            if stored.partition in self.partitions:
-                self._track(stored)
+        self._load({c["run_id"] for c in commands}, finished_too=True)
         for command in commands:
             tracked = self.runs.get(command["run_id"])
             if tracked is not None:
@@ -415,8 +411,7 @@ class Coordinator:
         self._load(set(self.store.active_run_ids(self.partitions)) - before)
         loaded = set(self.runs) - before
         self._child_results.extend(self.children.reconcile(t.engine for t in self.runs.values()))
-        for tracked in self.runs.values():
-            self.bus.ensure_queues(tracked.engine.wf.queues)
+        self.bus.ensure_queues(q for tracked in self.runs.values() for q in tracked.engine.wf.queues)
         # Re-publish dispatched attempts that Redis holds nowhere (lost, or never published because a
         # coordinator died between its commit and its XADD); see orchestrator/republish.py.
         hooks_due = self.hooks.reload(self.partitions)

@@ -36,7 +36,7 @@ from orchestrator.run_inputs import InputsPublisher
 from orchestrator.store.dead_letters import DeadLetterStore, sync_from_stream
 from orchestrator.wire import ControlMessage, ResultMessage, decode_control, decode_result, read_entry
 
-__all__ = ["CoordinatorBus", "Entry", "Inbox", "sort_entries"]
+__all__ = ["CoordinatorBus", "Entry", "Inbox", "sort_entries", "trouble_of"]
 
 log = structlog.get_logger(__name__)
 
@@ -81,6 +81,14 @@ def sort_entries(entries: Iterable[Entry]) -> Inbox:
         elif isinstance(message, ResultMessage):
             inbox.results.append(message)
     return inbox
+
+
+def trouble_of(error: BaseException) -> redis_clients.Trouble | None:
+    """How the coordinator's loop survives `error`: PostgreSQL or Redis unreachable (`bus.RECOVERABLE`)
+    is waited out, other Redis errors as `redis_clients.classify` says; None: not to wait out, raise it."""
+    if isinstance(error, bus.RECOVERABLE):
+        return redis_clients.Trouble.UNAVAILABLE
+    return redis_clients.classify(error)
 
 
 class CoordinatorBus:
