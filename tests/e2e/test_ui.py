@@ -212,10 +212,12 @@ def finish(env: Env, run_id: str, timeout: float = 60) -> dict[str, Any]:
     )
 
 
-def screenshot(page: Any, name: str) -> None:
+def screenshot(page: Any, name: str, *, height: int = 900) -> None:
+    """The top `height` pixels of the page, into docs/img/ when STEPPE_UI_SCREENSHOTS is set."""
     if os.environ.get("STEPPE_UI_SCREENSHOTS"):
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
+        clip = {"x": 0, "y": 0, "width": page.viewport_size["width"], "height": height}
+        page.screenshot(path=str(SCREENSHOTS / name), full_page=True, clip=clip)
 
 
 def status_of(page: Any, selector: str) -> str:
@@ -232,7 +234,6 @@ def test_the_runs_page_lists_a_fresh_run_and_refreshes_it_live(cluster: Env, ope
     # No reload: the page's few lines of JavaScript swap in the new state.
     playwright_sync.expect(row.locator(".badge")).to_have_text("succeeded", timeout=30_000)
     assert page.locator("#live-toggle").is_checked()
-    screenshot(page, "ui-runs.png")
 
     page.select_option("select[name=status]", "failed")
     page.click("form.filters button")
@@ -283,7 +284,7 @@ def test_the_run_page_draws_every_step_with_its_state_and_a_failed_steps_traceba
     events = page.locator("#events tbody tr")
     assert events.count() == len(cluster.queries.events(run_id))
     assert "run.failed" in events.last.inner_text()
-    screenshot(page, "ui-run.png")
+    screenshot(page, "ui-run.png", height=1250)
 
 
 def test_cancel_and_retry_from_the_ui_change_the_run(cluster: Env, open_api: ApiServer, page: Any) -> None:
@@ -492,5 +493,8 @@ def test_a_200_step_run_renders_quickly(cluster: Env, open_api: ApiServer, page:
                 http.get(f"/ui/runs/{rid}").raise_for_status()
                 samples.append(time.perf_counter() - start)
             timings[name] = statistics.median(samples)
+    page.goto(f"{open_api.url}/ui/runs")  # by now, runs of every test of this module
+    assert page.locator(f'tr[data-run="{fan_id}"]').count() == 1
+    screenshot(page, "ui-runs.png")
     print(f"run page render, median of 20 GETs: {', '.join(f'{k}: {v * 1000:.1f} ms' for k, v in timings.items())}")
     assert all(v < 1.0 for v in timings.values()), timings

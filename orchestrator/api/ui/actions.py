@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import quote
 
+import redis
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -55,6 +56,8 @@ async def _act(request: Request, action: Action) -> Response:
         outcome = await run_in_threadpool(action, ui, form)
     except SteppeError as e:
         return error_page(ui, status_of(e), str(e))
+    except (redis.ConnectionError, redis.TimeoutError) as e:
+        return error_page(ui, 503, f"Redis is unreachable ({e}); nothing was changed, try again when it is back")
     return outcome if isinstance(outcome, Response) else redirect(ui, outcome)
 
 

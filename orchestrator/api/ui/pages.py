@@ -155,7 +155,7 @@ def _dead_letters(ui: Ui) -> tuple[str, dict[str, Any]]:
         "one_line": one_line,
         "filters": {"status": status or "", "run": run or "", "reason": reason or ""},
         "statuses": DEAD_LETTER_STATUSES,
-        "live": True,
+        "live": False,  # each read merges up to 10,000 stream entries: not every few seconds
     }
 
 
