@@ -285,6 +285,10 @@ def test_the_run_page_draws_every_step_with_its_state_and_a_failed_steps_traceba
     assert events.count() == len(cluster.queries.events(run_id))
     assert "run.failed" in events.last.inner_text()
     screenshot(page, "ui-run.png", height=1250)
+    # The same page reads without JavaScript: graph, states and traceback are in the HTML itself.
+    raw = httpx.get(f"{open_api.url}/ui/runs/{run_id}", timeout=10).text
+    assert '<g class="node st-failed" data-step="charge_card" data-status="failed">' in raw
+    assert "Traceback (most recent call last)" in raw
 
 
 def test_cancel_and_retry_from_the_ui_change_the_run(cluster: Env, open_api: ApiServer, page: Any) -> None:
@@ -371,6 +375,24 @@ def test_the_dead_letter_page_replays_one_with_edited_arguments(cluster: Env, op
     # A replayed dead letter offers no second replay.
     page.locator("#dead-letters tbody tr", has_text=run_id).locator("td a").first.click()
     assert page.locator("#replay").count() == 0
+
+    # Purge: refused without the confirmation, then everything older than 0s is gone.
+    page.goto(f"{open_api.url}/ui/dead-letters")
+    page.click("details.purge summary")
+    page.fill("input[name=older_than]", "0s")
+    unconfirmed = page.request.post(
+        f"{open_api.url}/ui/dead-letters/purge",
+        form={"csrf": csrf_of(page), "older_than": "0s"},
+        headers={"Origin": open_api.url},
+        max_redirects=0,
+    )
+    assert unconfirmed.status == 422
+    assert "nothing was deleted" in unconfirmed.text()
+    assert page.locator("#dead-letters tbody tr[data-dead-letter]").count() >= 1
+    page.check("input[name=confirm]")
+    page.click("details.purge button")
+    assert "Old dead letters purged" in page.locator(".notice").inner_text()
+    assert page.locator("#dead-letters tbody tr[data-dead-letter]").count() == 0
 
 
 def test_a_token_requires_a_login_and_every_post_its_csrf_token(cluster: Env, locked_api: ApiServer, page: Any) -> None:

@@ -35,10 +35,17 @@
         }
         var state = {};
         main.querySelectorAll("details[id]").forEach(function (d) { state[d.id] = d.open; });
+        var dag = main.querySelector("figure.dag");
+        var scroll = dag ? [dag.scrollLeft, dag.scrollTop] : null;
         main.replaceChildren.apply(main, Array.prototype.slice.call(fresh.childNodes));
         main.querySelectorAll("details[id]").forEach(function (d) {
           if (d.id in state) d.open = state[d.id];
         });
+        dag = main.querySelector("figure.dag");
+        if (dag && scroll) {
+          dag.scrollLeft = scroll[0];
+          dag.scrollTop = scroll[1];
+        }
         if (fresh.dataset.live !== "on") {
           window.clearInterval(timer);
           main.dataset.live = "off";
