@@ -89,8 +89,7 @@ def fan_out(items: int, inputs: dict[str, Any] | None = None) -> list[Dispatch]:
         rng=random.Random(1),
     )
     engine.start()
-    outbox = engine.drain().dispatches
-    return outbox
+    return engine.drain().dispatches
 
 
 def stored_form(outbox: list[Dispatch]) -> bytes:
