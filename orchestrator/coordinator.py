@@ -41,12 +41,12 @@ from orchestrator.quarantine import BatchSplitter
 from orchestrator.republish import Republisher
 from orchestrator.run_loader import RunLoader
 from orchestrator.settings import Settings, check_timing
-from orchestrator.state import TERMINAL_RUN_STATUSES, RunStatus
+from orchestrator.state import RunStatus
 from orchestrator.step_keys import StepRole, role_of
 from orchestrator.store.dead_letters import DeadLetterStore
 from orchestrator.store.hooks import HookStore
 from orchestrator.store.leases import LeaseManager
-from orchestrator.store.runs import RunStore, StoredRun
+from orchestrator.store.runs import RunStore
 from orchestrator.timer_queue import TimerQueue
 from orchestrator.wire import ResultMessage
 from patterns.dead_letter import DeadLetter
@@ -80,6 +80,7 @@ class Coordinator:
         self.splitter = BatchSplitter(store=store, owner=self.id)
         self.rng = random.Random()
         self.loader = RunLoader(
+            store=store,
             settings=settings,
             clock=clock,
             rng=self.rng,
@@ -233,19 +234,12 @@ class Coordinator:
         return started
 
     def _load(self, run_ids: Iterable[str], *, finished_too: bool = False) -> None:
-        """Track the runs of these ids that this coordinator's partitions hold and it does not track yet."""
-        for stored in self.store.load_runs([r for r in run_ids if r not in self.runs]):
-            if stored.partition not in self.partitions:
-                continue
-            if stored.projection.status in TERMINAL_RUN_STATUSES and not finished_too:
-                continue  # late results of a finished run are duplicates; a retry command re-admits it
-            self._track(stored)
-
-    def _track(self, stored: StoredRun) -> None:
-        engine = self.loader.engine(stored)
-        if engine is not None:
-            self.runs[stored.run_id] = Tracked(engine=engine, version=stored.version, workflow=stored.workflow)
-            self.timers.push(engine.drain().timers)  # a freshly loaded engine holds only its timers
+        """Track the runs of these ids that this coordinator's partitions hold and it does not track yet
+        (finished ones only with `finished_too`: a retry command re-admits them)."""
+        wanted = [r for r in run_ids if r not in self.runs]
+        for tracked in self.loader.load(wanted, self.partitions, finished_too=finished_too):
+            self.runs[tracked.engine.run.run_id] = tracked
+            self.timers.push(tracked.engine.drain().timers)  # a freshly loaded engine holds only its timers
 
     def _apply_commands(self) -> list[tuple[int, str]]:
         done: list[tuple[int, str]] = []

@@ -1,28 +1,30 @@
-"""A coordinator's run engines, built from stored runs (`RunLoader.engine`).
+"""A coordinator's runs, loaded from PostgreSQL with their engines (`RunLoader.load`).
 
 A stored definition is validated and compiled once per content (a cache of 1,024 definitions;
 the whole cache is dropped when it fills), and each new one is announced (`on_compiled`, for the
 coordinator to create its queues' consumer groups). A definition that no longer loads — it
 validated at submit, validation became stricter since — fails its run (`BatchSplitter.fail_unloadable`);
-any other error is logged, and the run is left for an operator. No Redis here.
+any other error is logged, and the run is left for an operator. Reads PostgreSQL, never Redis.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import orjson
 import structlog
 
+from orchestrator.batch import Tracked
 from orchestrator.engine import RunEngine
 from orchestrator.errors import SteppeError
 from orchestrator.hook_runner import HookRunner
 from orchestrator.quarantine import BatchSplitter
 from orchestrator.settings import Settings
 from orchestrator.spec import WorkflowSpec
-from orchestrator.store.runs import StoredRun
+from orchestrator.state import TERMINAL_RUN_STATUSES
+from orchestrator.store.runs import RunStore, StoredRun
 from orchestrator.workflow import CompiledWorkflow, compile_workflow
 
 __all__ = ["COMPILED_CACHE_SIZE", "RunLoader"]
@@ -38,6 +40,7 @@ class RunLoader:
     def __init__(
         self,
         *,
+        store: RunStore,
         settings: Settings,
         clock: Callable[[], float],
         rng: random.Random,
@@ -45,6 +48,7 @@ class RunLoader:
         splitter: BatchSplitter,
         on_compiled: Callable[[CompiledWorkflow], None],
     ) -> None:
+        self.store = store
         self.settings = settings
         self.clock = clock
         self.rng = rng
@@ -52,6 +56,20 @@ class RunLoader:
         self.splitter = splitter
         self.on_compiled = on_compiled
         self._compiled: dict[bytes, CompiledWorkflow] = {}
+
+    def load(self, run_ids: Sequence[str], partitions: Collection[int], *, finished_too: bool) -> list[Tracked]:
+        """The runs of these ids in `partitions`, finished ones only with `finished_too` (late results of
+        a finished run are duplicates), but those whose definition no longer loads."""
+        tracked: list[Tracked] = []
+        for stored in self.store.load_runs(list(run_ids)):
+            if stored.partition not in partitions:
+                continue
+            if stored.projection.status in TERMINAL_RUN_STATUSES and not finished_too:
+                continue
+            engine = self.engine(stored)
+            if engine is not None:
+                tracked.append(Tracked(engine=engine, version=stored.version, workflow=stored.workflow))
+        return tracked
 
     def engine(self, stored: StoredRun) -> RunEngine | None:
         """The run's engine, or None when its definition no longer loads (see the module docstring)."""
