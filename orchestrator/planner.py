@@ -50,6 +50,7 @@ class Plan:
     queue_width: dict[str, int]
     fan_out: frozenset[str]
     graph: nx.DiGraph = field(repr=False)
+    waits: dict[str, str] = field(default_factory=dict)  # step id → WAIT_MARKS of a step no worker runs
 
     def ancestors(self, step_id: str) -> set[str]:
         """Every step that must succeed before `step_id` can run."""
@@ -91,6 +92,7 @@ def _annotate(graph: nx.DiGraph, spec: WorkflowSpec) -> None:
         attrs["queue"] = spec.queue_of(step)
         attrs["weight"] = step.estimate if step.estimate is not None else UNIT_WEIGHT
         attrs["fan_out"] = step.for_each is not None
+        attrs["waits"] = step.wait_kind is not None
 
 
 def analyse(graph: nx.DiGraph) -> GraphAnalysis:
@@ -213,7 +215,7 @@ def _plan(spec: WorkflowSpec) -> Plan:
     width: dict[str, int] = {}
     nodes = graph.nodes
     for wave in waves:
-        for queue, count in Counter(nodes[node]["queue"] for node in wave).items():
+        for queue, count in Counter(nodes[node]["queue"] for node in wave if not nodes[node]["waits"]).items():
             width[queue] = max(width.get(queue, 0), count)
     return Plan(
         workflow=spec.name,
@@ -225,10 +227,14 @@ def _plan(spec: WorkflowSpec) -> Plan:
         queue_width=dict(sorted(width.items())),
         fan_out=frozenset(step.id for step in spec.steps if step.for_each is not None),
         graph=graph,
+        waits={step.id: WAIT_MARKS[step.wait_kind] for step in spec.steps if step.wait_kind is not None},
     )
 
 
 # --- renderers ------------------------------------------------------------------------------
+
+# How a plan marks the steps that wait instead of running a handler (docs/spec.md §12.1).
+WAIT_MARKS = {"wait": "⏸ signal", "approval": "⏸ approval", "sleep": "⏲ sleep"}
 
 TABLE_WAVE_LIMIT = 12  # steps listed per wave in the table; the rest are counted
 TABLE_WAVES_SHOWN = 40  # waves listed in the table: the first and last ones of a deep plan
@@ -253,6 +259,8 @@ def render_dot(plan: Plan) -> str:
     for node in plan.nodes:
         if node in plan.fan_out:
             lines.append(f"  {_quote(node)} [shape=box3d, label={_quote(node + ' (for each)')}];")
+        elif node in plan.waits:
+            lines.append(f"  {_quote(node)} [shape=octagon, label={_quote(node + ' ' + plan.waits[node])}];")
     for a, b in plan.edges:
         style = " [color=red, penwidth=2]" if (a, b) in critical else ""
         lines.append(f"  {_quote(a)} -> {_quote(b)}{style};")
@@ -267,6 +275,8 @@ def render_mermaid(plan: Plan) -> str:
     for node in plan.nodes:
         if node in plan.fan_out:
             lines.append(f'  {ids[node]}[["{node} (for each)"]]')
+        elif node in plan.waits:
+            lines.append(f'  {ids[node]}{{{{"{node} {plan.waits[node]}"}}}}')
         else:
             lines.append(f'  {ids[node]}["{node}"]')
     lines.extend(f"  {ids[a]} --> {ids[b]}" for a, b in plan.edges)
@@ -283,6 +293,14 @@ def _shorten(items: list[str], limit: int) -> list[str]:
     return [*items[:half], f"… {len(items) - 2 * half} more …", *items[-half:]]
 
 
+def _shown(plan: Plan, node: str) -> str:
+    if node in plan.fan_out:
+        return f"{node} ⋔"
+    if node in plan.waits:
+        return f"{node} {plan.waits[node]}"
+    return node
+
+
 def render_table(plan: Plan) -> RenderableType:
     """A rich view: waves and their steps, the critical path, and the widest wave per queue."""
     from rich.console import Group
@@ -292,7 +310,7 @@ def render_table(plan: Plan) -> RenderableType:
     waves = Table(title=f"{plan.workflow}: {len(plan.nodes)} steps, {len(plan.edges)} edges, {len(plan.waves)} waves")
     waves.add_column("wave", justify="right")
     waves.add_column("width", justify="right")
-    waves.add_column("steps (⋔ = for_each fan-out)")
+    waves.add_column("steps (⋔ = for_each fan-out, ⏸ = waits for a signal or approval, ⏲ = sleeps)")
     count = len(plan.waves)
     half = TABLE_WAVES_SHOWN // 2
     for i, wave in enumerate(plan.waves, 1):
@@ -300,7 +318,7 @@ def render_table(plan: Plan) -> RenderableType:
             if i == half + 1:
                 waves.add_row("…", "", f"{count - 2 * half} more waves (see --format json)")
             continue
-        shown = [f"{node} ⋔" if node in plan.fan_out else node for node in wave[:TABLE_WAVE_LIMIT]]
+        shown = [_shown(plan, node) for node in wave[:TABLE_WAVE_LIMIT]]
         more = f" … and {len(wave) - TABLE_WAVE_LIMIT} more" if len(wave) > TABLE_WAVE_LIMIT else ""
         waves.add_row(str(i), str(len(wave)), ", ".join(shown) + more)
     path = " → ".join(_shorten(plan.critical_path, TABLE_PATH_LIMIT))

@@ -55,6 +55,18 @@ class SwarmDef:
 
 
 @dataclass(frozen=True, slots=True)
+class WaitDef:
+    """A step no worker runs (docs/spec.md §12.1): `kind` is `signal`, `approval` or `sleep`."""
+
+    kind: str
+    signal: str | None = None  # kind signal: the name it waits for
+    timeout: float | None = None  # signal and approval: fail with a timeout after this many seconds
+    approvers: tuple[str, ...] | None = None  # approval: who may decide (None: anyone)
+    duration: float | None = None  # sleep: seconds
+    until: str | None = None  # sleep: an ISO-8601 time, or a ${{ }} reference to one
+
+
+@dataclass(frozen=True, slots=True)
 class StepDef:
     """One step with every default applied."""
 
@@ -76,6 +88,7 @@ class StepDef:
     workflow: str | None = None  # hierarchical: the child workflow this step runs
     gate: GateDef | None = None
     swarm: SwarmDef | None = None
+    wait: WaitDef | None = None  # signal, approval or sleep: no worker runs the step
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +144,8 @@ def compile_workflow(spec: WorkflowSpec) -> CompiledWorkflow:
         order=order,
         leaves=tuple(sid for sid in order if not steps[sid].dependents),
         queues=frozenset(
-            {s.queue for s in steps.values()} | {s.compensate.queue for s in steps.values() if s.compensate}
+            {s.queue for s in steps.values() if s.wait is None}
+            | {s.compensate.queue for s in steps.values() if s.compensate}
         ),
         hooks=tuple(spec.hooks),
         children=dict(spec.workflows),
@@ -164,7 +178,19 @@ def _step(spec: WorkflowSpec, s: StepSpec, default_retry: RetryPolicy, dependent
         workflow=s.workflow,
         gate=_gate(s.gate),
         swarm=_swarm(s.swarm),
+        wait=_wait(s),
     )
+
+
+def _wait(s: StepSpec) -> WaitDef | None:
+    if s.wait is not None:
+        return WaitDef("signal", signal=s.wait.signal, timeout=s.wait.timeout)
+    if s.approval is not None:
+        approvers = tuple(s.approval.approvers) if s.approval.approvers is not None else None
+        return WaitDef("approval", timeout=s.approval.timeout, approvers=approvers)
+    if s.sleep is not None:
+        return WaitDef("sleep", duration=s.sleep.duration, until=s.sleep.until)
+    return None
 
 
 def _compensate(

@@ -21,6 +21,7 @@ NAME_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 HANDLER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$"
 EVENT_PATTERN = r"^(\*|[a-z_]+(\.([a-z_]+|\*))*)$"
 ERROR_TYPE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]{0,255}$"
+SIGNAL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 # What each pattern means, for error messages (keyed by the pattern pydantic reports).
 PATTERN_HINTS = {
@@ -32,6 +33,10 @@ PATTERN_HINTS = {
     ),
     EVENT_PATTERN: "must be an event name or pattern such as step.failed, run.* or *",
     ERROR_TYPE_PATTERN: "must be an exception type name such as TimeoutError or httpx.ConnectError",
+    SIGNAL_PATTERN: (
+        "must be a signal name such as payment-webhook: ASCII letters, digits, '.', '_' and '-', "
+        "starting with a letter or digit (1 to 128 characters)"
+    ),
 }
 
 DEFAULT_QUEUE = "default"
@@ -212,6 +217,70 @@ class HookSpec(_Model):
     with_: Arguments = Field(default_factory=dict, alias="with")
 
 
+class WaitSpec(_Model):
+    """`wait:` a step that waits for a named signal (docs/spec.md §12.1); its output is the payload."""
+
+    signal: Annotated[str, Field(pattern=SIGNAL_PATTERN)]
+    timeout: Duration | None = None
+
+
+class ApprovalSpec(_Model):
+    """`approval:` a person approves or rejects the step; no worker runs it."""
+
+    timeout: Duration | None = None
+    approvers: list[Name] | None = Field(default=None, min_length=1)
+
+
+def _sleep_shorthand(value: object) -> object:
+    """`sleep: 10m` means `sleep: {duration: 10m}`."""
+    return value if value is None or isinstance(value, dict) else {"duration": value}
+
+
+def _check_until(value: object) -> object:
+    if value is None or (isinstance(value, str) and whole_reference(value) is not None):
+        return value
+    if isinstance(value, str):
+        from orchestrator.instants import parse_instant
+
+        parse_instant(value)  # raises ValueError with what to write
+        return value
+    raise ValueError(
+        f'must be an ISO-8601 time such as "2026-12-24T18:00:00Z" or one ${{{{ … }}}} reference, not {value!r}'
+    )
+
+
+class SleepSpec(_Model):
+    """`sleep:` a durable timer: a duration, or `until` an ISO-8601 time."""
+
+    duration: Duration | None = None
+    until: Annotated[str | None, BeforeValidator(_check_until)] = None
+
+    @model_validator(mode="after")
+    def _check_one(self) -> SleepSpec:
+        if (self.duration is None) == (self.until is None):
+            raise ValueError(
+                'set exactly one of a duration (`sleep: 10m`) or `until` (`sleep: {until: "2026-12-24T18:00:00Z"}`)'
+            )
+        return self
+
+
+# What a step that no worker runs may not set, and why.
+_NOT_ON_WAITS = {
+    "for_each": "`for_each`",
+    "swarm": "`swarm`",
+    "gate": "`gate`",
+    "retry": "`retry` (a wait is not retried)",
+    "circuit_breaker": "`circuit_breaker`",
+    "queue": "`queue`",
+    "priority": "`priority`",
+    "timeout": "`timeout` (put it inside the `wait:` or `approval:` block)",
+}
+
+
+def _an(kind: str) -> str:
+    return f"an `{kind}`" if kind[0] in "aeiou" else f"a `{kind}`"
+
+
 class StepSpec(_Model):
     """One step as written. Unset settings are None; `orchestrator.workflow.compile_workflow` resolves them."""
 
@@ -232,13 +301,39 @@ class StepSpec(_Model):
     estimate: Duration | None = None
     gate: GateSpec | None = None
     swarm: SwarmSpec | None = None
+    wait: WaitSpec | None = None  # durable waits (docs/spec.md §12.1): no worker runs these three
+    approval: ApprovalSpec | None = None
+    sleep: Annotated[SleepSpec | None, BeforeValidator(_sleep_shorthand)] = None
+
+    @property
+    def wait_kind(self) -> str | None:
+        """`wait`, `approval` or `sleep` for a step that waits instead of running a handler; else None."""
+        for kind in ("wait", "approval", "sleep"):
+            if getattr(self, kind) is not None:
+                return kind
+        return None
 
     @model_validator(mode="after")
     def _check_kind(self) -> StepSpec:
-        if (self.handler is None) == (self.workflow is None):
+        kinds = [k for k in ("handler", "workflow", "wait", "approval", "sleep") if getattr(self, k) is not None]
+        if len(kinds) == 2 and self.wait_kind is not None:  # a wait kind and one more
+            other = next(k for k in kinds if k != self.wait_kind)
             raise ValueError(
-                "set exactly one of `handler` (a registered handler name) or `workflow` (a child workflow)"
+                f"{_an(self.wait_kind)} step waits; no worker runs it: remove `{other}` (or the `{self.wait_kind}:`"
+                " block and make it a handler step)"
             )
+        if len(kinds) != 1:
+            raise ValueError(
+                "set exactly one of `handler` (a registered handler name), `workflow` (a child workflow), "
+                "`wait` (a signal), `approval` (a person) or `sleep` (a timer)"
+            )
+        if self.wait_kind is not None:
+            written = [text for name, text in _NOT_ON_WAITS.items() if getattr(self, name) is not None]
+            if self.with_:
+                written.append("`with`")
+            if written:
+                listed = ", ".join(written)
+                raise ValueError(f"{_an(self.wait_kind)} step runs no handler, so it cannot set {listed}: remove it")
         if self.swarm is not None and self.workflow is not None:
             raise ValueError("`swarm` runs replicas of a handler; it cannot run a child workflow")
         if self.swarm is not None and self.for_each is not None:
