@@ -1,7 +1,9 @@
 """Run repository, the write path: new runs, the coordinator's loads and batched writes, run commands.
 
-Every run is inserted by one statement (`_insert_runs`: the row and its `run.submitted` event);
-submissions, bulk submissions and child runs differ only in what a conflict means. The
+Every run is inserted by one function (`_insert_runs`: the row and its `run.submitted` event, the
+same columns from the same row values); submissions, bulk submissions and child runs differ only in
+what a conflict means. Where none is expected (a bulk submission) the rows go by COPY, else by one
+INSERT … ON CONFLICT DO NOTHING statement. The
 coordinator's hot path writes a batch of results in one transaction: events, touched step rows
 with one multi-row upsert, run rows with an optimistic `version` check (a conflict means another
 coordinator owns the run now), dead letters (`dead_letters.write`). The read paths of the CLI,
@@ -74,6 +76,7 @@ class NewRun:
     parent_run_id: str | None = None
     parent_step: str | None = None
     depth: int = 0
+    workflow_version: int | None = None  # the deployed version it runs (`steppe submit NAME@V`)
 
 
 _NEW_RUN_FIELDS = tuple(f.name for f in fields(NewRun))
@@ -89,11 +92,13 @@ _ON_CONFLICT = {
 _INSERT_RUNS = """
 WITH created AS (
     INSERT INTO workflow_runs (run_id, workflow, status, partition, definition, inputs, plan, state, last_seq,
-                               idempotency_key, parent_run_id, parent_step, depth)
+                               idempotency_key, parent_run_id, parent_step, depth, workflow_version)
     SELECT run_id, workflow, 'pending', partition, definition, inputs, plan,
-           jsonb_build_object('workflow', workflow), 1, idempotency_key, parent_run_id, parent_step, depth
+           jsonb_build_object('workflow', workflow), 1, idempotency_key, parent_run_id, parent_step, depth,
+           workflow_version
     FROM jsonb_to_recordset(%s::jsonb) AS x(run_id text, workflow text, partition int, definition jsonb,
-         inputs jsonb, plan jsonb, idempotency_key text, parent_run_id text, parent_step text, depth int)
+         inputs jsonb, plan jsonb, idempotency_key text, parent_run_id text, parent_step text, depth int,
+         workflow_version int)
     {on_conflict}
     RETURNING run_id, workflow),
 submitted AS (
@@ -101,7 +106,7 @@ submitted AS (
     SELECT run_id, 1, %s, jsonb_build_object('workflow', workflow) FROM created)
 SELECT run_id FROM created
 """
-# Runs per statement of a bulk submission: bounds the JSON document a statement carries.
+# Runs per INSERT statement (child runs): bounds the JSON document a statement carries.
 INSERT_CHUNK = 500
 
 
@@ -198,8 +203,7 @@ class RunStore:
     def create_runs(self, runs: Sequence[NewRun]) -> None:
         """Insert many pending runs (no idempotency keys) in one transaction."""
         with self.connection() as conn, conn.transaction():
-            for start in range(0, len(runs), INSERT_CHUNK):
-                _insert_runs(conn, runs[start : start + INSERT_CHUNK], on_conflict=None)
+            _insert_runs(conn, runs, on_conflict=None)
 
     def create_child_runs(self, children: Sequence[NewRun]) -> list[str]:
         """Insert pending child runs that do not exist yet (a coordinator may repeat itself
@@ -439,8 +443,39 @@ def _insert_runs(
 ) -> list[str]:
     """Insert `runs` (pending, each with its `run.submitted` event); returns the ids inserted, which
     leave out those `on_conflict` skipped. A value orjson cannot encode raises its TypeError as
-    before; one PostgreSQL refuses (a NUL), psycopg's DataError."""
-    rows = _dumps([{name: getattr(run, name) for name in _NEW_RUN_FIELDS} for run in runs])
+    before; one PostgreSQL refuses (a NUL), psycopg's DataError.
+
+    With no conflict to skip, the rows and events go by COPY: half the server CPU of the statement
+    below for a bulk submission (no JSON document to expand, batched heap inserts)."""
+    if on_conflict is None:
+        return _copy_runs(conn, runs)
     sql = _INSERT_RUNS.format(on_conflict=_ON_CONFLICT[on_conflict])
-    created = conn.execute(sql, (rows, str(EventType.RUN_SUBMITTED))).fetchall()
-    return [r["run_id"] for r in created]
+    created: list[str] = []
+    for start in range(0, len(runs), INSERT_CHUNK):
+        chunk = runs[start : start + INSERT_CHUNK]
+        rows = _dumps([{name: getattr(run, name) for name in _NEW_RUN_FIELDS} for run in chunk])
+        created += [r["run_id"] for r in conn.execute(sql, (rows, str(EventType.RUN_SUBMITTED))).fetchall()]
+    return created
+
+
+# COPY writes the columns `_INSERT_RUNS` writes, named once by NewRun's fields (its dicts as JSON).
+_JSON_FIELDS = frozenset(f.name for f in fields(NewRun) if str(f.type).startswith("dict"))
+_COPY_RUNS = f"COPY workflow_runs (status, state, last_seq, {', '.join(_NEW_RUN_FIELDS)}) FROM STDIN"
+_COPY_SUBMITTED = "COPY workflow_events (run_id, seq, type, data) FROM STDIN"
+
+
+def _copy_runs(conn: psycopg.Connection[dict[str, Any]], runs: Sequence[NewRun]) -> list[str]:
+    """The rows `_INSERT_RUNS` writes (status pending, state {workflow}, last_seq 1, event seq 1), by COPY."""
+    submitted = str(EventType.RUN_SUBMITTED)
+    with conn.cursor() as cur:
+        with cur.copy(_COPY_RUNS) as copy:
+            for r in runs:
+                values = [getattr(r, name) for name in _NEW_RUN_FIELDS]
+                row = [
+                    _dumps(v) if name in _JSON_FIELDS else v for name, v in zip(_NEW_RUN_FIELDS, values, strict=True)
+                ]
+                copy.write_row(("pending", _dumps({"workflow": r.workflow}), 1, *row))
+        with cur.copy(_COPY_SUBMITTED) as copy:
+            for r in runs:
+                copy.write_row((r.run_id, 1, submitted, _dumps({"workflow": r.workflow})))
+    return [r.run_id for r in runs]

@@ -84,7 +84,7 @@ def test_child_runs_are_created_once_however_often_a_coordinator_asks(store: Run
     assert [(r["parent_step"], r["depth"]) for r in rows] == [("c0", 1), ("c1", 1), ("c2", 1)]
 
 
-def test_a_bulk_submission_larger_than_one_statement_inserts_every_run(store: RunStore) -> None:
+def test_a_bulk_submission_inserts_every_run(store: RunStore) -> None:
     runs = [a_run(inputs={"i": i}, partition=i % 4) for i in range(INSERT_CHUNK * 2 + 7)]
     store.create_runs(runs)
     with store.connection() as conn:
@@ -96,6 +96,43 @@ def test_a_bulk_submission_larger_than_one_statement_inserts_every_run(store: Ru
     assert row is not None
     assert (row["runs"], row["events"]) == (len(runs), len(runs))
     assert RunQueries(store).get_run(runs[-1].run_id)["inputs"] == {"i": len(runs) - 1}
+
+
+def stored_row(store: RunStore, run_id: str) -> dict[str, object]:
+    with store.connection() as conn:
+        row = conn.execute(
+            "SELECT workflow, status, partition, definition, inputs, plan, state, last_seq, version, idempotency_key,"
+            " parent_run_id, parent_step, depth, finished_at FROM workflow_runs WHERE run_id = %s",
+            (run_id,),
+        ).fetchone()
+    assert row is not None
+    return dict(row)
+
+
+def test_a_bulk_submission_writes_the_rows_a_single_submission_writes(store: RunStore) -> None:
+    # create_runs goes by COPY, create_run by the INSERT statement: the same row and event either way.
+    fields = {"inputs": {"text": "é ✓\n\t\\", "deep": [1, 2.5, None]}, "partition": 3}
+    single, bulk = a_run(**fields), a_run(**fields)
+    store.create_run(single)
+    store.create_runs([bulk])
+    assert stored_row(store, bulk.run_id) == stored_row(store, single.run_id)
+    assert submitted_events(store, bulk.run_id) == submitted_events(store, single.run_id)
+    parent = a_run()
+    store.create_run(parent)
+    child_fields = {"parent_run_id": parent.run_id, "parent_step": "c", "depth": 1}
+    child, copied = a_run(**child_fields), a_run(**child_fields)
+    store.create_child_runs([child])
+    store.create_runs([copied])
+    assert stored_row(store, copied.run_id) == stored_row(store, child.run_id)
+
+
+def test_child_runs_over_several_statements_are_created_once(store: RunStore) -> None:
+    parent = a_run()
+    store.create_run(parent)
+    children = [a_run(parent_run_id=parent.run_id, parent_step=f"c{i}", depth=1) for i in range(INSERT_CHUNK * 2 + 3)]
+    assert len(store.create_child_runs(children[: INSERT_CHUNK + 1])) == INSERT_CHUNK + 1
+    again = store.create_child_runs(children)
+    assert sorted(again) == sorted(c.run_id for c in children[INSERT_CHUNK + 1 :])
 
 
 def test_a_bulk_submission_with_a_bad_row_writes_nothing(store: RunStore) -> None:
