@@ -47,6 +47,7 @@ class StepStatus(StrEnum):
     DEAD_LETTERED = "dead_lettered"
     COMPENSATED = "compensated"
     CHECKING = "checking"  # handoff: the attempt succeeded and its gate is checking the output
+    WAITING = "waiting"  # for a signal, an approval or a timer (docs/spec.md §12.1); holds no worker slot
 
 
 IN_FLIGHT_STEP_STATUSES = frozenset({StepStatus.DISPATCHED, StepStatus.RUNNING})
@@ -88,6 +89,7 @@ class EventType(StrEnum):
     STEP_RESET = "step.reset"
     STEP_CHECKING = "step.checking"  # handoff: output proposed, the gate runs
     STEP_REJECTED = "step.rejected"  # handoff: the gate rejected the output; the step runs again
+    STEP_WAITING = "step.waiting"  # a wait, approval or sleep step waits (docs/spec.md §12.1)
 
 
 RUN_TERMINAL_EVENTS = {
@@ -199,12 +201,19 @@ def apply_event(run: RunProjection, event: Event) -> None:  # noqa: PLR0912, PLR
         record.due_at = None
         if "vote" in data:
             record.detail["vote"] = data["vote"]
+        _note_wake(record, data)
     elif kind is EventType.STEP_FAILED:
         record.status = StepStatus.FAILED
         record.error = data.get("error")
         record.detail["failures"] = record.detail.get("failures", 0) + 1
         if "vote" in data:
             record.detail["vote"] = data["vote"]
+        _note_wake(record, data)
+    elif kind is EventType.STEP_WAITING:
+        record.status = StepStatus.WAITING
+        record.due_at = data.get("due_at")
+        record.error = None
+        record.detail["wait"] = data.get("wait")
     elif kind is EventType.STEP_CHECKING:
         record.status = StepStatus.CHECKING
         record.output = data.get("output")
@@ -243,11 +252,22 @@ def apply_event(run: RunProjection, event: Event) -> None:  # noqa: PLR0912, PLR
         record.detail.pop("items", None)
         record.detail.pop("rejections", None)
         record.detail.pop("feedback", None)
+        for waited in ("wait", "signal_id", "by"):  # a wait that timed out waits again
+            record.detail.pop(waited, None)
         record.detail["failures"] = 0
         if "args" in data:  # a dead letter replayed with an edited payload
             record.detail["args"] = data["args"]
     else:  # pragma: no cover - exhaustive over EventType
         raise ValueError(f"unknown event type {kind}")
+
+
+def _note_wake(record: StepRecord, data: dict[str, Any]) -> None:
+    """What ended a wait: the signal (or approval) consumed, and who decided; `None` clears the timer."""
+    if "signal_id" in data:
+        record.detail["signal_id"] = data["signal_id"]
+        record.due_at = None
+    if "by" in data:
+        record.detail["by"] = data["by"]
 
 
 def _apply_run_event(run: RunProjection, kind: EventType, data: dict[str, Any]) -> None:

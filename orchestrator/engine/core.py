@@ -22,6 +22,7 @@ from orchestrator.engine.indexes import RunIndexes, status_of
 from orchestrator.engine.output import EngineOutput, Timer
 from orchestrator.engine.patterns import PatternTransitions
 from orchestrator.engine.unwind import Unwinding
+from orchestrator.engine.waits import WAIT_TIMER, Signal, Waits
 from orchestrator.errors import TemplateError
 from orchestrator.messages import Dispatch, PreCheck, StepMessages
 from orchestrator.settings import LimitSettings
@@ -101,6 +102,7 @@ class RunEngine:
         self.idx = RunIndexes()  # shared with the collaborators below
         self.patterns = PatternTransitions(self)
         self.unwinding = Unwinding(self)
+        self.waits = Waits(self, clock)  # signals, approvals and sleeps (engine.waits)
         self._rebuild_indexes()
 
     def _rebuild_indexes(self) -> None:
@@ -112,6 +114,8 @@ class RunEngine:
             elif record.status is StepStatus.RUNNING:
                 started_at = float(record.detail.get("started_at") or self.clock())
                 self._arm_timeout(StepKey.parse(key), record.attempt, started_at)
+            elif record.status is StepStatus.WAITING and record.due_at is not None:
+                self.timers.append(Timer(record.due_at, self.run.run_id, key, record.attempt, WAIT_TIMER))
 
     @property
     def finished(self) -> bool:
@@ -204,7 +208,18 @@ class RunEngine:
                 "retryable": True,
             }
             self._on_failure(key, record.attempt, error)
+        elif timer.kind == WAIT_TIMER and record.status is StepStatus.WAITING:
+            self.waits.on_timer(key, record)
         self.advance()
+
+    def offer_signals(self, signals: list[Signal]) -> bool:
+        """The run's stored signals and approval decisions not consumed yet; True when one ended a wait."""
+        if self.finished:
+            return False
+        before = self.run.last_seq
+        self.waits.offer(signals)
+        self.advance()
+        return self.run.last_seq != before
 
     def on_result(self, msg: ResultMessage) -> bool:
         """Apply one worker result; False when fenced off as a duplicate or late result."""
@@ -306,7 +321,11 @@ class RunEngine:
             if step.for_each is not None or step.swarm is not None:
                 self.patterns.fan_out(step)
                 return
-        except TemplateError as e:  # RunLimitError included
+            if step.wait is not None:  # waits without a dispatch, holding no worker slot
+                timer = self.waits.start(step)
+                self.timers.extend([timer] if timer is not None else [])
+                return
+        except (TemplateError, ValueError) as e:  # RunLimitError included; a sleep's `until` that is no time
             self.fail_now(StepKey(step.id), {"type": type(e).__name__, "message": str(e), "retryable": False})
             return
         self.dispatch(StepKey(step.id))
@@ -388,10 +407,10 @@ class RunEngine:
         self.idx.in_flight.discard(text)
         self._on_final_failure(key, error)
 
-    def fail_now(self, key: StepKey, error: dict[str, Any]) -> None:
+    def fail_now(self, key: StepKey, error: dict[str, Any], **data: Any) -> None:
         text = str(key)
         record = self.run.step(text)
-        self.emit(EventType.STEP_FAILED, step=text, attempt=record.attempt, error=error)
+        self.emit(EventType.STEP_FAILED, step=text, attempt=record.attempt, error=error, **data)
         self.idx.in_flight.discard(text)
         self._on_final_failure(key, error)
 

@@ -34,8 +34,8 @@ class EngineOps(Protocol):
     def dispatch(self, key: StepKey) -> None:
         """Dispatch the next attempt of a step instance (or start its child run)."""
 
-    def fail_now(self, key: StepKey, error: dict[str, Any]) -> None:
-        """Fail a step instance for good, without a retry."""
+    def fail_now(self, key: StepKey, error: dict[str, Any], **data: Any) -> None:
+        """Fail a step instance for good, without a retry (`data`: more fields of its event)."""
 
     def after_terminal(self, sid: str) -> None:
         """Step `sid` is terminal: close it and, if it succeeded, make ready the dependents it was the last need of."""

@@ -27,8 +27,8 @@ class Unwinding:
 
     def unwind(self) -> None:
         """Stop dispatching, cancel what has not started, and finish once nothing is in flight."""
-        for sid in self.wf.order:
-            if status_of(self.run.steps, sid) is StepStatus.PENDING:
+        for sid in self.wf.order:  # a waiting step is released (docs/spec.md §12.1)
+            if status_of(self.run.steps, sid) in (StepStatus.PENDING, StepStatus.WAITING):
                 self.engine.emit(EventType.STEP_CANCELLED, step=sid)
                 self.idx.open.discard(sid)
         self.idx.ready.clear()
