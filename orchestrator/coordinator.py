@@ -39,6 +39,7 @@ from orchestrator.hook_runner import HookBatch, HookRunner
 from orchestrator.keys import Keys
 from orchestrator.quarantine import BatchSplitter
 from orchestrator.republish import Republisher
+from orchestrator.retention import Pruner
 from orchestrator.run_loader import RunLoader
 from orchestrator.settings import Settings, check_timing
 from orchestrator.state import RunStatus
@@ -99,6 +100,7 @@ class Coordinator:
         self._next_lease = 0.0
         self._next_reconcile = 0.0
         self.republisher = Republisher(self.bus, self.hooks)
+        self.pruner = Pruner(store=store, settings=settings.retention, clock=clock)
         self.stopping = False
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -172,6 +174,7 @@ class Coordinator:
             self._maintain_leases()
         if now >= self._next_reconcile:
             self._reconcile()
+        self.pruner.tick(now)  # retention: a background batch when due (orchestrator/retention.py)
         self._flush_unpublished()
 
     def _read(self, block_ms: int | None) -> Inbox:

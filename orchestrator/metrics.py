@@ -39,6 +39,11 @@ BREAKER_STATE = Gauge("steppe_breaker_state", "Circuit breaker state (0 closed, 
 BREAKER_TRANSITIONS = Counter("steppe_breaker_transitions_total", "Circuit breaker transitions", ["breaker", "to"])
 COMPENSATIONS = Counter("steppe_compensations_total", "Compensation steps finished", ["status"])
 HOOKS = Counter("steppe_hook_executions_total", "Hook executions", ["kind", "status"])
+RETENTION_PRUNED = Counter("steppe_retention_pruned_rows_total", "Rows deleted by retention", ["table"])
+RETENTION_OLDEST_FINISHED = Gauge(
+    "steppe_retention_oldest_finished_run_timestamp_seconds",
+    "When the oldest finished top-level run still kept finished (the time of the last look when none is)",
+)
 LIVE_WORKERS = Gauge("steppe_live_workers", "Workers with a live heartbeat")
 WORKER_INFLIGHT = Gauge("steppe_worker_inflight", "Steps executing in this worker")
 COORDINATOR_LOOP = Histogram(

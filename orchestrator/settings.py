@@ -10,6 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from orchestrator.durations import parse_duration
 from orchestrator.errors import ConfigError, InfrastructureError
 
 # Name of the file in STEPPE_HOME where `steppe dev up` records its servers.
@@ -66,6 +67,23 @@ class CoordinatorSettings(BaseModel):
     reconcile_interval: float = 15.0
 
 
+class RetentionSettings(BaseModel):
+    """How long finished runs are kept (`STEPPE_RETENTION__…`, docs/spec.md §12.6).
+
+    Coordinators prune finished runs older than `finished_runs` (a duration such as `30d`;
+    `0` keeps everything), one batch of at most `batch_runs` top-level runs every `interval`
+    (sooner while there is a backlog), one coordinator at a time."""
+
+    finished_runs: float = Field(default=30 * 86400.0, description="STEPPE_RETENTION__FINISHED_RUNS: 30d; 0 keeps all")
+    batch_runs: int = Field(default=100, ge=1, le=10_000)
+    interval: float = Field(default=60.0, gt=0)
+
+    @field_validator("finished_runs", "interval", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value, what="retention setting")
+
+
 class Settings(BaseSettings):
     """Settings shared by the CLI, coordinator and workers."""
 
@@ -88,6 +106,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     coordinator: CoordinatorSettings = Field(default_factory=CoordinatorSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @field_validator("secrets", mode="before")
     @classmethod

@@ -147,6 +147,22 @@ OVERVIEW: dict[str, list[P]] = {
             description="Alert SteppeCoordinatorStalled fires above 60 s",
         ),
     ],
+    "Retention": [
+        P(
+            "Rows pruned by table",
+            (Q(f"sum by (table) (rate(steppe_retention_pruned_rows_total{{{COORD}}}[{RATE}]))", "{{table}}"),),
+            unit="rowsps",
+            width=12,
+            description="Rows of finished runs deleted by retention (STEPPE_RETENTION__FINISHED_RUNS)",
+        ),
+        P(
+            "Age of the oldest finished run kept",
+            (Q(f"time() - min(steppe_retention_oldest_finished_run_timestamp_seconds{{{COORD}}})", "oldest"),),
+            unit="s",
+            width=12,
+            description="Stays near STEPPE_RETENTION__FINISHED_RUNS while pruning keeps up",
+        ),
+    ],
 }
 
 QUEUES_WORKERS: dict[str, list[P]] = {

@@ -69,6 +69,14 @@ BEGIN
     IF to_regclass('public.workflow_events') IS NOT NULL THEN
         EXECUTE 'REVOKE UPDATE, DELETE, TRUNCATE ON public.workflow_events FROM steppe_app';
     END IF;
+    -- Retention (migration 0005): the app calls steppe_prune_finished_runs, the only way events are
+    -- deleted; the tokens that let that function's DELETEs through are the owner's alone.
+    IF to_regclass('steppe_prune_tokens') IS NOT NULL THEN
+        EXECUTE 'REVOKE ALL ON public.steppe_prune_tokens FROM steppe_app';
+    END IF;
+    IF to_regprocedure('public.steppe_prune_finished_runs(timestamptz, integer)') IS NOT NULL THEN
+        EXECUTE 'GRANT EXECUTE ON FUNCTION public.steppe_prune_finished_runs(timestamptz, integer) TO steppe_app';
+    END IF;
     IF to_regclass('public.alembic_version') IS NOT NULL THEN
         EXECUTE 'ALTER TABLE public.alembic_version OWNER TO steppe_migrator';
         EXECUTE 'REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON public.alembic_version FROM steppe_app';

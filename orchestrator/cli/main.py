@@ -45,6 +45,7 @@ def _register_commands() -> None:
         dev,
         dlq,
         hooks,
+        mcp_cmd,
         patterns_cmd,
         processes,
         runs,
@@ -52,7 +53,8 @@ def _register_commands() -> None:
         ui_cmd,
     )
 
-    for module in (dev, db, processes, runs, spec_cmds, bench, api_cmd, ui_cmd, dlq, hooks, admin, patterns_cmd):
+    commands = (dev, db, processes, runs, spec_cmds, bench, api_cmd, ui_cmd, dlq, hooks, admin, patterns_cmd, mcp_cmd)
+    for module in commands:
         module.register(app)
     del bench_client, bench_cluster  # each registers its commands on `bench` when imported
 

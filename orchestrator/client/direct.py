@@ -97,6 +97,12 @@ class DirectTransport:
         return self._open().store
 
     @property
+    def submitter(self) -> Submitter:
+        """The connected Submitter: its settings, store and Redis client (`steppe mcp` reads the
+        worker registry and dead letters through them)."""
+        return self._open()
+
+    @property
     def queries(self) -> RunQueries:
         from orchestrator.store.queries import RunQueries
 

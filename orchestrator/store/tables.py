@@ -62,6 +62,12 @@ workflow_runs = Table(
     Index("ix_workflow_runs_status_created_at", "status", "created_at"),
     Index("ix_workflow_runs_partition_active", "partition", postgresql_where=text("finished_at IS NULL")),
     Index("ix_workflow_runs_parent_run_id", "parent_run_id"),
+    # Retention's scan: finished top-level runs, oldest first (steppe_prune_finished_runs).
+    Index(
+        "ix_workflow_runs_finished_roots",
+        "finished_at",
+        postgresql_where=text("finished_at IS NOT NULL AND parent_run_id IS NULL"),
+    ),
 )
 
 workflow_steps = Table(
@@ -186,4 +192,13 @@ run_commands = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("processed_at", DateTime(timezone=True), nullable=True),
     Index("ix_run_commands_unprocessed", "run_id", postgresql_where=text("processed_at IS NULL")),
+    Index("ix_run_commands_run_id", "run_id"),  # deleting a run's commands (retention) looks them up
+)
+
+# The transactions allowed to delete events: steppe_prune_finished_runs (retention) inserts its
+# own and removes it before returning; only the schema owner may write (or read) this table.
+steppe_prune_tokens = Table(
+    "steppe_prune_tokens",
+    metadata,
+    Column("txid", BigInteger, primary_key=True, autoincrement=False),
 )
