@@ -41,6 +41,7 @@ from orchestrator.quarantine import BatchSplitter
 from orchestrator.republish import Republisher
 from orchestrator.retention import Pruner
 from orchestrator.run_loader import RunLoader
+from orchestrator.scheduler import Scheduler
 from orchestrator.settings import Settings, check_timing
 from orchestrator.state import RunStatus
 from orchestrator.step_keys import StepRole, role_of
@@ -48,6 +49,7 @@ from orchestrator.store.dead_letters import DeadLetterStore
 from orchestrator.store.hooks import HookStore
 from orchestrator.store.leases import LeaseManager
 from orchestrator.store.runs import RunStore
+from orchestrator.submit import Submitter
 from orchestrator.timer_queue import TimerQueue
 from orchestrator.wire import ResultMessage
 from patterns.dead_letter import DeadLetter
@@ -100,6 +102,8 @@ class Coordinator:
         self._next_lease = 0.0
         self._next_reconcile = 0.0
         self.republisher = Republisher(self.bus, self.hooks)
+        # Schedules of this coordinator's partitions (orchestrator/scheduler.py), submitted as any run is.
+        self.scheduler = Scheduler(submitter=Submitter(settings=settings, store=store, client=client), clock=clock)
         self.pruner = Pruner(store=store, settings=settings.retention, clock=clock)
         self.stopping = False
 
@@ -174,6 +178,7 @@ class Coordinator:
             self._maintain_leases()
         if now >= self._next_reconcile:
             self._reconcile()
+        self.scheduler.tick(self.partitions)
         self.pruner.tick(now)  # retention: a background batch when due (orchestrator/retention.py)
         self._flush_unpublished()
 
@@ -183,8 +188,8 @@ class Coordinator:
             return Inbox()
         if block_ms is None:
             block_ms = self.settings.redis.block_ms
-            due = self.timers.next_due()
-            if due is not None:  # wake up for the next timer
+            due = min((t for t in (self.timers.next_due(), self.scheduler.next_due()) if t is not None), default=None)
+            if due is not None:  # wake up for the next timer or schedule tick
                 block_ms = max(1, min(block_ms, int((due - self.clock()) * 1000)))
         inbox = self.bus.read(self.partitions, count=self.cfg.batch_size, block_ms=block_ms)
         if inbox.groups_lost:
@@ -388,6 +393,7 @@ class Coordinator:
             self.hooks.forget(lost)
             self.bus.release(lost)
         if gained or force:
+            self.scheduler.forget()
             self.bus.acquire(self.partitions, gained)
             self._next_reconcile = 0.0
             log.info("partitions_acquired", partitions=gained)

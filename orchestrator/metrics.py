@@ -54,6 +54,24 @@ COORDINATOR_LOOP = Histogram(
 COORDINATOR_HEARTBEAT = Gauge(
     "steppe_coordinator_last_loop_timestamp_seconds", "Unix time of the coordinator's last completed loop"
 )
+# Schedules (orchestrator/scheduler.py); the schedule label is an operator-chosen schedule id.
+SCHEDULE_LAG = Histogram(
+    "steppe_schedule_lag_seconds",
+    "Actual start of a scheduled run minus its due time (the tick plus its jitter)",
+    ["schedule"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+SCHEDULE_TICKS = Counter("steppe_schedule_ticks_total", "Schedule ticks handled", ["schedule", "outcome"])
+SCHEDULE_TICKS_SKIPPED = Counter(
+    "steppe_schedule_ticks_skipped_total",
+    "Ticks not started: overlap (previous run active) or catchup",
+    ["schedule", "reason"],
+)
+SCHEDULE_NEXT_FIRE = Gauge(
+    "steppe_schedule_next_fire_timestamp_seconds",
+    "Unix time a schedule's next tick is due (jitter included)",
+    ["schedule"],
+)
 
 
 def serve_metrics(port: int | None, host: str = "127.0.0.1") -> None:

@@ -27,6 +27,7 @@ class Submitted:
     run_id: str
     created: bool
     workflow: str
+    version: int | None = None  # the deployed version it runs (`submit NAME@V`), else None
 
 
 def new_run_id() -> str:
@@ -80,6 +81,7 @@ class Submitter:
         parent_step: str | None = None,
         depth: int = 0,
         base_dir: Path | None = None,
+        workflow_version: int | None = None,
     ) -> Submitted:
         """Validate and record one run. `base_dir` is where child workflows are looked for
         (the parent file's directory), besides `STEPPE_WORKFLOW_PATH`."""
@@ -108,11 +110,12 @@ class Submitter:
                 parent_run_id=parent_run_id,
                 parent_step=parent_step,
                 depth=depth,
+                workflow_version=workflow_version,
             )
         )
         if created:
             bus.notify(self.redis, self.keys, partition, ControlMessage(kind="submitted", run=run_id))
-        return Submitted(run_id=run_id, created=created, workflow=spec.name)
+        return Submitted(run_id=run_id, created=created, workflow=spec.name, version=workflow_version)
 
     def submit_many(
         self, spec: WorkflowSpec, inputs: list[dict[str, Any]], *, check_handlers: bool = True

@@ -148,7 +148,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @report_errors
     def submit(
-        file: Path = typer.Argument(..., help="Workflow YAML"),
+        file: Path = typer.Argument(..., help="Workflow YAML, or NAME[@VERSION] of a deployed workflow"),
         input_: list[str] = typer.Option([], "--input", "-i", help="Input as key=value (JSON values allowed)"),
         inputs_file: Path | None = typer.Option(None, "--inputs-file", help="JSON object of inputs"),
         idempotency_key: str | None = typer.Option(None, "--idempotency-key", help="Return the existing run"),
@@ -160,20 +160,31 @@ def register(app: typer.Typer) -> None:
         settings = load_settings()
         values = read_inputs(input_, inputs_file)
         with connect(settings) as clients:
+            from orchestrator import deployed  # the submit path loads when a command connects
+
             submitter = clients.submitter
-            spec = submitter.load_file(file)
-            result = submitter.submit(
-                spec,
-                inputs=values,
-                idempotency_key=idempotency_key,
-                check_handlers=not no_handler_check,
-                base_dir=file.parent,
-            )
+            if deployed.looks_like_ref(str(file)):
+                result = deployed.submit_ref(
+                    submitter,
+                    str(file),
+                    inputs=values,
+                    idempotency_key=idempotency_key,
+                    check_handlers=not no_handler_check,
+                )
+            else:
+                result = submitter.submit(
+                    submitter.load_file(file),
+                    inputs=values,
+                    idempotency_key=idempotency_key,
+                    check_handlers=not no_handler_check,
+                    base_dir=file.parent,
+                )
             if as_json:
                 typer.echo(json.dumps({"run_id": result.run_id, "created": result.created}))
             else:
                 verb = "submitted" if result.created else "already submitted (idempotency key)"
-                console.print(f"{verb}: [bold]{result.run_id}[/] ({result.workflow})")
+                ref = result.workflow if result.version is None else f"{result.workflow}@{result.version}"
+                console.print(f"{verb}: [bold]{result.run_id}[/] ({ref})")
             if wait:
                 doc = wait_for(clients, result.run_id, live=False)
                 if not as_json:
@@ -230,7 +241,7 @@ def register(app: typer.Typer) -> None:
     @report_errors
     def runs(
         status_: str | None = typer.Option(None, "--status", help="Only runs in this status"),
-        workflow: str | None = typer.Option(None, "--workflow"),
+        workflow: str | None = typer.Option(None, "--workflow", help="NAME, or NAME@VERSION of a deployed one"),
         limit: int = typer.Option(50, "--limit"),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
@@ -246,7 +257,7 @@ def register(app: typer.Typer) -> None:
         for r in rows:
             table.add_row(
                 r["run_id"],
-                r["workflow"],
+                r["workflow"] if r.get("workflow_version") is None else f"{r['workflow']}@{r['workflow_version']}",
                 f"[{STATUS_STYLE.get(r['status'], '')}]{r['status']}[/]",
                 r["created_at"].strftime("%Y-%m-%d %H:%M:%S"),
                 r["finished_at"].strftime("%H:%M:%S") if r["finished_at"] else "",

@@ -86,8 +86,13 @@ class RunQueries:
             clauses.append("status = %s")
             params.append(status)
         if workflow:
+            # `name@3`: the runs started from deployed version 3 of `name` (docs/spec.md §12.3).
+            name, at, version = workflow.rpartition("@") if "@" in workflow else (workflow, "", "")
             clauses.append("workflow = %s")
-            params.append(workflow)
+            params.append(name)
+            if at:
+                clauses.append("workflow_version = %s")
+                params.append(int(version) if version.isdigit() else -1)
         if created_after is not None:
             clauses.append("created_at >= %s")
             params.append(created_after)
@@ -97,7 +102,7 @@ class RunQueries:
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
         with self.store.connection() as conn:
             return conn.execute(
-                "SELECT run_id, workflow, status, created_at, finished_at, parent_run_id"  # noqa: S608
+                "SELECT run_id, workflow, status, created_at, finished_at, parent_run_id, workflow_version"  # noqa: S608
                 f" FROM workflow_runs {where} ORDER BY created_at DESC LIMIT %s",
                 (*params, limit),
             ).fetchall()

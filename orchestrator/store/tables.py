@@ -58,6 +58,7 @@ workflow_runs = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("workflow_version", Integer, nullable=True),  # the deployed version it started from (0006)
     UniqueConstraint("idempotency_key"),
     Index("ix_workflow_runs_status_created_at", "status", "created_at"),
     Index("ix_workflow_runs_partition_active", "partition", postgresql_where=text("finished_at IS NULL")),
@@ -68,6 +69,7 @@ workflow_runs = Table(
         "finished_at",
         postgresql_where=text("finished_at IS NOT NULL AND parent_run_id IS NULL"),
     ),
+    Index("ix_workflow_runs_workflow_created_at", "workflow", "created_at"),
 )
 
 workflow_steps = Table(
@@ -201,4 +203,49 @@ steppe_prune_tokens = Table(
     "steppe_prune_tokens",
     metadata,
     Column("txid", BigInteger, primary_key=True, autoincrement=False),
+)
+
+# Deployed workflows (docs/spec.md §12.3): each distinct document of a name is its next version;
+# `digest` (SHA-256 of the canonical definition) makes a repeated deploy return the same version.
+workflow_versions = Table(
+    "workflow_versions",
+    metadata,
+    Column("name", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("digest", Text, nullable=False),
+    Column("definition", JSONB, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("name", "version"),
+    UniqueConstraint("name", "digest"),
+)
+
+# Schedules: the coordinator leasing `partition` fires them (orchestrator/scheduler.py). Durations
+# are whole milliseconds. `next_tick_at` is the next nominal tick, `next_fire_at` it plus jitter.
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("schedule_id", Text, primary_key=True),
+    Column("partition", Integer, nullable=False),
+    Column("workflow", Text, nullable=False),
+    Column("workflow_version", Integer, nullable=True),  # NULL: the newest version when a tick fires
+    Column("inputs", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("cron", Text, nullable=True),
+    Column("timezone", Text, nullable=False, server_default=text("'UTC'")),
+    Column("every_ms", BigInteger, nullable=True),
+    Column("overlap", Text, nullable=False, server_default=text("'skip'")),
+    Column("catchup", Text, nullable=False, server_default=text("'latest'")),
+    Column("catchup_window_ms", BigInteger, nullable=False, server_default=text("3600000")),
+    Column("jitter_ms", BigInteger, nullable=False, server_default=text("0")),
+    Column("paused", Boolean, nullable=False, server_default=text("false")),
+    Column("next_tick_at", DateTime(timezone=True), nullable=False),
+    Column("next_fire_at", DateTime(timezone=True), nullable=False),
+    Column("last_tick_at", DateTime(timezone=True), nullable=True),
+    Column("last_run_id", Text, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("fired_count", BigInteger, nullable=False, server_default=text("0")),
+    Column("skipped_count", BigInteger, nullable=False, server_default=text("0")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_schedules_partition_next_fire_at", "partition", "next_fire_at", postgresql_where=text("NOT paused")),
 )
