@@ -163,6 +163,43 @@ OVERVIEW: dict[str, list[P]] = {
             description="Stays near STEPPE_RETENTION__FINISHED_RUNS while pruning keeps up",
         ),
     ],
+    "Schedules": [
+        P(
+            "Schedule lag",
+            quantiles("steppe_schedule_lag_seconds", COORD),
+            unit="s",
+            width=8,
+            description="Start of a scheduled run minus its due time (tick + jitter), over every schedule",
+        ),
+        P(
+            "Ticks started and skipped",
+            (
+                Q(f"sum by (outcome) (rate(steppe_schedule_ticks_total{{{COORD}}}[{RATE}]))", "{{outcome}}"),
+                Q(
+                    f"sum by (reason) (rate(steppe_schedule_ticks_skipped_total{{{COORD}}}[{RATE}]))",
+                    "skipped: {{reason}}",
+                ),
+            ),
+            unit="ops",
+            width=8,
+            description="skipped: overlap = the previous run was still active (--overlap skip); catchup = "
+            "missed while no coordinator ran and dropped by --catchup/--catchup-window",
+        ),
+        P(
+            "How late each schedule is",
+            (
+                Q(
+                    "max by (schedule) (clamp_min(time() - "
+                    f"steppe_schedule_next_fire_timestamp_seconds{{{COORD}}}, 0))",
+                    "{{schedule}}",
+                ),
+            ),
+            unit="s",
+            width=8,
+            thresholds=((0, "green"), (60, "red")),
+            description="Now minus the next fire time; alert SteppeScheduleLate fires above a minute",
+        ),
+    ],
 }
 
 QUEUES_WORKERS: dict[str, list[P]] = {
