@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Run a coordinator: plan, dispatch, apply results, retry, reconcile (SIGTERM stops it)."""
-        from orchestrator import bus
+        from orchestrator import bus, gc_tuning
         from orchestrator.coordinator import Coordinator
         from orchestrator.metrics import serve_metrics
         from orchestrator.settings import check_timing
@@ -52,6 +52,7 @@ def register(app: typer.Typer) -> None:
         )
         store.open()
         coord = Coordinator(settings=settings, client=client, store=store)
+        gc_tuning.tune()
 
         def _stop(*_: object) -> None:
             coord.stopping = True
@@ -75,6 +76,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Run a worker that executes steps from the given queues (SIGTERM drains it)."""
+        from orchestrator import gc_tuning
         from orchestrator.metrics import serve_metrics
         from orchestrator.settings import check_timing
         from workers.builtins import register_builtins
@@ -88,6 +90,7 @@ def register(app: typer.Typer) -> None:
         import_modules([*settings.imports, *imports])
         serve_metrics(metrics_port, metrics_host)
         w = Worker(settings=settings, registry=default_registry, queues=_split(queues), concurrency=concurrency)
+        gc_tuning.tune()
         _run_async(w.run())
 
     @app.command("run")
