@@ -45,8 +45,8 @@ def published(tier: Tier, run_id: str) -> Counter[tuple[str, int]]:
     return Counter((m.step, m.attempt) for m in tier.published() if m.run == run_id)
 
 
-def succeeded_result(run_id: str, step: str, attempt: int = 1) -> ResultMessage:
-    return ResultMessage(run=run_id, step=step, attempt=attempt, status="succeeded", worker="w-test", output={"v": 1})
+def succeeded_result(run_id: str, step: str, attempt: int = 1, output: Any = "ok") -> ResultMessage:
+    return ResultMessage(run=run_id, step=step, attempt=attempt, status="succeeded", worker="w-test", output=output)
 
 
 def duplicates() -> float:
@@ -89,21 +89,22 @@ def test_a_duplicate_result_for_the_same_attempt_is_fenced(tier: Tier) -> None:
     tier.drive(coord, lambda: published(tier, run_id))
     before = duplicates()
 
-    # The same report twice in one batch (a worker's flush retried after a lost reply), and one for an
-    # attempt never dispatched: the first is applied, the others fenced.
+    # In one batch: a report for an attempt never dispatched, then the same report twice (a worker's
+    # flush retried after a lost reply): only the first report of attempt 1 is applied.
+    tier.send_result(succeeded_result(run_id, "a", attempt=2, output="stale"))
     tier.send_result(succeeded_result(run_id, "a"))
-    tier.send_result(succeeded_result(run_id, "a"))
-    tier.send_result(succeeded_result(run_id, "a", attempt=2))
+    tier.send_result(succeeded_result(run_id, "a", output="again"))
     tier.drive(coord, lambda: ("b", 1) in published(tier, run_id))
     assert duplicates() - before == 2
     version = run_version(tier, run_id)
 
     # Once more in a later batch, after the first one committed.
-    tier.send_result(succeeded_result(run_id, "a"))
+    tier.send_result(succeeded_result(run_id, "a", output="late"))
     tier.drive(coord, lambda: duplicates() - before == 3)
     assert run_version(tier, run_id) == version  # nothing written for it
 
     assert tier.steps(run_id) == {"a": ("succeeded", 1), "b": ("dispatched", 1)}
+    assert tier.queries.get_run(run_id)["steps"]["a"]["output"] == "ok"
     assert published(tier, run_id) == {("a", 1): 1, ("b", 1): 1}  # b dispatched once
     tier.send_result(succeeded_result(run_id, "b"))
     tier.drive(coord, lambda: tier.status(run_id) == "succeeded")
@@ -143,7 +144,7 @@ def test_a_crash_between_commit_and_publish_is_published_once_by_the_next_coordi
     tier.expire_leases()  # its lease times out
     heir = tier.coordinator("c-heir")
     assert heir.partitions == [0]
-    tier.drive(heir, lambda: published(tier, run_id))  # the reconcile publishes it
+    tier.drive(heir, lambda: published(tier, run_id), steps=5)  # its first reconcile publishes it
     for _ in range(3):  # later reconciles find it in Redis and leave it there
         tier.clock.advance(tier.settings.coordinator.reconcile_interval + 0.1)
         heir.step(block_ms=20)
@@ -186,7 +187,7 @@ def test_a_lease_lost_to_another_coordinator_fences_the_batch(
 
     monkeypatch.setattr(tier.store, "commit_batch", spy)
     tier.send_result(succeeded_result(run_id, "a"))
-    tier.drive(old, lambda: raised)
+    tier.drive(old, lambda: raised, steps=3)
 
     assert [type(e) for e in raised] == [ConflictError]
     assert old.runs == {}  # it dropped what it held, to reload it from PostgreSQL
@@ -194,3 +195,12 @@ def test_a_lease_lost_to_another_coordinator_fences_the_batch(
     assert tier.event_types(run_id) == events  # nothing of the batch was written
     assert tier.steps(run_id) == {"a": ("dispatched", 1)}
     assert published(tier, run_id) == {("a", 1): 1}  # b not dispatched
+
+    old.step(block_ms=20)  # its next lease renewal finds the partition taken
+    assert old.partitions == []
+    monkeypatch.undo()
+    with tier.worker(HANDLERS):  # the new owner drives the run to its end
+        tier.drive(new, lambda: tier.status(run_id) == "succeeded")
+    assert tier.steps(run_id) == {"a": ("succeeded", 1), "b": ("succeeded", 1)}
+    check_applied_once(tier, [run_id])  # type: ignore[arg-type]
+    check_event_logs(tier, [run_id])  # type: ignore[arg-type]
