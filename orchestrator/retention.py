@@ -10,7 +10,6 @@ one follows after `BACKLOG_PAUSE` instead of a whole interval.
 
 from __future__ import annotations
 
-import datetime as dt
 import threading
 import time
 from collections.abc import Callable
@@ -60,17 +59,17 @@ class Pruner:
         if not self.enabled or now < self._next or (self._thread is not None and self._thread.is_alive()):
             return
         self._next = now + self.cfg.interval  # shortened by `_batch` when the batch was full
-        self._thread = threading.Thread(target=self._batch, args=(now,), name="steppe-retention", daemon=True)
+        self._thread = threading.Thread(target=self._batch, name="steppe-retention", daemon=True)
         self._thread.start()
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def _batch(self, now: float) -> None:
-        cutoff = dt.datetime.fromtimestamp(now - self.cfg.finished_runs, dt.UTC)
+    def _batch(self) -> None:
         started = time.perf_counter()
         try:
+            cutoff = rows.cutoff_before(self.store, self.cfg.finished_runs)
             result = rows.prune_batch(self.store, cutoff, max_runs=self.cfg.batch_runs)
             if not result.busy:
                 record(result, self.store)

@@ -1,4 +1,5 @@
-"""`steppe admin rebuild RUN | --all`: rebuild projections from the event log."""
+"""`steppe admin rebuild RUN | --all`: rebuild projections from the event log (prune, export and
+import are in retention_cmd.py)."""
 
 from __future__ import annotations
 
@@ -42,4 +43,6 @@ def rebuild_cmd(
 
 
 def register(app: typer.Typer) -> None:
+    from orchestrator.cli import retention_cmd  # noqa: F401  # prune, export, import join admin_app
+
     app.add_typer(admin_app, name="admin")

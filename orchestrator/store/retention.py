@@ -42,6 +42,14 @@ class PruneResult:
         return asdict(self)
 
 
+def cutoff_before(store: RunStore, seconds: float) -> dt.datetime:
+    """PostgreSQL's now minus `seconds`: the cutoff the server checks against (no clock skew)."""
+    with store.connection() as conn:
+        row = conn.execute("SELECT now() - make_interval(secs => %s) AS cutoff", (seconds,)).fetchone()
+    assert row is not None
+    return row["cutoff"]  # type: ignore[no-any-return]
+
+
 def prune_batch(store: RunStore, cutoff: dt.datetime, *, max_runs: int) -> PruneResult:
     """Delete at most `max_runs` top-level finished runs (with their child runs) finished before `cutoff`."""
     with store.connection() as conn, conn.transaction():
