@@ -51,6 +51,7 @@ from orchestrator.store.leases import LeaseManager
 from orchestrator.store.runs import RunStore
 from orchestrator.submit import Submitter
 from orchestrator.timer_queue import TimerQueue
+from orchestrator.tracing import RunSpans
 from orchestrator.wire import ResultMessage
 from patterns.dead_letter import DeadLetter
 from patterns.hooks import HOOKS_QUEUE
@@ -102,6 +103,7 @@ class Coordinator:
         self._next_lease = 0.0
         self._next_reconcile = 0.0
         self.republisher = Republisher(self.bus, self.hooks)
+        self.run_spans: RunSpans | None = None  # set by `steppe coordinator` when tracing is on (§12.7)
         # Schedules of this coordinator's partitions (orchestrator/scheduler.py), submitted as any run is.
         self.scheduler = Scheduler(submitter=Submitter(settings=settings, store=store, client=client), clock=clock)
         self.pruner = Pruner(store=store, settings=settings.retention, clock=clock)
@@ -355,6 +357,8 @@ class Coordinator:
         self.children.cancel(batch.child_cancels)
         for tracked in batch.finished:
             self._on_finished(tracked)
+        if self.run_spans is not None and batch.finished:
+            self.run_spans.finished([t.engine.run.run_id for t in batch.finished])
 
     def _flush_unpublished(self, acks: dict[str, list[bytes]] | None = None) -> None:
         """Publish committed dispatches, then acknowledge the batch read (one pipeline, `bus.publish`)."""

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator import tracing
 from orchestrator.errors import SteppeError, TemplateError
 from orchestrator.run_inputs import RunInputs
 from orchestrator.spec import WorkflowSpec, validate_inputs
@@ -105,6 +106,8 @@ class StepMessages:
         self.items: dict[str, list[Any]] = {}  # for_each step id → its resolved items
         # The run's inputs with their digest (None without inputs), named by each message.
         self.run_inputs = RunInputs.of(run.run_id, partition, inputs)
+        # The run span's W3C trace context, "" unless this process traces (orchestrator/tracing.py).
+        self.traceparent = tracing.run_traceparent(run.run_id)
 
     def child_start(self, key: StepKey, attempt: int) -> ChildStart:
         step = self.wf.steps[key.step]
@@ -151,6 +154,7 @@ class StepMessages:
             args=args if isinstance(args, dict) else {"value": args},
             workflow=self.wf.name,
             inputs_digest=run_inputs.digest if run_inputs is not None else "",
+            traceparent=self.traceparent,
             **fields,
         )
         return Dispatch(queue, priority, message, run_inputs)

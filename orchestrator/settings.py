@@ -84,6 +84,17 @@ class RetentionSettings(BaseModel):
         return parse_duration(value, what="retention setting")
 
 
+class TracingSettings(BaseModel):
+    """OpenTelemetry tracing (`STEPPE_TRACING__…`, docs/spec.md §12.7; orchestrator/tracing.py).
+
+    Off unless `endpoint` (or OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) names
+    an OTLP/HTTP collector or `console` is set; `STEPPE_TRACING=console` is short for the latter."""
+
+    endpoint: str | None = Field(default=None, description="OTLP/HTTP base URL, e.g. http://127.0.0.1:4318")
+    console: bool = False
+    service_name: str | None = None  # default: steppe-coordinator / steppe-worker
+
+
 class Settings(BaseSettings):
     """Settings shared by the CLI, coordinator and workers."""
 
@@ -107,12 +118,24 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     coordinator: CoordinatorSettings = Field(default_factory=CoordinatorSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    tracing: Annotated[TracingSettings, NoDecode] = Field(default_factory=TracingSettings)
 
     @field_validator("secrets", mode="before")
     @classmethod
     def _split_secret_names(cls, value: Any) -> Any:
         # `STEPPE_SECRETS=API_TOKEN,DB_PASSWORD` (commas and/or spaces), not JSON.
         return value.replace(",", " ").split() if isinstance(value, str) else value
+
+    @field_validator("tracing", mode="before")
+    @classmethod
+    def _tracing_shorthand(cls, value: Any) -> Any:
+        # `STEPPE_TRACING=console` (spans on stderr) or `STEPPE_TRACING=http://collector:4318`.
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.lower() in ("", "off", "none", "false"):
+            return {}
+        return {"console": True} if text.lower() == "console" else {"endpoint": text}
 
     @property
     def dev_state_path(self) -> Path:

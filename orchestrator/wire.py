@@ -58,6 +58,10 @@ class StepMessage(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=Fals
     feedback: Any = None
     # What the step's `pre` hooks added (`{annotations: {…}}` in their output).
     annotations: dict[str, Any] | None = None
+    # W3C trace context of the run's span (orchestrator/tracing.py), only when the coordinator traces.
+    # Optional within version 2: a worker that predates it ignores it, one that has it and gets a
+    # message without it traces nothing for that attempt.
+    traceparent: str = ""
     v: int = SCHEMA_VERSION
 
     @property

@@ -252,7 +252,10 @@ class Worker:
     async def _execute(self, entry: _InFlight) -> None:
         try:
             result = await self.runner.run(
-                entry.message, on_heartbeat=lambda: self._extend([entry]), cancelled=entry.cancelled
+                entry.message,
+                on_heartbeat=lambda: self._extend([entry]),
+                cancelled=entry.cancelled,
+                queue=self.keys.queue_of_stream(entry.stream),
             )
         finally:
             entry.finished = True

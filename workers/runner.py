@@ -17,6 +17,7 @@ import structlog
 from orchestrator.errors import NonRetryableStepError, StepError, TemplateError
 from orchestrator.state import base_step_id
 from orchestrator.templates import find_references, resolve_secrets
+from orchestrator.tracing import StepSpans
 from orchestrator.wire import ResultMessage, StepErrorInfo, StepMessage, dumps
 from patterns.breaker import BreakerRegistry, CircuitOpenError, SharedBreaker
 from workers.capture import capture_step
@@ -65,8 +66,26 @@ class StepRunner:
         self.breakers = breakers
         # Set by the worker too: where `ctx.inputs` comes from (`workers.inputs`).
         self.inputs: InputsCache | None = None
+        # Set by `steppe worker` when tracing is on (orchestrator/tracing.py); None costs nothing.
+        self.spans: StepSpans | None = None
 
     async def run(
+        self,
+        message: StepMessage,
+        *,
+        on_heartbeat: Callable[[], None],
+        cancelled: asyncio.Event,
+        queue: str = "",
+    ) -> ResultMessage:
+        if self.spans is None or not message.traceparent:
+            return await self._attempt(message, on_heartbeat=on_heartbeat, cancelled=cancelled)
+        # The attempt's span is current while the handler runs: the handler's own spans nest under it.
+        with self.spans.attempt(message, queue) as span:
+            result = await self._attempt(message, on_heartbeat=on_heartbeat, cancelled=cancelled)
+            self.spans.outcome(span, result)
+        return result
+
+    async def _attempt(
         self,
         message: StepMessage,
         *,

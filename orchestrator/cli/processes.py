@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Run a coordinator: plan, dispatch, apply results, retry, reconcile (SIGTERM stops it)."""
-        from orchestrator import bus, gc_tuning
+        from orchestrator import bus, gc_tuning, tracing
         from orchestrator.coordinator import Coordinator
         from orchestrator.metrics import serve_metrics
         from orchestrator.settings import check_timing
@@ -52,6 +52,9 @@ def register(app: typer.Typer) -> None:
         )
         store.open()
         coord = Coordinator(settings=settings, client=client, store=store)
+        traces = tracing.configure(settings, tracing.COORDINATOR)  # None when off (docs/spec.md §12.7)
+        if traces is not None:
+            coord.run_spans = tracing.RunSpans(traces, store)
         gc_tuning.tune()
 
         def _stop(*_: object) -> None:
@@ -62,6 +65,8 @@ def register(app: typer.Typer) -> None:
         try:
             coord.run_forever()
         finally:
+            if traces is not None:
+                traces.shutdown()
             store.close()
 
     @app.command()
@@ -76,7 +81,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Run a worker that executes steps from the given queues (SIGTERM drains it)."""
-        from orchestrator import gc_tuning
+        from orchestrator import gc_tuning, tracing
         from orchestrator.metrics import serve_metrics
         from orchestrator.settings import check_timing
         from workers.builtins import register_builtins
@@ -90,8 +95,15 @@ def register(app: typer.Typer) -> None:
         import_modules([*settings.imports, *imports])
         serve_metrics(metrics_port, metrics_host)
         w = Worker(settings=settings, registry=default_registry, queues=_split(queues), concurrency=concurrency)
+        traces = tracing.configure(settings, tracing.WORKER)  # None when off (docs/spec.md §12.7)
+        if traces is not None:
+            w.runner.spans = tracing.StepSpans(traces, worker=w.id)
         gc_tuning.tune()
-        _run_async(w.run())
+        try:
+            _run_async(w.run())
+        finally:
+            if traces is not None:
+                traces.shutdown()
 
     @app.command("run")
     @report_errors
