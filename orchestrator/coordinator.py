@@ -370,7 +370,7 @@ class Coordinator:
         metrics.RUNS_FINISHED.labels(workflow=tracked.workflow, status=str(run.status)).inc()
         log.info("run_finished", run_id=run.run_id, workflow=tracked.workflow, status=str(run.status))
         self.children.report(run.run_id, run.status, run.state)
-        self.bus.run_finished(run.run_id, tracked.engine.partition)
+        self.bus.run_finished(run.run_id, tracked.engine.partition, has_inputs=bool(tracked.engine.inputs))
         self.runs.pop(run.run_id, None)
 
     def _forget_all(self) -> None:

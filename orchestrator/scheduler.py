@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from orchestrator import metrics
+from orchestrator import fault_points, metrics
 from orchestrator.deployed import submit_ref
 from orchestrator.errors import SpecError, SubmitError, TemplateError
 from orchestrator.schedule_times import Overlap, due_ticks, fire_time, overlap_action, tick_key
@@ -166,6 +166,8 @@ class Scheduler:
             metrics.SCHEDULE_TICKS.labels(schedule=schedule_id, outcome="failed").inc()
             log.warning("schedule_tick_failed", schedule=schedule_id, tick=tick.isoformat(), error=str(e))
             return
+        # TEST-ONLY (tests/faults/test_schedules.py): die with the run committed and the row not yet advanced.
+        fault_points.crash_point("SCHEDULE_AFTER_SUBMIT", 1)
         outcome.fired += 1
         outcome.last_run_id = submitted.run_id
         lag = (now - fire_time(schedule_id, tick, policy_of(row).jitter)).total_seconds()

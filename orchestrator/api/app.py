@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from orchestrator import __version__
 from orchestrator.api import ui
 from orchestrator.api.config import ApiSettings
+from orchestrator.api.deployments import deployments
 from orchestrator.api.errors import install_error_handlers
 from orchestrator.api.follow import follow
 from orchestrator.api.limits import BodyLimitMiddleware
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
     install_error_handlers(app)
     app.include_router(runs)
     app.include_router(follow)
+    app.include_router(deployments)  # /v1/workflows, /v1/schedules
     app.include_router(health)
     ui.install(app)  # the web UI at /ui
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.state import RunStatus
 
@@ -14,14 +14,29 @@ class SubmitRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    workflow: str | dict[str, Any] = Field(
+    workflow: str | dict[str, Any] | None = Field(
+        default=None,
         description="The workflow: YAML text, or the same document as a JSON object (error positions then "
-        "refer to it rendered as block YAML)"
+        "refer to it rendered as block YAML). Give this or `workflow_ref`",
+    )
+    workflow_ref: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=160,
+        pattern=r"^[A-Za-z0-9._-]{1,128}(@[A-Za-z0-9]+)?$",
+        description="A deployed workflow, `name` (its newest version) or `name@3` (`steppe workflows deploy`)",
+        examples=["nightly-report@3"],
     )
     inputs: dict[str, Any] = Field(default_factory=dict, description="Values of the workflow's declared inputs")
     idempotency_key: str | None = Field(
         default=None, min_length=1, max_length=255, description="Submitting again with it returns the same run"
     )
+
+    @model_validator(mode="after")
+    def _one_workflow(self) -> SubmitRequest:
+        if (self.workflow is None) == (self.workflow_ref is None):
+            raise ValueError("give exactly one of `workflow` (the document) and `workflow_ref` (name@version)")
+        return self
 
 
 class ErrorDetail(BaseModel):

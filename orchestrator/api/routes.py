@@ -145,6 +145,16 @@ async def submit_run(
 
 def _submit(res: Resources, submission: Submission, check_handlers: bool) -> Submitted:
     submitter = res.submitter()
+    if submission.ref is not None:
+        from orchestrator.deployed import submit_ref
+
+        return submit_ref(
+            submitter,
+            submission.ref,
+            inputs=submission.inputs,
+            idempotency_key=submission.idempotency_key,
+            check_handlers=check_handlers,
+        )
     spec = submitter.load(submission.source, filename=submission.filename)
     return submitter.submit(
         spec, inputs=submission.inputs, idempotency_key=submission.idempotency_key, check_handlers=check_handlers

@@ -4,7 +4,8 @@ Two body forms:
 
 * YAML (`application/yaml`, `text/yaml`, or no content type): the workflow document itself;
   inputs come as `?input=key=value` (repeatable, JSON values allowed, as `steppe submit --input`).
-* JSON (`application/json`): `{"workflow": <YAML text or mapping>, "inputs": {…}, "idempotency_key": "…"}`.
+* JSON (`application/json`): `{"workflow": <YAML text or mapping>, "inputs": {…}, "idempotency_key": "…"}`,
+  or `{"workflow_ref": "name@3", …}` for a deployed version (docs/spec.md §12.3).
   A mapping is rendered as block YAML before loading, so that the loader's safety checks and
   error positions apply to it exactly as to a file.
 
@@ -38,6 +39,7 @@ class Submission:
     filename: str
     inputs: dict[str, Any]
     idempotency_key: str | None
+    ref: str | None = None  # a deployed workflow (`workflow_ref`); then `source` is empty
 
 
 def media_type(content_type: str | None) -> str:
@@ -66,8 +68,12 @@ def parse_submission(
     key = request.idempotency_key
     if header_key is not None and key is not None and header_key != key:
         raise HTTPException(422, "the Idempotency-Key header and the body's idempotency_key differ; send one")
+    key = key if key is not None else header_key
+    if request.workflow_ref is not None:
+        return Submission("", request.workflow_ref, request.inputs, key, ref=request.workflow_ref)
+    assert request.workflow is not None  # the model requires one of the two
     source = request.workflow if isinstance(request.workflow, str) else render_yaml(request.workflow)
-    return Submission(source, filename or "<workflow>", request.inputs, key if key is not None else header_key)
+    return Submission(source, filename or "<workflow>", request.inputs, key)
 
 
 def render_yaml(document: dict[str, Any]) -> str:

@@ -122,6 +122,13 @@ class DirectTransport:
         self, document: Document, *, inputs: dict[str, Any], idempotency_key: str | None, check_handlers: bool
     ) -> SubmitResult:
         submitter = self._open()
+        if document.ref is not None:
+            from orchestrator.deployed import submit_ref
+
+            done = submit_ref(
+                submitter, document.ref, inputs=inputs, idempotency_key=idempotency_key, check_handlers=check_handlers
+            )
+            return SubmitResult(run_id=done.run_id, workflow=done.workflow, created=done.created)
         spec = submitter.load(document.text, filename=document.filename)
         done = submitter.submit(
             spec,

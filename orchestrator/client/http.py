@@ -57,7 +57,11 @@ class Call:
 
 
 def submit_call(document: Document, inputs: dict[str, Any], idempotency_key: str | None, check: bool) -> Call:
-    envelope: dict[str, Any] = {"workflow": document.text, "inputs": inputs}
+    envelope: dict[str, Any] = {"inputs": inputs}
+    if document.ref is not None:
+        envelope["workflow_ref"] = document.ref
+    else:
+        envelope["workflow"] = document.text
     if idempotency_key is not None:
         envelope["idempotency_key"] = idempotency_key
     try:

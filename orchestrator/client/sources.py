@@ -6,8 +6,8 @@
     a str with a line break      YAML text
     a str naming a file, or      the file (a missing `.yaml`/`.yml`/`.json` path is an error
       ending .yaml/.yml/.json    saying so, not YAML text)
-    a str like `name` / `name@3` a deployed workflow: not available until `steppe workflows
-                                 deploy` exists (docs/spec.md §12.3), so a SubmitError says so
+    a str like `name` / `name@3` a deployed workflow (`steppe workflows deploy`, docs/spec.md
+                                 §12.3): its newest version, or version 3 (`Document.ref`)
     any other str                YAML text (a one-line flow mapping, `{name: x, steps: [...]}`)
 
 Both transports send the same text under the same name, so a SpecValidationError has the
@@ -43,6 +43,7 @@ class Document:
     text: str
     filename: str = TEXT_NAME
     base_dir: Path | None = None
+    ref: str | None = None  # `name` or `name@VERSION` of a deployed workflow (then `text` is empty)
 
 
 def render_yaml(document: Mapping[str, Any]) -> str:
@@ -70,11 +71,7 @@ def resolve(source: WorkflowSource) -> Document:
     if stripped and (Path(stripped).is_file() or stripped.lower().endswith(FILE_SUFFIXES)):
         return read_file(Path(stripped))
     if WORKFLOW_REF.match(stripped):
-        raise SubmitError(
-            f"{stripped!r} looks like a deployed workflow's name, and deployed workflows are not available "
-            "yet (`steppe workflows deploy`, docs/spec.md §12.3); pass the workflow as a path, YAML text or "
-            "a mapping instead"
-        )
+        return Document("", filename=stripped, ref=stripped)
     return Document(source)
 
 

@@ -172,8 +172,28 @@ def test_a_path_runs_to_its_result(client: Client, tmp_path: Path) -> None:
         assert run.status().steps["greet"].output == {"greeting": "hello file"}
     with pytest.raises(SubmitError, match="no workflow file"):
         client.submit(str(tmp_path / "missing.yaml"))
-    with pytest.raises(SubmitError, match="deployed workflows are not available yet"):
-        client.submit("client-echo@3")
+    with pytest.raises(SubmitError, match="no deployed workflow 'client-undeployed'"):
+        client.submit("client-undeployed@3")
+
+
+def test_a_deployed_version_runs_by_name_and_version(client: Client, env: Env) -> None:
+    from orchestrator import deployed
+
+    name = f"client-deployed-{uuid.uuid4().hex[:6]}"
+    first = deployed.deploy(env.submitter, ECHO.replace("client-echo", name), filename="d.yaml", base_dir=None)
+    second = deployed.deploy(
+        env.submitter, ECHO.replace("client-echo", name).replace("hello", "hi"), filename="d.yaml", base_dir=None
+    )
+    assert (first.version, second.version) == (1, 2)
+    old = client.submit(f"{name}@1", inputs={"who": "v1"})
+    new = client.submit(name, inputs={"who": "latest"})
+    assert old.workflow == new.workflow == name
+    old.result(timeout=60)
+    new.result(timeout=60)
+    assert old.status().steps["greet"].output == {"greeting": "hello v1"}
+    assert new.status().steps["greet"].output == {"greeting": "hi latest"}
+    with pytest.raises(SubmitError, match=f"workflow '{name}' has no version 9"):
+        client.submit(f"{name}@9")
 
 
 def test_a_failing_run_raises_run_failed_error_with_the_step_error(client: Client) -> None:

@@ -48,9 +48,8 @@ def test_text_paths_and_references_are_told_apart(tmp_path: Path) -> None:
     assert sources.resolve("{name: x, steps: []}").text == "{name: x, steps: []}"
     with pytest.raises(SubmitError, match=r"no workflow file 'nowhere\.yaml'"):
         sources.resolve("nowhere.yaml")
-    for ref in ("orders", "orders@3", "orders@latest"):
-        with pytest.raises(SubmitError, match="deployed workflows are not available yet"):
-            sources.resolve(ref)
+    for ref in ("orders", "orders@3", "orders@latest"):  # deployed workflows (docs/spec.md §12.3)
+        assert sources.resolve(ref) == sources.Document("", filename=ref, ref=ref)
     with pytest.raises(SubmitError, match="cannot submit a int"):
         sources.resolve(3)  # type: ignore[arg-type]
 

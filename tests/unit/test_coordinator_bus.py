@@ -118,6 +118,25 @@ def test_publish_writes_inputs_keys_then_dispatches_then_acks_in_one_pipeline(
     assert client.get(keys.run_inputs(0, "r1")) is None
 
 
+def test_a_finished_run_without_inputs_sends_nothing(
+    client: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    coordinator = make_bus(client, namespace)
+    sent: list[list[str]] = []
+    real_execute = redis.client.Pipeline.execute
+
+    def execute(self: redis.client.Pipeline, raise_on_error: bool = True) -> Any:
+        sent.append([str(args[0]) for args, _ in self.command_stack])
+        return real_execute(self, raise_on_error)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", execute)
+    coordinator.run_finished("r2", 0, has_inputs=False)  # no key was ever written for it
+    coordinator.publish([])
+    coordinator.run_finished("r3", 0)
+    coordinator.publish([])
+    assert sent == [["DEL"]]
+
+
 def test_the_epoch_is_shared_and_its_loss_is_detected_then_restored(client: redis.Redis, namespace: str) -> None:
     keys = Keys(namespace)
     first, second = make_bus(client, namespace, "c1"), make_bus(client, namespace, "c2")
