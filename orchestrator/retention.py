@@ -24,7 +24,7 @@ from orchestrator.store.runs import RunStore
 
 log = structlog.get_logger(__name__)
 
-BACKLOG_PAUSE = 1.0  # seconds between batches while a backlog is being worked off
+BACKLOG_PAUSE = 0.1  # seconds between batches while a backlog is being worked off
 
 
 def record(result: PruneResult, store: RunStore) -> None:

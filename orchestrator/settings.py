@@ -75,7 +75,7 @@ class RetentionSettings(BaseModel):
     (sooner while there is a backlog), one coordinator at a time."""
 
     finished_runs: float = Field(default=30 * 86400.0, description="STEPPE_RETENTION__FINISHED_RUNS: 30d; 0 keeps all")
-    batch_runs: int = Field(default=100, ge=1, le=10_000)
+    batch_runs: int = Field(default=500, ge=1, le=10_000)
     interval: float = Field(default=60.0, gt=0)
 
     @field_validator("finished_runs", "interval", mode="before")

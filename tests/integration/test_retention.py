@@ -179,7 +179,7 @@ def test_the_coordinators_pruner_works_in_the_background_when_due(store: RunStor
     pruner.join(30)
     assert pruner.last is not None
     assert pruner.last.runs == 2  # a full batch: a backlog
-    # The interval is an hour, but a full batch means a backlog: the next follows within a second.
+    # The interval is an hour, but a full batch means a backlog: the next follows at once.
 
     def pruned() -> bool:
         pruner.tick(time.time())  # what the coordinator loop does every iteration

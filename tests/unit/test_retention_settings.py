@@ -11,7 +11,7 @@ from orchestrator.settings import RetentionSettings, Settings
 
 def test_the_default_keeps_finished_runs_thirty_days() -> None:
     cfg = Settings().retention
-    assert (cfg.finished_runs, cfg.batch_runs, cfg.interval) == (30 * 86400, 100, 60)
+    assert (cfg.finished_runs, cfg.batch_runs, cfg.interval) == (30 * 86400, 500, 60)
 
 
 def test_durations_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
