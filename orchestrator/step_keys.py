@@ -85,22 +85,16 @@ class StepKey:
 
     @classmethod
     def parse(cls, key: str) -> StepKey:
-        """The key a stored string names; `ValueError` when it is not one of the forms above."""
-        # The patterns checked what __post_init__ would: build the key without checking again.
-        if m := _STEP_KEY.fullmatch(key):
-            step, index, suffix, hook = m.group("step", "index", "suffix", "hook")
-            if index is not None:
-                return _parsed(key, step, StepRole.ITEM, index=int(index))
-            if suffix is None:
-                return _parsed(key, step, StepRole.STEP)
-            if hook is None:
-                return _parsed(key, step, _SUFFIX_ROLES[suffix])
-            return _parsed(key, step, StepRole.PRE, hook_id=int(hook))
-        if m := _HOOK_KEY.fullmatch(key):
-            return _parsed(key, "hook", StepRole.HOOK, hook_id=int(m.group("hook")), seq=int(m.group("seq")))
-        raise ValueError(
-            f"{key!r} is not a step key: expected `id`, `id[N]`, `id:compensate`, `id:gate`, `id:pre-N` or `hook:N:N`"
-        )
+        """The key a stored string names; `ValueError` when it is not one of the forms above.
+
+        Keys are immutable, so a parsed one is shared: the same few strings (`s0`, `charge`) are
+        parsed for every run, result and load (a bounded cache, emptied when it fills)."""
+        parsed = _PARSED.get(key)
+        if parsed is None:
+            if len(_PARSED) >= PARSE_CACHE_SIZE:
+                _PARSED.clear()
+            parsed = _PARSED[key] = _parse(key)
+        return parsed
 
     @classmethod
     def item(cls, step: str, index: int) -> StepKey:
@@ -143,6 +137,28 @@ _FIELDS: dict[StepRole, tuple[str, ...]] = {
     StepRole.PRE: ("hook_id",),
     StepRole.HOOK: ("hook_id", "seq"),
 }
+
+
+PARSE_CACHE_SIZE = 65_536
+_PARSED: dict[str, StepKey] = {}
+
+
+def _parse(key: str) -> StepKey:
+    # The patterns checked what __post_init__ would: build the key without checking again.
+    if m := _STEP_KEY.fullmatch(key):
+        step, index, suffix, hook = m.group("step", "index", "suffix", "hook")
+        if index is not None:
+            return _parsed(key, step, StepRole.ITEM, index=int(index))
+        if suffix is None:
+            return _parsed(key, step, StepRole.STEP)
+        if hook is None:
+            return _parsed(key, step, _SUFFIX_ROLES[suffix])
+        return _parsed(key, step, StepRole.PRE, hook_id=int(hook))
+    if m := _HOOK_KEY.fullmatch(key):
+        return _parsed(key, "hook", StepRole.HOOK, hook_id=int(m.group("hook")), seq=int(m.group("seq")))
+    raise ValueError(
+        f"{key!r} is not a step key: expected `id`, `id[N]`, `id:compensate`, `id:gate`, `id:pre-N` or `hook:N:N`"
+    )
 
 
 def _parsed(

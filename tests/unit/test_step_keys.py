@@ -95,3 +95,19 @@ def test_hook_keys_are_built_and_read_through_step_keys() -> None:
     assert role_of("hook:7:42") is StepRole.HOOK
     with pytest.raises(ValueError, match="runs no hook"):
         _ = StepKey("charge").hook_number
+
+
+def test_a_parsed_key_is_shared_and_the_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator import step_keys
+
+    monkeypatch.setattr(step_keys, "PARSE_CACHE_SIZE", 3)
+    monkeypatch.setattr(step_keys, "_PARSED", {})
+    first = StepKey.parse("pack[3]")
+    assert StepKey.parse("pack[3]") is first  # parsed once, for every run and result naming it
+    assert first == StepKey.item("pack", 3)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="not a step key"):
+            StepKey.parse("a:b:c")  # refused every time, never cached
+    for text in ("a", "b", "c", "d", "e"):
+        assert str(StepKey.parse(text)) == text
+    assert len(step_keys._PARSED) <= 3
