@@ -37,6 +37,7 @@ from orchestrator.engine import Dispatch
 from orchestrator.errors import ConflictError, InfrastructureError, RunDataError
 from orchestrator.hook_runner import HookBatch, HookRunner
 from orchestrator.keys import Keys
+from orchestrator.limiter import Limiter
 from orchestrator.quarantine import BatchSplitter
 from orchestrator.republish import Republisher
 from orchestrator.retention import Pruner
@@ -48,6 +49,7 @@ from orchestrator.step_keys import StepRole, role_of
 from orchestrator.store.dead_letters import DeadLetterStore
 from orchestrator.store.hooks import HookStore
 from orchestrator.store.leases import LeaseManager
+from orchestrator.store.limits import LimitStore
 from orchestrator.store.runs import RunStore
 from orchestrator.submit import Submitter
 from orchestrator.timer_queue import TimerQueue
@@ -103,6 +105,7 @@ class Coordinator:
         self._next_lease = 0.0
         self._next_reconcile = 0.0
         self.republisher = Republisher(self.bus, self.hooks)
+        self.limiter = Limiter(LimitStore(store), client, self.keys, clock)  # flow control (§12.2)
         self.run_spans: RunSpans | None = None  # set by `steppe coordinator` when tracing is on (§12.7)
         # Schedules of this coordinator's partitions (orchestrator/scheduler.py), submitted as any run is.
         self.scheduler = Scheduler(submitter=Submitter(settings=settings, store=store, client=client), clock=clock)
@@ -168,6 +171,7 @@ class Coordinator:
         touched |= self._fire_timers()
         self._unpublished.extend(self.hooks.due(self.clock()))
         self._commit(touched, [command_id for command_id, _ in processed], dead_letters)
+        self._admit_throttled(woken=inbox.limits)
         self._flush_unpublished(inbox.acks)
         metrics.COORDINATOR_LOOP.observe(time.perf_counter() - started)
         metrics.COORDINATOR_HEARTBEAT.set(time.time())
@@ -351,6 +355,7 @@ class Coordinator:
         for w in batch.writes:
             self.runs[w.run_id].version += 1
         self.timers.push(batch.timers)
+        self.limiter.committed(batch)
         self._unpublished.extend(batch.dispatches)
         self._unpublished.extend(self.hooks.committed())
         self.children.start(batch.child_starts)
@@ -359,6 +364,18 @@ class Coordinator:
             self._on_finished(tracked)
         if self.run_spans is not None and batch.finished:
             self.run_spans.finished([t.engine.run.run_id for t in batch.finished])
+
+    def _admit_throttled(self, *, woken: bool = False) -> None:
+        """Flow control after a commit: admit what freed slots and new waiters allow, commit those
+        dispatches too (orchestrator/limiter.py), and wake up for the next rate window."""
+        if woken:
+            self.limiter.woken()
+        touched = self.limiter.admit(self.runs, self.partitions)
+        if touched:
+            self._commit(touched, [], [])
+        timer = self.limiter.timer()
+        if timer is not None:
+            self.timers.push([timer])
 
     def _flush_unpublished(self, acks: dict[str, list[bytes]] | None = None) -> None:
         """Publish committed dispatches, then acknowledge the batch read (one pipeline, `bus.publish`)."""
@@ -427,6 +444,7 @@ class Coordinator:
             self.runs, check, self.partitions, hooks_due=hooks_due, redis_lost_data=redis_lost_data
         )
         self._start_loaded(loaded)
+        self.limiter.sweep(self.partitions)
         if self.store.pending_commands(self.partitions):
             processed = self._apply_commands()
             self._commit({c[1] for c in processed}, [c[0] for c in processed], [])

@@ -56,6 +56,7 @@ class Inbox:
     results: list[ResultMessage] = field(default_factory=list)
     unreadable: list[streams.Unreadable] = field(default_factory=list)  # to dead-letter before the acks
     groups_lost: bool = False  # NOGROUP: the groups were recreated, reconcile now
+    limits: bool = False  # another coordinator admitted throttled steps of these partitions (orchestrator.limiter)
 
 
 def sort_entries(entries: Iterable[Entry]) -> Inbox:
@@ -76,6 +77,8 @@ def sort_entries(entries: Iterable[Entry]) -> Inbox:
         elif isinstance(message, ControlMessage):
             if message.kind == "submitted":
                 inbox.submitted.add(message.run)
+            elif message.kind == "limits":
+                inbox.limits = True
             else:
                 inbox.commands = True
         elif isinstance(message, ResultMessage):

@@ -47,11 +47,12 @@ class StepStatus(StrEnum):
     DEAD_LETTERED = "dead_lettered"
     COMPENSATED = "compensated"
     CHECKING = "checking"  # handoff: the attempt succeeded and its gate is checking the output
+    THROTTLED = "throttled"  # held back by a concurrency or rate limit; holds no worker slot (§12.2)
     WAITING = "waiting"  # for a signal, an approval or a timer (docs/spec.md §12.1); holds no worker slot
 
 
 IN_FLIGHT_STEP_STATUSES = frozenset({StepStatus.DISPATCHED, StepStatus.RUNNING})
-ACTIVE_STEP_STATUSES = IN_FLIGHT_STEP_STATUSES | {StepStatus.RETRY_SCHEDULED}
+ACTIVE_STEP_STATUSES = IN_FLIGHT_STEP_STATUSES | {StepStatus.RETRY_SCHEDULED, StepStatus.THROTTLED}
 TERMINAL_STEP_STATUSES = frozenset(
     {
         StepStatus.SUCCEEDED,
@@ -89,6 +90,7 @@ class EventType(StrEnum):
     STEP_RESET = "step.reset"
     STEP_CHECKING = "step.checking"  # handoff: output proposed, the gate runs
     STEP_REJECTED = "step.rejected"  # handoff: the gate rejected the output; the step runs again
+    STEP_THROTTLED = "step.throttled"  # flow control: the step waits for a slot or a rate token
     STEP_WAITING = "step.waiting"  # a wait, approval or sleep step waits (docs/spec.md §12.1)
 
 
@@ -229,6 +231,12 @@ def apply_event(run: RunProjection, event: Event) -> None:  # noqa: PLR0912, PLR
         if data.get("counts", True):
             # Deferrals (open circuit breaker) do not burn an attempt.
             record.detail["failures"] = record.detail.get("failures", 0) + 1
+    elif kind is EventType.STEP_THROTTLED:
+        record.status = StepStatus.THROTTLED
+        record.due_at = None
+        record.detail["limits"] = data.get("limits")
+        record.detail["throttled_at"] = data.get("at")
+        record.detail["priority"] = data.get("priority", 1)
     elif kind is EventType.STEP_SKIPPED:
         record.status = StepStatus.SKIPPED
         record.detail["reason"] = data.get("reason")

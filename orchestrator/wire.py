@@ -27,7 +27,7 @@ FIELD = b"m"
 
 StepKind = Literal["step", "compensate", "hook", "gate", "pre"]
 ResultStatus = Literal["started", "succeeded", "failed", "cancelled", "dead_lettered", "deferred"]
-ControlKind = Literal["submitted", "cancel", "retry", "wake"]
+ControlKind = Literal["submitted", "cancel", "retry", "wake", "limits"]
 
 
 class StepMessage(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):

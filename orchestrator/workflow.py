@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from orchestrator.spec.limits import LimitDef, RunConcurrencySpec, step_limits
 from orchestrator.spec.model import (
     DEFAULT_PRIORITY,
     DEFAULT_TIMEOUT,
@@ -80,6 +81,7 @@ class StepDef:
     priority: str
     templated: bool  # whether `args` holds any `${{ … }}` reference (skip resolution when not)
     when: Any = None
+    limits: tuple[LimitDef, ...] = ()  # concurrency, then rate (docs/spec.md §12.2)
     for_each: Any = None
     compensate: CompensateDef | None = None
     breaker: str | None = None
@@ -101,6 +103,7 @@ class CompiledWorkflow:
     queues: frozenset[str] = field(default_factory=frozenset)
     hooks: tuple[HookSpec, ...] = ()  # the `hooks:` entries of the document
     children: dict[str, dict[str, Any]] = field(default_factory=dict)  # child workflow name → definition
+    concurrency: RunConcurrencySpec | None = None  # run-level flow control (docs/spec.md §12.2)
 
     def handlers(self) -> set[str]:
         names: set[str] = set()
@@ -149,6 +152,7 @@ def compile_workflow(spec: WorkflowSpec) -> CompiledWorkflow:
         ),
         hooks=tuple(spec.hooks),
         children=dict(spec.workflows),
+        concurrency=spec.concurrency,
     )
 
 
@@ -170,6 +174,7 @@ def _step(spec: WorkflowSpec, s: StepSpec, default_retry: RetryPolicy, dependent
         priority=s.priority or defaults.priority or DEFAULT_PRIORITY,
         templated=bool(find_references(s.with_)),
         when=s.when,
+        limits=step_limits(s.concurrency, s.rate_limit),
         for_each=s.for_each,
         compensate=_compensate(s.compensate, queue, timeout, default_retry),
         breaker=breaker,

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from orchestrator.engine.indexes import RunIndexes, status_of
+from orchestrator.engine.limits import Throttle
 from orchestrator.engine.output import EngineOutput, Timer
 from orchestrator.engine.patterns import PatternTransitions
 from orchestrator.engine.unwind import Unwinding
@@ -102,12 +103,14 @@ class RunEngine:
         self.idx = RunIndexes()  # shared with the collaborators below
         self.patterns = PatternTransitions(self)
         self.unwinding = Unwinding(self)
+        self.throttle = Throttle(self)  # flow control (engine.limits)
         self.waits = Waits(self, clock)  # signals, approvals and sleeps (engine.waits)
         self._rebuild_indexes()
 
     def _rebuild_indexes(self) -> None:
         """Derive the indexes from the projection, and the timers of what is waiting or running."""
         self.idx.rebuild(self.wf, self.run)
+        self.throttle.requests = self.throttle.pending()  # throttled attempts of a loaded run
         for key, record in self.run.steps.items():
             if record.status is StepStatus.RETRY_SCHEDULED and record.due_at is not None:
                 self.timers.append(Timer(record.due_at, self.run.run_id, key, record.attempt, "retry"))
@@ -138,6 +141,7 @@ class RunEngine:
             dead_letters=self.dead_letters,
             child_starts=self.children,
             child_cancels=self.child_cancels,
+            limit_requests=self.throttle.drain(),
         )
         self.events, self.outbox, self.timers, self.dead_letters = [], [], [], []
         self.children, self.child_cancels = [], []
@@ -278,6 +282,10 @@ class RunEngine:
         )
         self.timers.append(Timer(due, self.run.run_id, msg.step, msg.attempt, "retry"))
 
+    def cancel_attempt(self, key: StepKey, attempt: int) -> None:
+        """Cancel an attempt that has not run (a throttled one) while the run unwinds."""
+        self._cancelled(key, attempt)
+
     def _cancelled(self, key: StepKey, attempt: int) -> None:
         """An attempt is cancelled while the run unwinds (with the step its gate or pre hook was checking)."""
         self.emit(EventType.STEP_CANCELLED, step=key, attempt=attempt)
@@ -295,6 +303,7 @@ class RunEngine:
             self.unwinding.advance_compensation()
             return
         if self.idx.failing:
+            self.throttle.cancel_all()
             self.unwinding.unwind()
             return
         while self.idx.ready and not self.idx.failing:
@@ -302,6 +311,7 @@ class RunEngine:
             if status_of(self.run.steps, sid) is StepStatus.PENDING:
                 self._start_step(self.wf.steps[sid])
         if self.idx.failing:
+            self.throttle.cancel_all()
             self.unwinding.unwind()
         elif not self.idx.open and not self.idx.in_flight:
             outputs = {
@@ -330,8 +340,11 @@ class RunEngine:
             return
         self.dispatch(StepKey(step.id))
 
-    def dispatch(self, key: StepKey) -> None:
-        """Dispatch the next attempt of a step, item, replica, compensation, gate or pre check."""
+    def dispatch(self, key: StepKey, *, admitted: bool = False) -> None:
+        """Dispatch the next attempt of a step, item, replica, compensation, gate or pre check; a step
+        with limits is throttled instead until the coordinator admits it (`admitted`, engine.limits)."""
+        if not admitted and self.throttle.hold(key):
+            return
         text = str(key)
         attempt = self.run.step(text).attempt + 1
         if key.role is StepRole.STEP and self.wf.steps[key.step].workflow is not None:

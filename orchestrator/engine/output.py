@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from orchestrator.engine.limits import LimitRequest
 from orchestrator.messages import Dispatch
 from orchestrator.state import Event
 from patterns.dead_letter import DeadLetter
@@ -36,3 +37,4 @@ class EngineOutput:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     child_starts: list[ChildStart] = field(default_factory=list)
     child_cancels: list[str] = field(default_factory=list)
+    limit_requests: list[LimitRequest] = field(default_factory=list)  # throttled attempts (engine.limits)

@@ -77,6 +77,8 @@ class PatternTransitions:
     def _items_settled(self, sid: str) -> None:
         """A for_each item or swarm replica finished: gather the outputs, or count the votes."""
         record = self.run.steps[sid]
+        # A run loaded mid fan-out counts the fanned-out step (dispatched) as in flight: not any more.
+        self.idx.in_flight.discard(sid)
         count = int(record.detail.get("items") or 0)
         swarm = self.wf.steps[sid].swarm
         if swarm is None:

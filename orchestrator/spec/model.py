@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationInfo, model_validator
 
 from orchestrator.durations import parse_duration
+from orchestrator.spec.limits import ConcurrencySpec, RateLimitSpec, RunConcurrencySpec
 from orchestrator.templates import whole_reference
 
 ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
@@ -301,6 +302,8 @@ class StepSpec(_Model):
     estimate: Duration | None = None
     gate: GateSpec | None = None
     swarm: SwarmSpec | None = None
+    concurrency: ConcurrencySpec | None = None  # flow control (docs/spec.md §12.2)
+    rate_limit: RateLimitSpec | None = None
     wait: WaitSpec | None = None  # durable waits (docs/spec.md §12.1): no worker runs these three
     approval: ApprovalSpec | None = None
     sleep: Annotated[SleepSpec | None, BeforeValidator(_sleep_shorthand)] = None
@@ -356,6 +359,7 @@ class WorkflowSpec(_Model):
     steps: list[StepSpec] = Field(min_length=1)
     hooks: list[HookSpec] = Field(default_factory=list)
     breakers: dict[Name, BreakerSpec] = Field(default_factory=dict)
+    concurrency: RunConcurrencySpec | None = None  # runs of this workflow per key (docs/spec.md §12.2)
     # Hierarchical: child workflow documents by name. `steppe submit` fills it with the
     # `NAME.yaml` files found beside the parent, so that a stored run is self-contained.
     workflows: dict[Name, dict[str, Any]] = Field(default_factory=dict)

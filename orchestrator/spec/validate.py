@@ -293,6 +293,10 @@ class _References:
                 block = step.get(key)
                 if isinstance(block, dict):
                     self._scan(block.get("with"), ("steps", i, key, "with"), step_id, own=key)
+            for key in ("concurrency", "rate_limit"):  # keys resolve when the step becomes ready
+                block = step.get(key)
+                if isinstance(block, dict) and isinstance(block.get("key"), str):
+                    self._scan(block["key"], ("steps", i, key, "key"), step_id, item=fan_out)
         if isinstance(self.hooks, list):
             for h, hook in enumerate(self.hooks):
                 if isinstance(hook, dict):

@@ -89,6 +89,31 @@ workflow_steps = Table(
     Index("ix_workflow_steps_status", "status", postgresql_where=text("status IN ('dispatched', 'running')")),
 )
 
+# Flow control (docs/spec.md §12.2, orchestrator/store/limits.py): one row per limit of a throttled attempt.
+# A row without granted_at waits; a granted concurrency row is a held slot, a granted rate row a start in
+# its window. Rows follow their step row (trigger steppe_limit_rows, migration 0007).
+limit_slots = Table(
+    "limit_slots",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),  # FIFO order among equal priorities
+    Column("kind", Text, nullable=False),  # concurrency | rate
+    Column("key", Text, nullable=False),
+    Column("run_id", Text, ForeignKey("workflow_runs.run_id", ondelete="CASCADE"), nullable=False),
+    Column("step_key", Text, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("priority", Integer, nullable=False, server_default=text("1")),
+    Column("lim", Integer, nullable=False),
+    Column("per_ms", BigInteger, nullable=False, server_default=text("0")),
+    Column("req_index", Integer, nullable=False, server_default=text("0")),
+    Column("req_count", Integer, nullable=False, server_default=text("1")),
+    Column("granted_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("run_id", "step_key", "attempt", "req_index"),
+    Index("ix_limit_slots_kind_key_granted_at", "kind", "key", "granted_at"),
+    Index("ix_limit_slots_partition", "partition", postgresql_where=text("granted_at IS NOT NULL")),
+)
+
 workflow_events = Table(
     "workflow_events",
     metadata,
