@@ -111,6 +111,7 @@ class Coordinator:
         self.scheduler = Scheduler(submitter=Submitter(settings=settings, store=store, client=client), clock=clock)
         self.pruner = Pruner(store=store, settings=settings.retention, clock=clock)
         self.stopping = False
+        self._conflicts = 0  # batches fenced by a lease lost to another coordinator (`_write`)
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -170,9 +171,12 @@ class Coordinator:
         touched |= changed
         touched |= self._fire_timers()
         self._unpublished.extend(self.hooks.due(self.clock()))
+        conflicts = self._conflicts
         self._commit(touched, [command_id for command_id, _ in processed], dead_letters)
         self._admit_throttled(woken=inbox.limits)
-        self._flush_unpublished(inbox.acks)
+        # A batch fenced by a lost lease is not acknowledged: the next read replays the entries of the
+        # partitions still held, and the lost ones' go to their new owner (`bus.hand_back`).
+        self._flush_unpublished(inbox.acks if self._conflicts == conflicts else None)
         metrics.COORDINATOR_LOOP.observe(time.perf_counter() - started)
         metrics.COORDINATOR_HEARTBEAT.set(time.time())
         return inbox.count
@@ -335,6 +339,7 @@ class Coordinator:
             )
         except ConflictError as e:
             log.warning("batch_conflict", error=str(e), runs=len(batch.writes))
+            self._conflicts += 1
             self._forget_all()
             self._next_lease = 0.0
             return False
@@ -418,6 +423,7 @@ class Coordinator:
             self.bus.acquire(self.partitions, gained)
             self._next_reconcile = 0.0
             log.info("partitions_acquired", partitions=gained)
+        self.bus.hand_back(lost)  # what it read of them, unacknowledged, to their new owner (and earlier leftovers)
         self._next_lease = self.clock() + self.cfg.lease_ttl / 3
         metrics.ACTIVE_RUNS.set(len(self.runs))
 

@@ -5,6 +5,8 @@ What a `CoordinatorBus` sends, by phase of the loop:
 - start: PING, the eviction-policy check, the epoch of Redis's data (SET NX, GET);
 - leases: the registry heartbeat (`bus.coordinator_heartbeat`); for the partitions held, the
   groups of their results and control streams, and XAUTOCLAIM of a gained partition's backlog;
+  for a lost partition, its entries pending for this consumer handed back (XPENDING, XRANGE, then
+  MULTI XADD of a copy + XACK of the original, `hand_back`);
 - read: one XREADGROUP over those streams (one per slot against a cluster, `SlotReader`) —
   first the entries this consumer read but did not acknowledge, then new ones — sorted into an
   `Inbox`; a vanished group (Redis lost its data) is recreated and said so;
@@ -106,6 +108,7 @@ class CoordinatorBus:
         self._epoch = uuid.uuid4().hex
         self._known_queues: set[str] = set()
         self._replay_pending = True
+        self._handing_back: set[int] = set()  # lost partitions whose pending entries are not handed back yet
 
     # -- start, registry, epoch ----------------------------------------------------------------------
 
@@ -167,11 +170,49 @@ class CoordinatorBus:
         moves to this consumer, and the next read replays what it holds unacknowledged."""
         bus.ensure_partition_groups(self.client, self.keys, held)
         streams.claim_backlog(self.client, self.keys, gained, consumer=self.consumer)
+        self._handing_back.difference_update(gained)  # ours again: the replayed read applies them
         self._replay_pending = True
 
     def release(self, partitions: Iterable[int]) -> None:
         """Partitions changed hands: stop tracking their runs' inputs keys."""
         self.inputs.release(partitions)
+
+    def hand_back(self, lost: Iterable[int] = ()) -> int:
+        """Partitions lost to another coordinator: what this consumer read of their results and control
+        streams but did not acknowledge (a batch fenced by the lease) goes to the new owner as new
+        entries — per stream, in one MULTI, a copy XADDed and the original XACKed. Results are fenced
+        by attempt, so a copy applied twice is a counted duplicate, never a second apply. Partitions
+        not done (a Redis error, raised) are handed back by the next call; returns the entries moved."""
+        self._handing_back.update(lost)
+        moved, done = 0, []
+        for p in sorted(self._handing_back):
+            for stream in (self.keys.control_stream(p), self.keys.results_stream(p)):
+                moved += self._hand_back_stream(stream)
+            self._handing_back.discard(p)
+            done.append(p)
+        if moved:
+            log.info("pending_entries_handed_back", partitions=done, entries=moved)
+        return moved
+
+    def _hand_back_stream(self, stream: str, batch: int = 500) -> int:
+        moved = 0
+        while True:
+            pending = self.client.xpending_range(stream, COORDINATOR_GROUP, "-", "+", batch, consumername=self.consumer)
+            if not pending:
+                return moved
+            ids = [p["message_id"] for p in pending]
+            read = self.client.pipeline(transaction=False)
+            for entry_id in ids:
+                read.xrange(stream, min=entry_id, max=entry_id)
+            found = [entry for reply in read.execute() for entry in reply]  # trimmed ones: only acked
+            with self.client.pipeline(transaction=True) as tx:  # one stream, one slot: MULTI on a cluster too
+                for _, fields in found:
+                    tx.xadd(stream, fields)
+                tx.xack(stream, COORDINATOR_GROUP, *ids)
+                tx.execute()
+            moved += len(found)
+            if len(pending) < batch:
+                return moved
 
     def forget(self) -> None:
         """In-memory state was dropped (a failed write): replay the unacknowledged entries, and write

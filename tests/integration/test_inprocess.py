@@ -18,8 +18,10 @@ from prometheus_client import REGISTRY
 
 from orchestrator import fault_points
 from orchestrator.errors import ConflictError
+from orchestrator.keys import COORDINATOR_GROUP
 from orchestrator.wire import ResultMessage
 from tests.faults.invariants import check_applied_once, check_event_logs
+from tests.helpers import assert_eventually
 from tests.integration.inprocess import Tier
 from workers import StepContext
 
@@ -204,3 +206,67 @@ def test_a_lease_lost_to_another_coordinator_fences_the_batch(
     assert tier.steps(run_id) == {"a": ("succeeded", 1), "b": ("succeeded", 1)}
     check_applied_once(tier, [run_id])  # type: ignore[arg-type]
     check_event_logs(tier, [run_id])  # type: ignore[arg-type]
+
+
+def test_a_result_read_in_a_fenced_batch_is_handed_to_the_new_owner_and_the_step_runs_once(
+    tier: Tier,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    executed: Counter[str] = Counter()
+
+    def counted(ctx: StepContext, value: Any) -> dict[str, Any]:
+        executed[ctx.step_id] += 1
+        return echo(ctx, value)
+
+    handlers = {"inproc.echo": counted}
+    old = tier.coordinator("c-old")
+    run_id = tier.submit(CHAIN)
+    tier.drive(old, lambda: published(tier, run_id))
+
+    # The old coordinator stalls past its lease TTL; a new one takes the partition over. Meanwhile the
+    # worker runs a and reports, and only the old coordinator, which does not know yet, reads the report.
+    tier.expire_leases()
+    new = tier.coordinator("c-new")
+    assert new.partitions == [0]
+    assert old.partitions == [0]
+    with tier.worker(handlers):
+        assert_eventually(lambda: ("a", "succeeded") in [(r.step, r.status) for r in tier.results()])
+
+    raised: list[Exception] = []
+    commit_batch = tier.store.commit_batch
+
+    def spy(*args: Any, **kwargs: Any) -> None:
+        try:
+            commit_batch(*args, **kwargs)
+        except Exception as e:
+            raised.append(e)
+            raise
+
+    monkeypatch.setattr(tier.store, "commit_batch", spy)
+    tier.drive(old, lambda: raised, steps=3)
+    assert [type(e) for e in raised] == [ConflictError]
+    results_stream = tier.keys.results_stream(0)
+    assert pending_of(tier, results_stream, "c-old"), "the fenced batch was acknowledged"
+
+    old.step(block_ms=20)  # its lease renewal finds the partition taken: it hands the report back
+    assert old.partitions == []
+    assert pending_of(tier, results_stream, "c-old") == []
+    monkeypatch.undo()
+
+    with tier.worker(handlers):  # the new owner applies the report and drives the run to its end
+        tier.drive(new, lambda: tier.status(run_id) == "succeeded", steps=50)
+    assert executed == {"a": 1, "b": 1}
+    assert tier.steps(run_id) == {"a": ("succeeded", 1), "b": ("succeeded", 1)}
+    # Never re-published (the queue's acknowledged entries are trimmed by now: count the log's dispatches).
+    assert Counter(e for e in tier.event_types(run_id) if e[0] == "step.dispatched") == {
+        ("step.dispatched", "a"): 1,
+        ("step.dispatched", "b"): 1,
+    }
+    check_applied_once(tier, [run_id])  # type: ignore[arg-type]
+    check_event_logs(tier, [run_id])  # type: ignore[arg-type]
+
+
+def pending_of(tier: Tier, stream: str, consumer: str) -> list[bytes]:
+    """Ids of the stream's entries the consumer read and did not acknowledge."""
+    rows = tier.redis.xpending_range(stream, COORDINATOR_GROUP, "-", "+", 100, consumername=consumer)
+    return [row["message_id"] for row in rows]

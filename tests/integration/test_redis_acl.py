@@ -288,6 +288,7 @@ def test_coordinator_and_cli_commands_work(acl_redis: AclRedis, admin: redis.Red
             assert c.xinfo_groups(stream)
             c.xpending(stream, group)
             c.xpending_range(stream, group, "-", "+", 1)
+            c.xpending_range(stream, group, "-", "+", 1, consumername="c1")  # hand_back of a lost partition
             assert c.xrange(stream, "-", "+", count=1000)
             assert c.xlen(stream)
             c.xtrim(stream, minid="0-1", approximate=False)

@@ -70,6 +70,47 @@ def test_read_replays_unacknowledged_entries_until_they_are_acknowledged(client:
     assert coordinator.read([0, 1], count=10, block_ms=10).count == 0
 
 
+def test_hand_back_moves_a_lost_partitions_pending_entries_to_the_new_owner_as_new_entries(
+    client: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = Keys(namespace)
+    old, new = make_bus(client, namespace, "c-old"), make_bus(client, namespace, "c-new")
+    old.acquire([0, 1], gained=[0, 1])
+    assert old.read([0, 1], count=10, block_ms=10).count == 0
+    new.acquire([0], gained=[0])  # the partition changed hands before the entries arrived
+    assert new.read([0], count=10, block_ms=10).count == 0
+    bus.send(
+        client,
+        [
+            (keys.results_stream(0), result("r1")),
+            (keys.results_stream(0), result("gone")),
+            (keys.control_stream(0), ControlMessage("submitted", "r2")),
+            (keys.results_stream(1), result("r3")),
+        ],
+    )
+    read = old.read([0, 1], count=10, block_ms=10)  # ... and the old owner read them: a fenced batch
+    assert read.count == 4
+    client.xdel(keys.results_stream(0), read.acks[keys.results_stream(0)][1])  # trimmed while pending
+
+    def broken(stream: str) -> int:
+        raise redis.ConnectionError("Redis went away")
+
+    monkeypatch.setattr(old, "_hand_back_stream", broken)
+    with pytest.raises(redis.ConnectionError):
+        old.hand_back([0])
+    monkeypatch.undo()
+    assert old.hand_back() == 2  # the next call finishes what the failed one left: the trimmed one only acked
+    assert old.hand_back() == 0
+
+    def pending(stream: str, consumer: str) -> int:
+        return len(client.xpending_range(stream, COORDINATOR_GROUP, "-", "+", 10, consumername=consumer))
+
+    assert pending(keys.results_stream(0), "c-old") == pending(keys.control_stream(0), "c-old") == 0
+    assert pending(keys.results_stream(1), "c-old") == 1  # still held: replayed by its own next read
+    inbox = new.read([0], count=10, block_ms=10)
+    assert (inbox.count, inbox.submitted, [r.run for r in inbox.results]) == (2, {"r2"}, ["r1"])
+
+
 def test_a_group_gone_with_its_stream_is_recreated_and_reported(client: redis.Redis, namespace: str) -> None:
     keys = Keys(namespace)
     coordinator = make_bus(client, namespace)
