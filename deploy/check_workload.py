@@ -4,7 +4,8 @@ A coordinator and two workers (with --metrics-port) run as the least-privilege R
 PostgreSQL users; a third, unscraped "victim" worker serves the `chaos` queue. The workload uses
 builtin handlers only and is chosen so that every series of orchestrator/metrics.py appears:
 successes, retries, a permanent failure, a saga that compensates, an opening circuit breaker,
-hooks, and a step whose worker stalls (SIGSTOP): its message is reclaimed by another worker and
+hooks, a deployed workflow scheduled every second (ticks started and skipped by overlap), and a
+step whose worker stalls (SIGSTOP): its message is reclaimed by another worker and
 dead-lettered (max_deliveries=1), and the stalled worker's late result, once resumed, is
 suppressed as a duplicate.
 """
@@ -97,6 +98,12 @@ steps:
   - {id: long, handler: builtin.sleep, queue: chaos, timeout: 60s, with: {seconds: 3}}
 """,
 }
+# Deployed and scheduled every second; a run outlasts a tick, so --overlap skip skips some.
+TICKER = """
+name: check-tick
+steps:
+  - {id: nap, handler: builtin.sleep, with: {seconds: 1.5}}
+"""
 SUBMITS = ["check-ok", "check-ok", "check-ok", "check-retry", "check-fail", "check-saga", "check-breaker"]
 
 
@@ -155,7 +162,8 @@ class Workload:
         self.workers.wait_for_workers(self.admin, 2, timeout=self.left(40))
         self.assert_alive()
         runs = self.submit(SUBMITS)
-        notes = self.stall_and_reclaim(runs)
+        notes = self.schedule_ticks()
+        notes += self.stall_and_reclaim(runs)
         statuses = self.wait_terminal(runs, timeout=self.left(60))
         self.assert_alive()
         for workflow in sorted({w for _, w in runs}):
@@ -198,6 +206,32 @@ class Workload:
                 raise RuntimeError(f"`steppe submit` of {name} failed ({proc.returncode}): {err.strip()[-800:]}")
             runs.append((json.loads(out.strip().splitlines()[-1])["run_id"], name))
         return runs
+
+    def schedule_ticks(self) -> list[str]:
+        """Deploy check-tick and schedule it every second (it keeps ticking): runs start (schedule lag,
+        next fire times) and ticks are skipped while the previous run still sleeps."""
+        path = self.workdir / "check-tick.yaml"
+        path.write_text(TICKER)
+        for args in (
+            ["workflows", "deploy", str(path)],
+            ["schedules", "add", "check-tick", "--workflow", "check-tick", "--every", "1s"],
+        ):
+            done = subprocess.run(
+                [*steppe_argv(), *args],
+                env=self.coordinator_env,
+                capture_output=True,
+                text=True,
+                cwd=self.workdir,
+                timeout=self.left(60),
+                check=False,
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"`steppe {' '.join(args[:2])}` failed ({done.returncode}): {done.stderr[-800:]}")
+        try:
+            _wait(lambda: "steppe_schedule_ticks_skipped_total{" in self._coordinator_metrics(), self.left(20))
+        except TimeoutError:
+            return ["the check-tick schedule skipped no tick while its previous run slept"]
+        return []
 
     def stall_and_reclaim(self, runs: list[tuple[str, str]]) -> list[str]:
         """SIGSTOP the victim mid-step; another worker reclaims and dead-letters; SIGCONT: a duplicate."""

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.client import Client
 from orchestrator.client.sources import WorkflowSource, resolve
-from orchestrator.errors import ConfigError, SubmitError
+from orchestrator.errors import ConfigError, InfrastructureError, SubmitError
 
 if TYPE_CHECKING:
     from orchestrator.submit import Submitter
@@ -192,6 +193,8 @@ class SteppeTools:
         row = store.get(dead_letter_id)
         check_replayable(store, row)
         settings = submitter.settings
+        run_id = str(row["run_id"])
+        seen = max((e.seq for e in self.client.history(run_id)), default=0)
         replay(
             store,
             submitter.redis,
@@ -200,7 +203,25 @@ class SteppeTools:
             row=row,
             args=dict(args) if args is not None else None,
         )
-        return {"run_id": row["run_id"], "step": row["step_key"], "overrides": args is not None}
+        self._until_resumed(run_id, after=seen)
+        return {"run_id": run_id, "step": row["step_key"], "overrides": args is not None}
+
+    def _until_resumed(self, run_id: str, *, after: int) -> None:
+        """Return once the run's coordinator took the replay (as `Client.retry` does), so that a
+        wait_for_run right after it waits for the new outcome instead of returning the old failure."""
+        from orchestrator.client.transport import poll_delays
+        from orchestrator.state import EventType
+
+        deadline = time.monotonic() + self.client.timeout
+        for delay in poll_delays():
+            if any(e.type == EventType.RUN_RESUMED for e in self.client.history(run_id, after=after)):
+                return
+            if time.monotonic() >= deadline:
+                raise InfrastructureError(
+                    f"the replay of run {run_id} is recorded, but no coordinator took it within "
+                    f"{self.client.timeout:g}s; it is carried out when one runs: check that `steppe coordinator` is up"
+                )
+            time.sleep(delay)
 
     def _synced(self) -> Any:
         from orchestrator.keys import Keys

@@ -192,3 +192,43 @@ def test_errors_are_the_cli_messages_as_tool_errors(cluster: Env) -> None:
         assert "dead-letter status" in await error_of(session, "list_dead_letters", status="gone")
 
     with_session(cluster, body)
+
+
+def test_a_dead_letter_is_listed_and_replayed_with_new_arguments(cluster: Env) -> None:
+    """The dead letter of a failed run (written as a worker writes one after max_deliveries) is
+    listed, refused while it cannot be replayed, and replayed with edited arguments to success."""
+    from orchestrator.store.dead_letters import DeadLetterStore
+    from patterns.dead_letter import DeadLetter, DeadLetterReason
+
+    workflow = FAILING.replace("mcp-failing", "mcp-dlq")
+
+    async def body(session: ClientSession) -> None:
+        failed = await call(session, "submit_workflow", workflow=workflow, wait_seconds=60)
+        run_id = failed["run_id"]
+        assert failed["run"]["status"] == "failed"
+        letter = DeadLetter(
+            queue="default",
+            stream_id=f"{uuid.uuid4().int % 10**12}-0",
+            reason=DeadLetterReason.MAX_DELIVERIES,
+            error="delivered 4 times (max_deliveries=3)",
+            run_id=run_id,
+            step_key="explode",
+            attempt=1,
+            delivery_count=4,
+            payload={"handler": "builtin.fail", "args": {"message": "boom", "retryable": False}},
+        )
+        DeadLetterStore(cluster.store).merge([letter])
+        (listed,) = (await call(session, "list_dead_letters", run_id=run_id))["dead_letters"]
+        assert (listed["reason"], listed["step_key"], listed["status"]) == ("MaxDeliveriesExceeded", "explode", "dead")
+        assert listed["payload"]["args"] == {"message": "boom", "retryable": False}
+        assert "steppe dlq list" in await error_of(session, "replay_dead_letter", dead_letter_id=987654321)
+        new_args = {"message": "fixed", "retryable": False, "times": 0}
+        replayed = await call(session, "replay_dead_letter", dead_letter_id=listed["dead_letter_id"], args=new_args)
+        assert replayed == {"run_id": run_id, "step": "explode", "overrides": True}
+        done = await call(session, "wait_for_run", run_id=run_id, timeout_seconds=60)
+        assert done["status"] == "succeeded", done
+        assert (await call(session, "list_dead_letters", run_id=run_id))["dead_letters"][0]["status"] == "replayed"
+        again = await error_of(session, "replay_dead_letter", dead_letter_id=listed["dead_letter_id"])
+        assert "replayed" in again or "succeeded" in again
+
+    with_session(cluster, body)

@@ -57,8 +57,8 @@ def ok(done: subprocess.CompletedProcess[str]) -> str:
     return done.stdout
 
 
-def finished(e2e: Env, run_id: str) -> bool:
-    return e2e.run(run_id)["status"] == "succeeded"
+def finished(e2e: Env, run_ids: list[str]) -> bool:
+    return all(e2e.run(r)["status"] == "succeeded" for r in run_ids)
 
 
 def step_running(e2e: Env, run_id: str) -> bool:
@@ -100,8 +100,7 @@ def test_export_prune_import_round_trip_keeps_active_and_recent_runs(e2e: Env, t
     old = [e2e.submit(PARENT, check_handlers=False) for _ in range(3)]
     recent = e2e.submit(PARENT, check_handlers=False)
     slow = e2e.submit(SLOW, check_handlers=False)
-    for run_id in [*old, recent]:
-        assert_eventually(lambda r=run_id: finished(e2e, r), timeout=60, message=e2e.log)
+    assert_eventually(lambda: finished(e2e, [*old, recent]), timeout=60, message=e2e.log)
     assert_eventually(lambda: step_running(e2e, slow), timeout=30, message=e2e.log)
     make_old(e2e, old)
     children = [f"{r}.kid.1" for r in old]
@@ -164,8 +163,7 @@ def test_the_coordinator_prunes_old_finished_runs_by_itself(e2e: Env) -> None:
     old = [e2e.submit(PARENT, check_handlers=False) for _ in range(2)]
     recent = e2e.submit(PARENT, check_handlers=False)
     slow = e2e.submit(SLOW, check_handlers=False)
-    for run_id in [*old, recent]:
-        assert_eventually(lambda r=run_id: finished(e2e, r), timeout=60, message=e2e.log)
+    assert_eventually(lambda: finished(e2e, [*old, recent]), timeout=60, message=e2e.log)
     kept_before = {r: snapshot(e2e, r) for r in [recent]}
     make_old(e2e, old)
     ids = [*old, *(f"{r}.kid.1" for r in old)]

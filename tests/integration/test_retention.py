@@ -239,3 +239,18 @@ def test_concurrent_pruners_never_delete_a_run_twice(store: RunStore) -> None:
         t.join(60)
     assert sum(r.runs for r in results) == 20
     assert all(rows_of(store, r)["runs"] == 0 for r in runs)
+
+
+def test_a_run_being_written_or_commanded_is_skipped_until_it_is_free(store: RunStore) -> None:
+    """A coordinator's write holds the run row; adding a command (a retry) holds it FOR KEY SHARE
+    until it commits: the pruner skips such a run this time instead of waiting or racing it."""
+    held, commanded, free = (add_run(store, status="succeeded", finished_at=OLD) for _ in range(3))
+    with psycopg.connect(store.url) as writer, psycopg.connect(store.url) as retrier:
+        writer.execute("SELECT FROM workflow_runs WHERE run_id = %s FOR UPDATE", (held,))
+        retrier.execute("INSERT INTO run_commands (run_id, command) VALUES (%s, 'retry')", (commanded,))
+        assert retention.prune_batch(store, CUTOFF, max_runs=100).runs == 1
+        assert [rows_of(store, r)["runs"] for r in (held, commanded, free)] == [1, 1, 0]
+        writer.rollback()
+        retrier.commit()  # the retry is now pending: its run is kept until a coordinator processed it
+    assert retention.prune_batch(store, CUTOFF, max_runs=100).runs == 1
+    assert [rows_of(store, r)["runs"] for r in (held, commanded)] == [0, 1]
