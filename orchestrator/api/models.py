@@ -73,6 +73,10 @@ class RunDocument(BaseModel):
     parent_run_id: str | None = None
     steps: dict[str, StepDocument]
     plan: dict[str, Any] | None = None
+    limits: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Flow control: each concurrency slot or rate token a step waits on or holds, and the key's use",
+    )
     definition: dict[str, Any] | None = Field(default=None, description="Only with ?include_definition=true")
 
 

@@ -45,6 +45,7 @@ def _register_commands() -> None:
         dev,
         dlq,
         hooks,
+        limits_cmd,
         mcp_cmd,
         patterns_cmd,
         processes,
@@ -55,7 +56,7 @@ def _register_commands() -> None:
     )
 
     commands = (dev, db, processes, runs, spec_cmds, bench, api_cmd, ui_cmd, dlq, hooks, admin, patterns_cmd, mcp_cmd)
-    for module in (*commands, schedules_cmd):
+    for module in (*commands, schedules_cmd, limits_cmd):
         module.register(app)
     del bench_client, bench_cluster  # each registers its commands on `bench` when imported
 

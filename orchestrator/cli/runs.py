@@ -15,6 +15,7 @@ from rich.table import Table
 
 from orchestrator.cli.common import console, err_console, load_settings, report_errors
 from orchestrator.cli.context import Clients, connect
+from orchestrator.cli.limits_cmd import throttle_note
 from orchestrator.errors import SubmitError
 from orchestrator.keys import Keys
 from orchestrator.state import TERMINAL_RUN_STATUSES, RunStatus, base_step_id
@@ -28,6 +29,7 @@ STATUS_STYLE = {
     "running": "cyan",
     "dispatched": "blue",
     "retry_scheduled": "magenta",
+    "throttled": "magenta",
     "compensated": "yellow",
     "compensating": "yellow",
     "compensation_failed": "red",
@@ -73,7 +75,7 @@ def status_table(doc: dict[str, Any]) -> Table:
             detail = f"{step['error'].get('type')}: {step['error'].get('message')}"
         elif step.get("output") is not None:
             detail = orjson.dumps(step["output"]).decode()[:200]
-        notes = pattern_notes(step.get("detail") or {})
+        notes = "; ".join(n for n in (throttle_note(doc, key, step), pattern_notes(step.get("detail") or {})) if n)
         if notes:
             detail = f"{escape(detail)} [dim]({escape(notes)})[/]" if detail else f"[dim]{escape(notes)}[/]"
         else:

@@ -36,6 +36,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.spec.limits import show_seconds
 from orchestrator.store.runs import RunStore
 
 _BATCH = 256  # waiters considered per round of one key's admission
@@ -225,20 +226,41 @@ class LimitStore:
     def of_run(self, run_id: str) -> list[dict[str, Any]]:
         """The limit rows of one run's attempts (waiting or held), for its run document."""
         with self.store.connection() as conn:
-            rows = conn.execute(
-                "SELECT kind, key, step_key, attempt, lim, per_ms, granted_at FROM limit_slots"
-                " WHERE run_id = %s ORDER BY step_key, req_index",
-                (run_id,),
-            ).fetchall()
-        return [
-            {
-                "step": r["step_key"],
-                "attempt": int(r["attempt"]),
-                "kind": r["kind"],
-                "key": r["key"],
-                "limit": int(r["lim"]),
-                "per": int(r["per_ms"]) / 1000.0 if r["kind"] == "rate" else None,
-                "granted": r["granted_at"] is not None,
-            }
-            for r in rows
-        ]
+            return run_limits(conn, run_id)
+
+
+def run_limits(conn: Any, run_id: str) -> list[dict[str, Any]]:
+    """The limits one run's attempts wait on or hold, each with its key's current use (the `limits`
+    of the run document: `steppe status`, `GET /v1/runs/{id}`)."""
+    rows = conn.execute(
+        "SELECT l.kind, l.key, l.step_key, l.attempt, l.lim, l.per_ms, l.granted_at, l.created_at,"
+        " (SELECT count(*) FROM limit_slots h WHERE h.kind = l.kind AND h.key = l.key AND h.granted_at IS NOT NULL"
+        "  AND (h.kind = 'concurrency' OR h.granted_at > clock_timestamp() - make_interval(secs => h.per_ms / 1000.0)))"
+        " AS in_use FROM limit_slots l WHERE l.run_id = %s"
+        " AND NOT (l.kind = 'rate' AND l.granted_at IS NOT NULL AND NOT EXISTS (SELECT 1 FROM workflow_steps s"
+        "  WHERE s.run_id = l.run_id AND s.step_key = l.step_key AND s.status = 'throttled'))"
+        " ORDER BY l.step_key, l.req_index",
+        (run_id,),
+    ).fetchall()
+    return [
+        {
+            "step": r["step_key"],
+            "attempt": int(r["attempt"]),
+            "kind": r["kind"],
+            "key": r["key"],
+            "limit": int(r["lim"]),
+            "per": int(r["per_ms"]) / 1000.0 if r["kind"] == "rate" else None,
+            "in_use": int(r["in_use"]),
+            "state": "held" if r["granted_at"] is not None else "waiting",
+            "since": (r["granted_at"] or r["created_at"]).isoformat(),
+        }
+        for r in rows
+    ]
+
+
+def describe(limit: dict[str, Any]) -> str:
+    """`concurrency openai 8/8` or `rate openai 60/1m`: a limit of the run document, for status lines."""
+    if limit["kind"] == "rate":
+        per = show_seconds(float(limit["per"] or 0))
+        return f"rate {limit['key']} {limit['limit']}/{per} ({limit['in_use']} started in the window)"
+    return f"concurrency {limit['key']} {limit['in_use']}/{limit['limit']}"

@@ -12,6 +12,7 @@ from typing import Any
 
 from orchestrator.errors import RunNotFoundError
 from orchestrator.state import Event, EventType, RunProjection
+from orchestrator.store.limits import run_limits
 from orchestrator.store.runs import RunStore, require_run, to_epoch
 
 
@@ -30,6 +31,7 @@ class RunQueries:
                 " FROM workflow_steps WHERE run_id = %s ORDER BY step_key",
                 (run_id,),
             ).fetchall()
+            limits = run_limits(conn, run_id)
         return {
             "run_id": run["run_id"],
             "workflow": run["workflow"],
@@ -51,6 +53,7 @@ class RunQueries:
                 }
                 for s in steps
             },
+            "limits": limits,  # flow control: what its steps wait on or hold (§12.2)
             "plan": run["plan"],
             "definition": run["definition"],
         }

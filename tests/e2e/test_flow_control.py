@@ -3,7 +3,10 @@ witness records the start and end of every execution (tests/e2e/limit_handlers.p
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -104,8 +107,10 @@ def test_a_freed_slot_admits_the_next_waiter_promptly_and_in_time(e2e: Env) -> N
         gaps.append(s["start"] - before[-1] if before else 0.0)
     gaps.sort()
     p50, p99 = statistics.median(gaps), gaps[int(len(gaps) * 0.99) - 1]
-    print(f"llm_batch: 200 x 0.1 s through 8 slots in {total:.2f} s (ideal 2.50 s); admission p50 {p50 * 1000:.1f} ms"
-          f" p99 {p99 * 1000:.1f} ms; submit to finish {time.time() - began:.2f} s")
+    print(
+        f"llm_batch: 200 x 0.1 s through 8 slots in {total:.2f} s (ideal 2.50 s); admission p50 {p50 * 1000:.1f} ms"
+        f" p99 {p99 * 1000:.1f} ms; submit to finish {time.time() - began:.2f} s"
+    )
     assert total < 2.5 * 3
     assert p50 < 0.25  # a freed slot is not waiting for a reconcile (1 s here) or a poll
 
@@ -122,3 +127,42 @@ def test_a_rate_limit_spreads_starts_over_windows(e2e: Env) -> None:
     window = 2.0 - 0.1
     assert max(sum(1 for t in starts if s <= t < s + window) for s in starts) <= 20
     assert starts[-1] - starts[0] >= 2.0 * 4 * 0.99
+
+
+def steppe(env: Env, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli.main", *args],
+        env=env.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_limits_status_and_the_run_document_show_holders_and_waiters(e2e: Env) -> None:
+    start(e2e, coordinators=1, workers=1, concurrency=4)
+    run_id = e2e.submit(limited("solo", 1, 8, 2.5))  # 20 s: the CLI commands below take a few seconds each
+
+    def throttled() -> dict[str, Any]:
+        doc = e2e.run(run_id)
+        assert sum(1 for s in doc["steps"].values() if s["status"] == "throttled") == 7
+        assert [x["state"] for x in doc["limits"]].count("held") == 1
+        return doc
+
+    doc = assert_eventually(throttled, timeout=30)
+    waiting = next(x for x in doc["limits"] if x["state"] == "waiting")
+    assert (waiting["kind"], waiting["key"], waiting["limit"], waiting["in_use"]) == ("concurrency", "solo", 1, 1)
+    status = steppe(e2e, "status", run_id)
+    assert "throttled: concurrency solo 1/1" in status
+    usage = json.loads(steppe(e2e, "limits", "--json"))["limits"]
+    assert [(u["kind"], u["key"], u["in_use"]) for u in usage] == [("concurrency", "solo", 1)]
+    assert 1 <= usage[0]["waiting"] <= 6
+    assert usage[0]["holders"][0]["run_id"] == run_id
+    assert "solo" in steppe(e2e, "limits")
+    wait_finished(e2e, [run_id], timeout=60)
+    assert max_overlap(intervals(e2e, "solo")) == 1
+    assert json.loads(steppe(e2e, "limits", "--json"))["limits"] == []
+    assert e2e.run(run_id)["limits"] == []
