@@ -13,6 +13,8 @@ SteppeError
 ├── TemplateError                a `${{ … }}` reference could not be resolved
 │   └── RunLimitError            a run outgrew a limit while running (orchestrator/run_limits.py)
 ├── SubmitError                  a submission was refused (unknown handler, bad inputs, …)
+│   ├── WorkflowNotDeployedError no such deployed workflow or version (orchestrator/store/workflows.py)
+│   └── ScheduleNotFoundError    no schedule with that id (orchestrator/store/schedules.py)
 ├── RunNotFoundError             no run with that id
 ├── RunFailedError               a run the client waited for ended without succeeding (status, step errors)
 ├── RunTimeoutError              the run did not finish within the client's timeout (also a TimeoutError)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.deployed import submit_ref
-from orchestrator.durations import parse_duration
+from orchestrator.durations import DurationError, parse_duration
 from orchestrator.errors import SubmitError
 from orchestrator.schedule_times import Catchup, Overlap, Policy, Timing, fire_time, zone
 from orchestrator.spec import WorkflowSpec, validate_inputs
@@ -45,6 +45,13 @@ def _choice(value: str, kind: type[Overlap] | type[Catchup], option: str) -> Any
         raise SubmitError(f"{option} is {allowed}, not {value!r}") from None
 
 
+def _duration(value: object, option: str) -> float:
+    try:
+        return parse_duration(value, what=option)
+    except DurationError as e:
+        raise SubmitError(f"{option}: {e}") from None
+
+
 def add(submitter: Submitter, request: ScheduleRequest, *, now: dt.datetime) -> dict[str, Any]:
     """Validate and store a schedule; its first tick is the first after `now`. Returns its description."""
     if not re.match(ID_PATTERN, request.schedule_id):
@@ -52,12 +59,12 @@ def add(submitter: Submitter, request: ScheduleRequest, *, now: dt.datetime) -> 
             f"schedule id {request.schedule_id!r} is not valid: 1-128 characters of [A-Za-z0-9._-], "
             "starting with a letter or digit"
         )
-    every = parse_duration(request.every, what="--every") if request.every is not None else None
+    every = _duration(request.every, "--every") if request.every is not None else None
     timing = Timing(cron=request.cron, timezone=request.timezone, every=every)
     policy = Policy(
         catchup=_choice(request.catchup, Catchup, "--catchup"),
-        catchup_window=parse_duration(request.catchup_window, what="--catchup-window"),
-        jitter=parse_duration(request.jitter, what="--jitter"),
+        catchup_window=_duration(request.catchup_window, "--catchup-window"),
+        jitter=_duration(request.jitter, "--jitter"),
     )
     overlap = _choice(request.overlap, Overlap, "--overlap")
     name, version = parse_ref(request.workflow)

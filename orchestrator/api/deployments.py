@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 
 from orchestrator.api.models import ErrorResponse
 from orchestrator.api.routes import Res, require_token
+from orchestrator.api.submission import check_values
 from orchestrator.store.schedules import ScheduleNotFoundError
 from orchestrator.store.workflows import WorkflowNotDeployedError
 
@@ -24,6 +25,7 @@ ScheduleId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
+        400: "The body is not JSON",
         401: "Missing or wrong bearer token",
         404: "No such workflow, version or schedule",
         413: "Request body over STEPPE_API_MAX_BODY_BYTES",
@@ -173,7 +175,9 @@ def add_schedule(res: Res, body: Annotated[ScheduleCreate, Body()]) -> Schedule:
     """Add a schedule of a deployed workflow; its first tick is the first after now."""
     from orchestrator import schedule_ops
 
-    request = schedule_ops.ScheduleRequest(**body.model_dump())
+    values = body.model_dump()
+    check_values(values)  # NUL, unpaired surrogates and deep nesting refused before anything is stored
+    request = schedule_ops.ScheduleRequest(**values)
     return Schedule(**schedule_ops.add(res.submitter(), request, now=_now()))
 
 
