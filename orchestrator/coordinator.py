@@ -44,6 +44,7 @@ from orchestrator.retention import Pruner
 from orchestrator.run_loader import RunLoader
 from orchestrator.scheduler import Scheduler
 from orchestrator.settings import Settings, check_timing
+from orchestrator.signal_delivery import SignalDelivery
 from orchestrator.state import RunStatus
 from orchestrator.step_keys import StepRole, role_of
 from orchestrator.store.dead_letters import DeadLetterStore
@@ -105,6 +106,7 @@ class Coordinator:
         self._next_lease = 0.0
         self._next_reconcile = 0.0
         self.republisher = Republisher(self.bus, self.hooks)
+        self.delivery = SignalDelivery(store)  # signals and approvals to waiting steps (§12.1)
         self.limiter = Limiter(LimitStore(store), client, self.keys, clock)  # flow control (§12.2)
         self.run_spans: RunSpans | None = None  # set by `steppe coordinator` when tracing is on (§12.7)
         # Schedules of this coordinator's partitions (orchestrator/scheduler.py), submitted as any run is.
@@ -258,6 +260,7 @@ class Coordinator:
         for tracked in self.loader.load(wanted, self.partitions, finished_too=finished_too):
             self.runs[tracked.engine.run.run_id] = tracked
             self.timers.push(tracked.engine.drain().timers)  # a freshly loaded engine holds only its timers
+        self.delivery.on_loaded(self.runs, wanted)  # signals accepted before, kept until a step waits
 
     def _apply_commands(self) -> list[tuple[int, str]]:
         done: list[tuple[int, str]] = []
@@ -276,6 +279,7 @@ class Coordinator:
                     self.bus.unmark_cancelled(engine.run.run_id)
                     log.info("run_resumed", run_id=engine.run.run_id)
             done.append((command["command_id"], command["run_id"]))
+        self.delivery.deliver(self.runs, {c["run_id"] for c in commands if c["command"] == "signal"})
         return done
 
     # -- timers ---------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ BEGIN
     FOREACH tbl IN ARRAY ARRAY[
         'workflow_runs', 'workflow_steps', 'workflow_events', 'workflow_hooks',
         'workflow_definitions', 'dead_letters', 'coordinator_leases', 'run_commands', 'hook_executions',
-        'workflow_versions', 'schedules', 'limit_slots'
+        'workflow_versions', 'schedules', 'limit_slots', 'run_signals'
     ] LOOP
         IF to_regclass(format('public.%I', tbl)) IS NOT NULL THEN
             EXECUTE format('ALTER TABLE public.%I OWNER TO steppe_migrator', tbl);

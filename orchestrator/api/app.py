@@ -19,6 +19,7 @@ from orchestrator.api.limits import BodyLimitMiddleware
 from orchestrator.api.query import QueryTextMiddleware
 from orchestrator.api.resources import Resources
 from orchestrator.api.routes import health, runs
+from orchestrator.api.waits import waits
 from orchestrator.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None)
     app.add_middleware(QueryTextMiddleware)
     install_error_handlers(app)
     app.include_router(runs)
+    app.include_router(waits)  # signals and approvals (docs/spec.md §12.1)
     app.include_router(follow)
     app.include_router(deployments)  # /v1/workflows, /v1/schedules
     app.include_router(health)

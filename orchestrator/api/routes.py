@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -190,7 +190,9 @@ def get_run(
 @runs.get("/runs", response_model=RunList)
 def list_runs(
     res: Res,
-    status: RunStatus | None = None,
+    status: Annotated[
+        RunStatus | Literal["waiting"] | None, Query(description="A run status, or waiting: a step waits (§12.1)")
+    ] = None,
     workflow: Annotated[str | None, Query(max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> RunList:

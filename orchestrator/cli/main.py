@@ -53,10 +53,11 @@ def _register_commands() -> None:
         schedules_cmd,
         spec_cmds,
         ui_cmd,
+        waits_cmd,
     )
 
     commands = (dev, db, processes, runs, spec_cmds, bench, api_cmd, ui_cmd, dlq, hooks, admin, patterns_cmd, mcp_cmd)
-    for module in (*commands, schedules_cmd, limits_cmd):
+    for module in (*commands, schedules_cmd, waits_cmd, limits_cmd):
         module.register(app)
     del bench_client, bench_cluster  # each registers its commands on `bench` when imported
 

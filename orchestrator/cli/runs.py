@@ -19,6 +19,7 @@ from orchestrator.cli.limits_cmd import throttle_note
 from orchestrator.errors import SubmitError
 from orchestrator.keys import Keys
 from orchestrator.state import TERMINAL_RUN_STATUSES, RunStatus, base_step_id
+from orchestrator.waits_view import wait_note
 
 STATUS_STYLE = {
     "succeeded": "green",
@@ -34,6 +35,7 @@ STATUS_STYLE = {
     "compensating": "yellow",
     "compensation_failed": "red",
     "pending": "dim",
+    "waiting": "bright_magenta",
 }
 
 
@@ -75,7 +77,15 @@ def status_table(doc: dict[str, Any]) -> Table:
             detail = f"{step['error'].get('type')}: {step['error'].get('message')}"
         elif step.get("output") is not None:
             detail = orjson.dumps(step["output"]).decode()[:200]
-        notes = "; ".join(n for n in (throttle_note(doc, key, step), pattern_notes(step.get("detail") or {})) if n)
+        notes = "; ".join(
+            n
+            for n in (
+                wait_note(step, now=time.time()),
+                throttle_note(doc, key, step),
+                pattern_notes(step.get("detail") or {}),
+            )
+            if n
+        )
         if notes:
             detail = f"{escape(detail)} [dim]({escape(notes)})[/]" if detail else f"[dim]{escape(notes)}[/]"
         else:
@@ -242,7 +252,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @report_errors
     def runs(
-        status_: str | None = typer.Option(None, "--status", help="Only runs in this status"),
+        status_: str | None = typer.Option(
+            None, "--status", help="Only runs in this status (waiting: runs with a step waiting, §12.1)"
+        ),
         workflow: str | None = typer.Option(None, "--workflow", help="NAME, or NAME@VERSION of a deployed one"),
         limit: int = typer.Option(50, "--limit"),
         as_json: bool = typer.Option(False, "--json"),

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.client.models import HistoryEvent, RunDocument, RunSummary
 from orchestrator.client.sources import Document, WorkflowSource, resolve
 from orchestrator.client.transport import AsyncTransport, SubmitResult, Transport, check_run_id, poll_delays
+from orchestrator.client.waits import AsyncSignalMethods, SignalMethods
 from orchestrator.errors import ConfigError, InfrastructureError, RunFailedError, RunTimeoutError
 from orchestrator.state import EventType, RunStatus
 
@@ -130,7 +131,7 @@ class Run:
         return self.client.history(self.id)
 
 
-class Client:
+class Client(SignalMethods):
     """Submit and follow runs from Python; see the module docstring for the two transports."""
 
     def __init__(
@@ -289,7 +290,7 @@ class AsyncRun:
         return await self.client.history(self.id)
 
 
-class AsyncClient:
+class AsyncClient(AsyncSignalMethods):
     """Client for asyncio: the same methods, awaited. Over the direct transport each call runs in a
     worker thread; over HTTP it uses httpx's async client."""
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
+from orchestrator.client import waits
 from orchestrator.client.sources import Document
 from orchestrator.client.transport import SubmitResult, cancel_refusal, poll_delays, retry_refusal
 from orchestrator.state import TERMINAL_RUN_STATUSES
@@ -26,7 +27,9 @@ from orchestrator.state import TERMINAL_RUN_STATUSES
 if TYPE_CHECKING:
     import redis
 
+    from orchestrator.client.waits import Accepted
     from orchestrator.settings import Settings
+    from orchestrator.signals import Signaller
     from orchestrator.store.queries import RunQueries
     from orchestrator.store.runs import RunStore
     from orchestrator.submit import Submitter
@@ -170,6 +173,18 @@ class DirectTransport:
     def history(self, run_id: str, *, after: int) -> list[dict[str, Any]]:
         return self.queries.events(run_id, after=after)
 
+    def _signaller(self) -> Signaller:
+        from orchestrator.signals import Signaller
+
+        submitter = self._open()
+        return Signaller(settings=submitter.settings, store=submitter.store, client=submitter.redis)
+
+    def signal(self, run_id: str, name: str, payload: Any, *, idempotency_key: str | None) -> Accepted:
+        return waits.direct_signal(self._signaller(), run_id, name, payload, idempotency_key)
+
+    def decide(self, run_id: str, step: str, *, approve: bool, by: str | None, comment: str | None) -> Accepted:
+        return waits.direct_decision(self._signaller(), run_id, step, approve=approve, by=by, comment=comment)
+
 
 def poll_until_terminal(status_of: Callable[[], str], timeout: float, sleep: Callable[[float], object]) -> str:
     """Poll `status_of` with backoff until it is terminal or `timeout` passed; the last status."""
@@ -228,3 +243,9 @@ class AsyncDirectTransport:
 
     async def history(self, run_id: str, *, after: int) -> list[dict[str, Any]]:
         return await self._call(self.sync.history, run_id, after=after)
+
+    async def signal(self, run_id: str, name: str, payload: Any, *, idempotency_key: str | None) -> Accepted:
+        return await self._call(self.sync.signal, run_id, name, payload, idempotency_key=idempotency_key)
+
+    async def decide(self, run_id: str, step: str, *, approve: bool, by: str | None, comment: str | None) -> Accepted:
+        return await self._call(self.sync.decide, run_id, step, approve=approve, by=by, comment=comment)

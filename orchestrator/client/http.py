@@ -27,6 +27,7 @@ import httpx
 import orjson
 
 from orchestrator import __version__
+from orchestrator.client import waits
 from orchestrator.client.sources import Document
 from orchestrator.client.transport import SubmitResult
 from orchestrator.errors import (
@@ -39,6 +40,7 @@ from orchestrator.errors import (
     SubmitError,
 )
 from orchestrator.state import TERMINAL_RUN_STATUSES
+from orchestrator.wait_errors import ApproverRefusedError
 
 LONG_POLL = 20.0  # seconds of one wait request
 MAX_FILENAME = 255  # `?filename=` limit of POST /v1/runs
@@ -85,6 +87,8 @@ def error_for(status: int, content: bytes, *, base_url: str, what: str) -> Stepp
                 for p in problems
             ]
         )
+    if status == 403:  # the only 403 of the API: an approver the step does not name
+        return ApproverRefusedError(text)
     return _plain_error(status, text, base_url=base_url, what=what)
 
 
@@ -225,6 +229,15 @@ class HttpTransport(_Base):
         call = Call("GET", f"/v1/runs/{run_id}/events", "history", params={"after": after})
         return self._send(call)["events"]  # type: ignore[no-any-return]
 
+    def signal(self, run_id: str, name: str, payload: Any, *, idempotency_key: str | None) -> waits.Accepted:
+        return waits.accepted(self._send(waits.signal_call(run_id, name, payload, idempotency_key)))
+
+    def decide(
+        self, run_id: str, step: str, *, approve: bool, by: str | None, comment: str | None
+    ) -> waits.Accepted:
+        call = waits.decision_call(run_id, step, approve=approve, by=by, comment=comment)
+        return waits.accepted(self._send(call))
+
 
 class AsyncHttpTransport(_Base):
     def __init__(
@@ -277,3 +290,12 @@ class AsyncHttpTransport(_Base):
     async def history(self, run_id: str, *, after: int) -> list[dict[str, Any]]:
         call = Call("GET", f"/v1/runs/{run_id}/events", "history", params={"after": after})
         return (await self._send(call))["events"]  # type: ignore[no-any-return]
+
+    async def signal(self, run_id: str, name: str, payload: Any, *, idempotency_key: str | None) -> waits.Accepted:
+        return waits.accepted(await self._send(waits.signal_call(run_id, name, payload, idempotency_key)))
+
+    async def decide(
+        self, run_id: str, step: str, *, approve: bool, by: str | None, comment: str | None
+    ) -> waits.Accepted:
+        call = waits.decision_call(run_id, step, approve=approve, by=by, comment=comment)
+        return waits.accepted(await self._send(call))

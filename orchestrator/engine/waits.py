@@ -91,10 +91,15 @@ class Waits:
 
     def offer(self, signals: Iterable[Signal]) -> None:
         """Stored signals of this run not consumed yet: deliver them, or keep them for a later wait."""
+        self.keep(signals)
+        self.deliver()
+
+    def keep(self, signals: Iterable[Signal]) -> None:
+        """Hold stored signals not consumed yet without delivering them: a step that starts waiting
+        consumes them, and so does the next `offer` (a run just loaded changes nothing until then)."""
         for signal in signals:
             if signal.signal_id not in self.consumed:
                 self.pending[signal.signal_id] = signal
-        self.deliver()
 
     def deliver(self) -> None:
         """Hand each pending signal, oldest first, to a step waiting for it."""

@@ -85,7 +85,12 @@ class RunQueries:
         """Runs newest first, filtered by status, workflow and a window of creation times."""
         clauses: list[str] = []
         params: list[Any] = []
-        if status:
+        if status == "waiting":  # runs with a step waiting for a signal, an approval or a timer (§12.1)
+            clauses.append(
+                "status = 'running' AND EXISTS (SELECT 1 FROM workflow_steps s"
+                " WHERE s.run_id = workflow_runs.run_id AND s.status = 'waiting')"
+            )
+        elif status:
             clauses.append("status = %s")
             params.append(status)
         if workflow:

@@ -28,7 +28,7 @@ from orchestrator.errors import ConflictError, DatabaseUnavailableError, RunData
 from orchestrator.settings import display_url
 from orchestrator.state import Event, EventType, RunProjection, RunStatus, StepRecord, StepStatus
 from orchestrator.store import dead_letters as dead_letter_rows
-from orchestrator.store import hook_executions
+from orchestrator.store import hook_executions, signal_rows
 from orchestrator.store.hook_executions import HookCount, HookExecutionRow
 from patterns.dead_letter import DeadLetter
 
@@ -404,6 +404,7 @@ class RunStore:
                     )
                 dead_letter_rows.write(cur, dead_letters)
                 hook_executions.write(cur, hook_rows, hook_counts)
+                signal_rows.mark_consumed(cur, events)  # signals that ended a wait (docs/spec.md §12.1)
         except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as e:
             raise ConflictError(f"a run changed hands or was changed by another writer; reloading ({e})") from e
         except DATA_ERRORS as e:

@@ -87,6 +87,7 @@ workflow_steps = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("run_id", "step_key"),
     Index("ix_workflow_steps_status", "status", postgresql_where=text("status IN ('dispatched', 'running')")),
+    Index("ix_workflow_steps_waiting", "due_at", postgresql_where=text("status = 'waiting'")),  # durable waits
 )
 
 # Flow control (docs/spec.md §12.2, orchestrator/store/limits.py): one row per limit of a throttled attempt.
@@ -273,4 +274,26 @@ schedules = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ix_schedules_partition_next_fire_at", "partition", "next_fire_at", postgresql_where=text("NOT paused")),
+)
+
+
+# Signals and approval decisions (docs/spec.md §12.1), accepted by `steppe signal|approve|reject` with
+# the run_commands row that wakes the coordinator; `consumed_by` is the step key whose wait it ended,
+# set in the coordinator's batch transaction with that step's event (orchestrator/store/signals.py).
+run_signals = Table(
+    "run_signals",
+    metadata,
+    Column("signal_id", BigInteger, primary_key=True, autoincrement=True),
+    Column("run_id", Text, ForeignKey("workflow_runs.run_id", ondelete="CASCADE"), nullable=False),
+    Column("kind", Text, nullable=False),  # signal | approve | reject
+    Column("name", Text, nullable=False),  # the signal's name; the approval step's id
+    Column("payload", JSONB, nullable=True),
+    Column("idempotency_key", Text, nullable=True),
+    Column("who", Text, nullable=True),
+    Column("comment", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("consumed_by", Text, nullable=True),
+    Column("consumed_at", DateTime(timezone=True), nullable=True),
+    UniqueConstraint("run_id", "idempotency_key", name="uq_run_signals_idempotency_key"),
+    Index("ix_run_signals_unconsumed", "run_id", postgresql_where=text("consumed_by IS NULL")),
 )

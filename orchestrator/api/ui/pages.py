@@ -20,6 +20,7 @@ from orchestrator.errors import RunNotFoundError, SubmitError
 from orchestrator.keys import Keys
 from orchestrator.state import TERMINAL_RUN_STATUSES, RunStatus
 from orchestrator.store.dead_letters import DeadLetterNotFoundError, DeadLetterStore, sync_from_stream
+from orchestrator.waits_view import waiting_steps
 from patterns.dead_letter import REPLAYABLE_RUN_STATUSES, one_line
 
 pages = APIRouter(prefix="/ui", include_in_schema=False)
@@ -115,6 +116,7 @@ def _run(ui: Ui, run_id: str) -> tuple[str, dict[str, Any]]:
         "error": doc.get("error"),
         "can_cancel": doc["status"] not in TERMINAL_RUN_STATUSES,
         "can_retry": doc["status"] in RETRYABLE_STATUSES,
+        "waits": waiting_steps(doc, now=time.time()),  # approve / reject / signal forms (§12.1)
         "live": doc["status"] not in TERMINAL_RUN_STATUSES or _awaiting_resume(ui, doc),
         "step_count": len(doc.get("steps", {})),
     }

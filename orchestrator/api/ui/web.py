@@ -46,6 +46,9 @@ NOTICES = {
     "retry": "Retry requested: the run resumes from its failed steps, keeping the outputs of those that succeeded.",
     "replay": "Replay requested: the run resumes from its failed steps.",
     "purge": "Old dead letters purged.",
+    "approve": "Approval accepted: the step succeeds once the coordinator applies it.",
+    "reject": "Rejection accepted: the step fails with ApprovalRejected and the workflow's on_failure applies.",
+    "signal": "Signal accepted: the first step waiting for it continues with its payload.",
 }
 
 
