@@ -28,7 +28,8 @@ R = TypeVar("R")
 INSTRUCTIONS = """\
 Steppe runs workflows (YAML documents of steps that call handlers on workers). Typical use:
 validate_workflow, then submit_workflow (wait_seconds > 0 to get the result in the same call) or
-wait_for_run; get_run shows every step; failed runs can be retried with retry_run; list_workers /
+wait_for_run; get_run shows every step; a run waiting for a signal or an approval goes on with
+send_signal / approve_step / reject_step; failed runs can be retried with retry_run; list_workers /
 list_handlers say which handlers live workers serve; dead letters are listed and replayed with
 list_dead_letters / replay_dead_letter. Errors say what was wrong and what to do."""
 
@@ -134,6 +135,35 @@ def build_server(tools: SteppeTools) -> MCPServer[Any]:
         """Resume a failed or cancelled run from its failed steps; returns once its coordinator took it."""
         return tools.retry(run_id)
 
+    def send_signal(
+        run_id: RunId,
+        name: Annotated[str, Field(description="The name the waiting step waits for")],
+        payload: Annotated[Any, Field(description="JSON data: the output of the step that waits for it")] = None,
+        idempotency_key: Annotated[
+            str | None, Field(description="Sending the same key again is accepted once (`duplicate`)")
+        ] = None,
+    ) -> dict[str, Any]:
+        """Send a signal to a run: the first step waiting for it (now or later) succeeds with the payload."""
+        return tools.signal(run_id, name, payload=payload, idempotency_key=idempotency_key)
+
+    def approve_step(
+        run_id: RunId,
+        step: Annotated[str, Field(description="The id of the run's waiting `approval:` step")],
+        by: Annotated[str | None, Field(description="Who approves (the step may name its approvers)")] = None,
+        comment: Annotated[str | None, Field(description="Why, kept in the step's output")] = None,
+    ) -> dict[str, Any]:
+        """Approve a run's waiting approval step: it succeeds with {approved, by, comment, at}."""
+        return tools.decide(run_id, step, approve=True, by=by, comment=comment)
+
+    def reject_step(
+        run_id: RunId,
+        step: Annotated[str, Field(description="The id of the run's waiting `approval:` step")],
+        by: Annotated[str | None, Field(description="Who rejects (the step may name its approvers)")] = None,
+        comment: Annotated[str | None, Field(description="Why")] = None,
+    ) -> dict[str, Any]:
+        """Reject a run's waiting approval step: it fails with ApprovalRejected (the run's on_failure applies)."""
+        return tools.decide(run_id, step, approve=False, by=by, comment=comment)
+
     def list_workers(
         handler: Annotated[str | None, Field(description="Only workers that serve this handler")] = None,
     ) -> dict[str, Any]:
@@ -172,6 +202,9 @@ def build_server(tools: SteppeTools) -> MCPServer[Any]:
         run_history,
         cancel_run,
         retry_run,
+        send_signal,
+        approve_step,
+        reject_step,
         list_workers,
         list_handlers,
         list_dead_letters,

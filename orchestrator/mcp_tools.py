@@ -132,6 +132,17 @@ class SteppeTools:
         self.client.retry(run_id)
         return {"run_id": run_id, "requested": "retry", "resumed": True}
 
+    # -- durable waits (§12.1): signals and approval decisions, through the client ----------------------
+
+    def signal(self, run_id: str, name: str, *, payload: Any, idempotency_key: str | None) -> dict[str, Any]:
+        done = self.client.signal(run_id, name, payload, idempotency_key=idempotency_key)
+        return {"run_id": done.run_id, "signal_id": done.signal_id, "duplicate": done.duplicate}
+
+    def decide(self, run_id: str, step: str, *, approve: bool, by: str | None, comment: str | None) -> dict[str, Any]:
+        decide = self.client.approve if approve else self.client.reject
+        done = decide(run_id, step, by=by, comment=comment)
+        return {"run_id": done.run_id, "step": step, "decision": "approved" if approve else "rejected"}
+
     # -- registry and dead letters: the direct transport's servers -----------------------------------
 
     def _direct(self, what: str) -> Submitter:

@@ -232,3 +232,46 @@ def test_a_dead_letter_is_listed_and_replayed_with_new_arguments(cluster: Env) -
         assert "replayed" in again or "succeeded" in again
 
     with_session(cluster, body)
+
+
+WAITS = """
+name: mcp-waits
+steps:
+  - id: review
+    approval: {approvers: [alice]}
+  - id: paid
+    needs: [review]
+    wait: {signal: payment}
+  - id: publish
+    needs: [paid]
+    handler: builtin.echo
+    with: {amount: "${{ steps.paid.output.amount }}", by: "${{ steps.review.output.by }}"}
+"""
+
+
+def test_a_waiting_run_is_approved_and_signalled_to_its_result(cluster: Env) -> None:
+    async def body(session: ClientSession) -> None:
+        run_id = (await call(session, "submit_workflow", workflow=WAITS))["run_id"]
+        with anyio.fail_after(60):
+            while (await call(session, "get_run", run_id=run_id))["steps"].get("review", {}).get("status") != "waiting":
+                await anyio.sleep(0.1)
+        refused = await error_of(session, "approve_step", run_id=run_id, step="review", by="mallory")
+        assert "mallory" in refused
+        assert "alice" in refused
+        assert "not waiting" in await error_of(session, "approve_step", run_id=run_id, step="publish", by="alice")
+        approved = await call(session, "approve_step", run_id=run_id, step="review", by="alice", comment="ok")
+        assert approved == {"run_id": run_id, "step": "review", "decision": "approved"}
+        first = await call(
+            session, "send_signal", run_id=run_id, name="payment", payload={"amount": 5}, idempotency_key="k1"
+        )
+        again = await call(
+            session, "send_signal", run_id=run_id, name="payment", payload={"amount": 6}, idempotency_key="k1"
+        )
+        assert (first["duplicate"], again["duplicate"]) == (False, True)
+        done = await call(session, "wait_for_run", run_id=run_id, timeout_seconds=60)
+        assert done["status"] == "succeeded", done
+        assert done["steps"]["publish"]["output"] == {"amount": 5, "by": "alice"}
+        late = await error_of(session, "send_signal", run_id=run_id, name="payment", payload=1)
+        assert "succeeded" in late
+
+    with_session(cluster, body)
