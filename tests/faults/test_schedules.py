@@ -86,3 +86,54 @@ def test_coordinator_sigkill_mid_tick_fires_each_tick_once_and_old_runs_keep_the
         resumed_s=resumed_s,
         caught_up=sum(1 for e in faults.log_events("schedule_tick_fired") if e.get("lag", 0) > 1),
     )
+
+
+@pytest.mark.parametrize("catchup", ["none", "latest", "all"])
+def test_ticks_missed_while_every_coordinator_was_down_follow_catchup(faults: FaultEnv, catchup: str) -> None:
+    coordinator = faults.start_coordinator()
+    faults.start_worker(concurrency=4)
+    faults.wait_for_workers(1)
+    deployed.deploy(faults.submitter, FLOW.format(v=1), filename="ticker.yaml", base_dir=None)
+    request = schedule_ops.ScheduleRequest(
+        schedule_id="down", workflow="ticker", every="2s", overlap="allow", catchup=catchup
+    )
+    schedule_ops.add(faults.submitter, request, now=dt.datetime.now(dt.UTC))
+    store = ScheduleStore(faults.store)
+    assert_eventually(lambda: len(store.recent_runs("down")) >= 1, timeout=20, message="a first tick")
+    coordinator.terminate()  # SIGTERM: its leases are released, so the next one starts at once
+    assert coordinator.wait(timeout=30) == 0
+    last_before = max(tick_of(r["idempotency_key"]) for r in store.recent_runs("down", limit=100))
+    down_until = last_before.timestamp() + 7.2  # the ticks at +2, +4 and +6 s pass with no coordinator
+    assert_eventually(lambda: time.time() >= down_until, timeout=15, interval=0.05)
+    faults.start_coordinator()
+
+    def after_restart() -> list[dict[str, object]]:
+        runs = store.recent_runs("down", limit=100)
+        on_time = [r for r in runs if tick_of(str(r["idempotency_key"])).timestamp() > down_until + 2]
+        return runs if on_time else []
+
+    runs = assert_eventually(
+        after_restart, timeout=60, message=lambda: f"no tick after the restart:\n{faults.log_text()[-3000:]}"
+    )
+    ticks = {tick_of(str(r["idempotency_key"])): r for r in runs}
+    assert len(ticks) == len(runs)  # one run per tick
+    # The restarted coordinator's first pass, and every tick due by then since the last one fired.
+    first_pass = min(r["created_at"] for t, r in ticks.items() if t > last_before)
+    due_then = list(
+        itertools.takewhile(
+            lambda t: t <= first_pass, (last_before + dt.timedelta(seconds=2 * k) for k in itertools.count(1))
+        )
+    )
+    fired_then = [t for t in due_then if t in ticks]
+    missed = [t for t in due_then if t.timestamp() <= down_until]
+    assert len(missed) == 3
+    if catchup == "none":  # at most the tick that was due as it came back, none of the missed ones
+        assert not set(fired_then) & set(missed), fired_then
+    elif catchup == "latest":
+        assert fired_then == [due_then[-1]], (fired_then, due_then)
+    else:
+        assert fired_then == due_then, (fired_then, due_then)
+    caught_up = len(set(fired_then) & set(missed))
+    report(
+        f"schedule-down-3-ticks-{catchup}", due_at_restart=len(due_then), fired=len(fired_then), missed_fired=caught_up
+    )
