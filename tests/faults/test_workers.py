@@ -136,7 +136,9 @@ def test_3_sigterm_past_the_drain_timeout_is_recovered_like_a_kill(faults: Fault
     faults.start_coordinator()
     worker = faults.start_worker(STEPPE_WORKER__DRAIN_TIMEOUT="1")
     faults.wait_for_workers(1)
-    run_id = faults.submit("name: long\nsteps:\n  - {id: slow, handler: test.witness, with: {seconds: 4}}\n")
+    # The step is held in flight by a flag, not by a timer: starting the survivor can take longer
+    # than any fixed step duration on a loaded machine, and the step must still be running at SIGTERM.
+    run_id = faults.submit("name: long\nsteps:\n  - {id: slow, handler: test.ledger, with: {hold: release-slow}}\n")
     key = f"{run_id}/slow"
     assert_eventually(lambda: faults.witness("calls").get(key) == 1, timeout=15)
     faults.start_worker()  # the survivor that reclaims
@@ -145,6 +147,7 @@ def test_3_sigterm_past_the_drain_timeout_is_recovered_like_a_kill(faults: Fault
     signalled = time.monotonic()
     assert worker.wait(timeout=15) == 0
     exit_s = time.monotonic() - signalled
+    faults.set_flag("release-slow", True)  # the reclaimed attempt may now finish
     wait_terminal(faults, [run_id], deadline=30)
     recovery_s = time.monotonic() - signalled
 
