@@ -9,19 +9,8 @@ from __future__ import annotations
 
 import contextlib
 
-from prometheus_client import Gauge
-
+from orchestrator.metrics import LIMIT_CAPACITY, LIMIT_IN_USE, STEPS_THROTTLED
 from orchestrator.store.limits import Admission
-
-STEPS_THROTTLED = Gauge(
-    "steppe_steps_throttled", "Attempts waiting for a concurrency slot or a rate token", ["kind", "key"]
-)
-LIMIT_IN_USE = Gauge(
-    "steppe_limit_in_use", "Concurrency slots held, or starts within the rate window, per key", ["kind", "key"]
-)
-LIMIT_CAPACITY = Gauge(
-    "steppe_limit_capacity", "The limit of a key as its waiters and holders declare it", ["kind", "key"]
-)
 
 
 def observe(admission: Admission) -> None:

@@ -28,7 +28,7 @@ from orchestrator.batch import Batch, Tracked
 from orchestrator.engine.output import Timer
 from orchestrator.keys import Keys
 from orchestrator.limit_metrics import observe
-from orchestrator.state import StepStatus
+from orchestrator.state import EventType, StepStatus
 from orchestrator.store.limits import Admission, LimitStore
 from orchestrator.wire import ControlMessage
 
@@ -50,10 +50,18 @@ class Limiter:
         self.due: dict[LimitKey, float] = {}  # rate keys whose window lets the next start in at this time
         self.check_admitted = True  # read admitted attempts of our partitions from PostgreSQL
         self._armed: float | None = None  # the due time of the last timer handed out
+        self.new_runs: list[str] = []  # runs a committed batch held back (`run.throttled`): enqueue them
 
     def committed(self, batch: Batch) -> None:
         """Note the keys a committed batch made worth admitting: new waiters and released slots."""
         for write in batch.writes:
+            limit = write.state.get("throttled")
+            if limit:  # run level: a new waiter, or a run that ended and so released its slot
+                queued = any(e.type is EventType.RUN_THROTTLED for e in write.events)
+                if queued:
+                    self.new_runs.append(write.run_id)
+                if queued or write.finished:
+                    self.dirty.add(("run", str(limit["key"])))
             for record in write.steps.values():
                 limits = record.detail.get("limits")
                 if not limits:
@@ -69,6 +77,7 @@ class Limiter:
 
     def sweep(self, partitions: Sequence[int]) -> None:
         """Reconcile: every key with waiters on our partitions, and whatever was admitted for us."""
+        self.store.ensure_run_waiters(partitions)
         self.dirty.update(self.store.waiting_keys(partitions))
         self.check_admitted = True
 
@@ -81,12 +90,15 @@ class Limiter:
         return Timer(due, "", "", 0, LIMITS_TIMER)
 
     def admit(self, runs: Mapping[str, Tracked], partitions: Sequence[int]) -> set[str]:
-        """Run the admissions due; dispatch what was granted to our runs. Returns the runs changed."""
+        """Run the admissions due; act on what was decided for our runs. Returns the runs changed."""
         now = self.clock()
         for limit_key, when in list(self.due.items()):
             if when <= now:
                 self.dirty.add(limit_key)
                 del self.due[limit_key]
+        if self.new_runs:
+            self.store.ensure_run_waiters(partitions, self.new_runs)
+            self.new_runs = []
         touched: set[str] = set()
         remote: set[int] = set()
         mine = set(partitions)
@@ -95,22 +107,39 @@ class Limiter:
             admission = self.store.admit(kind, name)
             observe(admission)
             self._schedule(admission, now)
-            for grant in admission.grants:
-                if not grant.last:
-                    if grant.next_key is not None:
-                        self.dirty.add(grant.next_key)
-                elif grant.partition in mine and grant.run_id in runs:
-                    if runs[grant.run_id].engine.throttle.admit(grant.step, grant.attempt):
-                        touched.add(grant.run_id)
+            for run_id, partition, action, step, attempt in self._decisions(admission):
+                if partition in mine and run_id in runs:
+                    if _act(runs[run_id], action, step, attempt):
+                        touched.add(run_id)
                 else:
-                    remote.add(grant.partition)
+                    remote.add(partition)
         if self.check_admitted:
             self.check_admitted = False
-            for run_id, step, attempt in self.store.admitted(partitions):
-                tracked = runs.get(run_id)
-                if tracked is not None and tracked.engine.throttle.admit(step, attempt):
-                    touched.add(run_id)
+            touched |= self._stored_decisions(runs, partitions)
         self._wake(remote - mine)
+        return touched
+
+    def _decisions(self, admission: Admission) -> list[tuple[str, int, str, str, int]]:
+        """(run, partition, action, step, attempt) of an admission; grants of a first limit queue the next."""
+        out = []
+        for g in admission.grants:
+            if g.last:
+                out.append((g.run_id, g.partition, "admit", g.step, g.attempt))
+            elif g.next_key is not None:
+                self.dirty.add(g.next_key)
+        out += [(r, p, "refuse", "", 0) for r, p in admission.refused]
+        out += [(r, p, "evict", "", 0) for r, p in admission.evicted]
+        return out
+
+    def _stored_decisions(self, runs: Mapping[str, Tracked], partitions: Sequence[int]) -> set[str]:
+        """What admissions (another coordinator's, or ours before a crash) decided for our runs."""
+        touched = set()
+        decided = [(r, "admit", s, a) for r, s, a in self.store.admitted(partitions)]
+        decided += [(r, action, "", 0) for r, action in self.store.run_actions(partitions)]
+        for run_id, action, step, attempt in decided:
+            tracked = runs.get(run_id)
+            if tracked is not None and _act(tracked, action, step, attempt):
+                touched.add(run_id)
         return touched
 
     def _schedule(self, admission: Admission, now: float) -> None:
@@ -129,3 +158,15 @@ class Limiter:
             bus.send(self.client, entries)
         except bus.RETRYABLE as e:  # the owners' reconcile finds the grants in PostgreSQL
             log.warning("limits_wakeup_failed", error=str(e), partitions=sorted(partitions))
+
+
+def _act(tracked: Tracked, action: str, step: str, attempt: int) -> bool:
+    """Apply one admission decision to a run this coordinator drives; True when it changed the run."""
+    throttle = tracked.engine.throttle
+    if action == "refuse":
+        return throttle.refuse_run()
+    if action == "evict":  # on_limit: cancel_oldest: cancelled (and compensated if the workflow says so)
+        return tracked.engine.request_cancel()
+    if step == "":
+        return throttle.admit_run()
+    return throttle.admit(step, attempt)

@@ -38,6 +38,15 @@ DEAD_LETTERS = Counter("steppe_dead_letters_total", "Messages dead-lettered", ["
 BREAKER_STATE = Gauge("steppe_breaker_state", "Circuit breaker state (0 closed, 1 half-open, 2 open)", ["breaker"])
 BREAKER_TRANSITIONS = Counter("steppe_breaker_transitions_total", "Circuit breaker transitions", ["breaker", "to"])
 COMPENSATIONS = Counter("steppe_compensations_total", "Compensation steps finished", ["status"])
+# Flow control (docs/spec.md §12.2; set by orchestrator/limit_metrics.py). Keys are user data: a key's
+# series are removed once nothing holds or waits on it.
+STEPS_THROTTLED = Gauge(
+    "steppe_steps_throttled", "Attempts (or runs) waiting for a concurrency slot or a rate token", ["kind", "key"]
+)
+LIMIT_IN_USE = Gauge(
+    "steppe_limit_in_use", "Concurrency slots held, or starts within the rate window, per key", ["kind", "key"]
+)
+LIMIT_CAPACITY = Gauge("steppe_limit_capacity", "The limit of a key as its rows declare it", ["kind", "key"])
 HOOKS = Counter("steppe_hook_executions_total", "Hook executions", ["kind", "status"])
 RETENTION_PRUNED = Counter("steppe_retention_pruned_rows_total", "Rows deleted by retention", ["table"])
 RETENTION_OLDEST_FINISHED = Gauge(

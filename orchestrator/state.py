@@ -77,6 +77,7 @@ class EventType(StrEnum):
     RUN_COMPENSATED = "run.compensated"
     RUN_COMPENSATION_FAILED = "run.compensation_failed"
     RUN_RESUMED = "run.resumed"
+    RUN_THROTTLED = "run.throttled"  # flow control: the run waits for a slot of its workflow's key (§12.2)
     STEP_DISPATCHED = "step.dispatched"
     STEP_STARTED = "step.started"
     STEP_SUCCEEDED = "step.succeeded"
@@ -289,6 +290,8 @@ def _apply_run_event(run: RunProjection, kind: EventType, data: dict[str, Any]) 
     elif kind is EventType.RUN_COMPENSATING:
         run.status = RunStatus.COMPENSATING
         run.state["error"] = data.get("error")
+    elif kind is EventType.RUN_THROTTLED:  # the run stays pending until admitted
+        run.state["throttled"] = data
     elif kind is EventType.RUN_RESUMED:
         run.status = RunStatus.RUNNING
         run.state.pop("error", None)

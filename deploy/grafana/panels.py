@@ -163,6 +163,25 @@ OVERVIEW: dict[str, list[P]] = {
             description="Stays near STEPPE_RETENTION__FINISHED_RUNS while pruning keeps up",
         ),
     ],
+    "Flow control": [
+        P(
+            "Slots in use per key",
+            (
+                Q(f"max by (kind, key) (steppe_limit_in_use{{{COORD}}})", "{{kind}} {{key}} in use"),
+                Q(f"max by (kind, key) (steppe_limit_capacity{{{COORD}}})", "{{kind}} {{key}} limit"),
+            ),
+            width=12,
+            description="Concurrency slots held (rate: starts in the window) against the limit, per key; "
+            "max over coordinators, each reports what its last admission of the key counted",
+        ),
+        P(
+            "Throttled",
+            (Q(f"max by (kind, key) (steppe_steps_throttled{{{COORD}}})", "{{kind}} {{key}}"),),
+            width=12,
+            description="Steps (kind concurrency/rate) and runs (kind run) waiting for a slot or a rate token; "
+            "they hold no worker slot. `steppe limits` names holders and waiters",
+        ),
+    ],
     "Schedules": [
         P(
             "Schedule lag",

@@ -149,8 +149,11 @@ class RunEngine:
 
     # -- commands -------------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, *, admitted: bool = False) -> None:
+        """Start a pending run; a run of a workflow with `concurrency:` waits for its slot (engine.limits)."""
         if self.run.status is not RunStatus.PENDING:
+            return
+        if not admitted and self.throttle.hold_run():
             return
         self.emit(EventType.RUN_STARTED)
         self.idx.all_ready(self.wf)
@@ -160,6 +163,8 @@ class RunEngine:
         if self.finished or self.run.state.get("cancel_requested"):
             return False
         self.emit(EventType.RUN_CANCEL_REQUESTED)
+        if self.throttle.cancel_pending_run():
+            return True
         self.idx.failing = True
         self.child_cancels.extend(
             r.detail["child_run"]

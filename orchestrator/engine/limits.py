@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import TemplateError
 from orchestrator.spec.limits import resolved_key
-from orchestrator.state import EventType, StepStatus
+from orchestrator.state import EventType, RunStatus, StepStatus
 from orchestrator.step_keys import StepKey, StepRole
 
 if TYPE_CHECKING:
@@ -115,6 +115,63 @@ class Throttle:
                 out.append(self._request(text, record.attempt, PRIORITIES.get(step.priority, 1), limits))
         return out
 
+    # -- run level (the workflow's `concurrency:`) ----------------------------------------------------
+
+    def hold_run(self) -> bool:
+        """The run is to start: True when it must first wait for a slot of its workflow's key (it stays
+        pending; `run.throttled` records the resolved key once; the coordinator enqueues it)."""
+        spec = self.engine.wf.concurrency
+        run = self.engine.run
+        if spec is None:
+            return False
+        if "throttled" in run.state:
+            return True  # loaded again while waiting: its waiter row is (or is put back) in PostgreSQL
+        try:
+            key = resolved_key(self.engine.messages.resolve(spec.key, None))
+        except TemplateError as e:
+            error = {"type": "TemplateError", "message": f"the workflow's concurrency key: {e}", "retryable": False}
+            self.engine.emit(EventType.RUN_STARTED)
+            self.engine.emit(EventType.RUN_FAILED, error=error)
+            return True
+        self.engine.emit(
+            EventType.RUN_THROTTLED, key=key, limit=spec.limit, on_limit=spec.on_limit, at=round(self.engine.clock(), 3)
+        )
+        return True
+
+    def admit_run(self) -> bool:
+        """The run's slot was granted: start it. False when it is not waiting (a repeated notice)."""
+        run = self.engine.run
+        if run.status is not RunStatus.PENDING or "throttled" not in run.state or run.state.get("cancel_requested"):
+            return False
+        self.engine.start(admitted=True)
+        return True
+
+    def refuse_run(self) -> bool:
+        """`on_limit: cancel_new` and no slot free: the new run is cancelled, saying why."""
+        run = self.engine.run
+        limit = run.state.get("throttled")
+        if run.status is not RunStatus.PENDING or not limit:
+            return False
+        self.engine.emit(EventType.RUN_CANCELLED, error=_limit_error(limit, "cancel_new"))
+        return True
+
+    def cancel_pending_run(self) -> bool:
+        """A cancel reached a run still waiting for its slot: it ends cancelled, never having started."""
+        run = self.engine.run
+        if run.status is not RunStatus.PENDING or "throttled" not in run.state:
+            return False
+        self.engine.emit(EventType.RUN_CANCELLED, error={"type": "Cancelled", "message": "cancelled while queued"})
+        return True
+
     def drain(self) -> list[LimitRequest]:
         requests, self.requests = self.requests, []
         return requests
+
+
+def _limit_error(limit: dict[str, Any], policy: str) -> dict[str, Any]:
+    return {
+        "type": "ConcurrencyLimit",
+        "message": f"{limit.get('limit')} run(s) of key {limit.get('key')!r} are running and the workflow says "
+        f"on_limit: {policy}",
+        "retryable": False,
+    }

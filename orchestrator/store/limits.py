@@ -65,6 +65,8 @@ class Admission:
     waiting: int = 0  # eligible waiters left
     retry_in: float | None = None  # rate: seconds until the oldest start leaves the window
     limit: int = 0  # the limit the key's rows declare (0: no rows)
+    refused: list[tuple[str, int]] = field(default_factory=list)  # run level, cancel_new: (run, partition)
+    evicted: list[tuple[str, int]] = field(default_factory=list)  # run level, cancel_oldest: runs to cancel
 
 
 class LimitStore:
@@ -88,8 +90,8 @@ class LimitStore:
                 )
             while True:
                 waiters = conn.execute(
-                    "SELECT id, run_id, step_key, attempt, partition, lim, per_ms, req_index, req_count"
-                    " FROM limit_slots w WHERE kind = %s AND key = %s AND granted_at IS NULL"
+                    "SELECT id, run_id, step_key, attempt, partition, lim, per_ms, req_index, req_count, on_limit"
+                    " FROM limit_slots w WHERE kind = %s AND key = %s AND granted_at IS NULL AND on_limit <> 'refused'"
                     " AND (req_index = 0 OR NOT EXISTS (SELECT 1 FROM limit_slots p WHERE p.run_id = w.run_id"
                     " AND p.step_key = w.step_key AND p.attempt = w.attempt AND p.req_index < w.req_index"
                     " AND p.granted_at IS NULL))"
@@ -114,12 +116,76 @@ class LimitStore:
                 result.held = held
                 result.waiting = len(waiters) - len(granted)
                 if len(granted) < _BATCH:
+                    if kind == "run":
+                        self._run_policies(conn, key, waiters[len(granted) :], result)
                     break
             if kind == "rate" and result.waiting:
                 _, oldest, _ = self._held(conn, kind, key, per_ms)  # the grants just made count too
                 if oldest is not None:
                     result.retry_in = max(0.0, oldest + per_ms / 1000.0)
         return result
+
+    @staticmethod
+    def _run_policies(conn: Any, key: str, left: Sequence[dict[str, Any]], result: Admission) -> None:
+        """Run level, no slot for these waiters: `cancel_new` ones are refused; for `cancel_oldest` ones the
+        oldest holders not already on their way out are marked to be cancelled (their end frees the slot)."""
+        refused = [w for w in left if w["on_limit"] == "cancel_new"]
+        if refused:
+            conn.execute(
+                "UPDATE limit_slots SET on_limit = 'refused' WHERE id = ANY(%s)", ([w["id"] for w in refused],)
+            )
+            result.refused += [(w["run_id"], int(w["partition"])) for w in refused]
+            result.waiting -= len(refused)
+        wanted = sum(1 for w in left if w["on_limit"] == "cancel_oldest")
+        if not wanted:
+            return
+        row = conn.execute(
+            "SELECT count(*) AS n FROM limit_slots WHERE kind = 'run' AND key = %s AND granted_at IS NOT NULL"
+            " AND on_limit = 'evicted'",
+            (key,),
+        ).fetchone()
+        need = wanted - int(row["n"])
+        if need > 0:
+            rows = conn.execute(
+                "UPDATE limit_slots SET on_limit = 'evicted' WHERE id IN (SELECT id FROM limit_slots"
+                " WHERE kind = 'run' AND key = %s AND granted_at IS NOT NULL AND on_limit <> 'evicted'"
+                " ORDER BY granted_at, id LIMIT %s) RETURNING run_id, partition",
+                (key, need),
+            ).fetchall()
+            result.evicted += [(r["run_id"], int(r["partition"])) for r in rows]
+
+    def ensure_run_waiters(self, partitions: Sequence[int], run_ids: Sequence[str] | None = None) -> None:
+        """The waiter row of every pending run of these partitions that `run.throttled` holds back (derived
+        from the run rows, so a crash between the commit and this insert only delays it to the sweep)."""
+        if not partitions:
+            return
+        with self.store.connection() as conn, conn.transaction():
+            conn.execute(
+                "INSERT INTO limit_slots (kind, key, run_id, step_key, attempt, partition, priority, lim, on_limit)"
+                " SELECT 'run', state->'throttled'->>'key', run_id, '', 0, partition, 1,"
+                " (state->'throttled'->>'limit')::int, coalesce(state->'throttled'->>'on_limit', 'queue')"
+                " FROM workflow_runs WHERE status = 'pending' AND finished_at IS NULL AND state ? 'throttled'"
+                " AND NOT coalesce((state->>'cancel_requested')::boolean, false)"
+                " AND partition = ANY(%s) AND (%s::text[] IS NULL OR run_id = ANY(%s))"
+                " ON CONFLICT DO NOTHING",
+                (list(partitions), run_ids, run_ids),
+            )
+
+    def run_actions(self, partitions: Sequence[int]) -> list[tuple[str, str]]:
+        """(run, admit | refuse | evict) for the unfinished runs of these partitions that an admission
+        (ours or another coordinator's) decided about."""
+        if not partitions:
+            return []
+        with self.store.connection() as conn:
+            rows = conn.execute(
+                "SELECT l.run_id, CASE WHEN l.on_limit = 'refused' THEN 'refuse' WHEN l.on_limit = 'evicted'"
+                " THEN 'evict' ELSE 'admit' END AS action FROM limit_slots l JOIN workflow_runs r USING (run_id)"
+                " WHERE l.kind = 'run' AND l.partition = ANY(%s) AND r.finished_at IS NULL AND ("
+                " (l.granted_at IS NOT NULL AND r.status = 'pending' AND l.on_limit <> 'evicted')"
+                " OR l.on_limit IN ('refused', 'evicted')) ORDER BY l.id",
+                (list(partitions),),
+            ).fetchall()
+        return [(r["run_id"], r["action"]) for r in rows]
 
     @staticmethod
     def _held(conn: Any, kind: str, key: str, per_ms: int) -> tuple[int, float | None, int]:
@@ -193,7 +259,7 @@ class LimitStore:
         with self.store.connection() as conn:
             rows = conn.execute(
                 "SELECT kind, key, run_id, step_key, attempt, lim, per_ms, priority, granted_at, created_at,"
-                " (granted_at IS NOT NULL AND (kind = 'concurrency' OR granted_at >"
+                " (granted_at IS NOT NULL AND (kind <> 'rate' OR granted_at >"
                 "  clock_timestamp() - make_interval(secs => per_ms / 1000.0))) AS holds"
                 " FROM limit_slots WHERE (%s::text[] IS NULL OR kind || ':' || key = ANY(%s::text[]))"
                 " ORDER BY kind, key, priority DESC, id",
@@ -235,7 +301,7 @@ def run_limits(conn: Any, run_id: str) -> list[dict[str, Any]]:
     rows = conn.execute(
         "SELECT l.kind, l.key, l.step_key, l.attempt, l.lim, l.per_ms, l.granted_at, l.created_at,"
         " (SELECT count(*) FROM limit_slots h WHERE h.kind = l.kind AND h.key = l.key AND h.granted_at IS NOT NULL"
-        "  AND (h.kind = 'concurrency' OR h.granted_at > clock_timestamp() - make_interval(secs => h.per_ms / 1000.0)))"
+        "  AND (h.kind <> 'rate' OR h.granted_at > clock_timestamp() - make_interval(secs => h.per_ms / 1000.0)))"
         " AS in_use FROM limit_slots l WHERE l.run_id = %s"
         " AND NOT (l.kind = 'rate' AND l.granted_at IS NOT NULL AND NOT EXISTS (SELECT 1 FROM workflow_steps s"
         "  WHERE s.run_id = l.run_id AND s.step_key = l.step_key AND s.status = 'throttled'))"

@@ -110,6 +110,7 @@ limit_slots = Table(
     Column("req_count", Integer, nullable=False, server_default=text("1")),
     Column("granted_at", DateTime(timezone=True), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("on_limit", Text, nullable=False, server_default=text("'queue'")),  # run rows (0009)
     UniqueConstraint("run_id", "step_key", "attempt", "req_index"),
     Index("ix_limit_slots_kind_key_granted_at", "kind", "key", "granted_at"),
     Index("ix_limit_slots_partition", "partition", postgresql_where=text("granted_at IS NOT NULL")),

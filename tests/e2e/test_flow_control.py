@@ -166,3 +166,57 @@ def test_limits_status_and_the_run_document_show_holders_and_waiters(e2e: Env) -
     assert max_overlap(intervals(e2e, "solo")) == 1
     assert json.loads(steppe(e2e, "limits", "--json"))["limits"] == []
     assert e2e.run(run_id)["limits"] == []
+
+
+def per_customer(policy: str, seconds: float) -> str:
+    return f"""
+name: per-customer-{policy.replace("_", "-")}
+inputs: {{customer: {{type: string}}}}
+concurrency: {{key: "customer-${{{{ inputs.customer }}}}", limit: 1, on_limit: {policy}}}
+steps:
+  - {{id: work, handler: test.interval, with: {{label: "{policy}", seconds: {seconds}}}}}
+"""
+
+
+def wait_statuses(env: Env, run_ids: list[str], timeout: float = 60) -> dict[str, str]:
+    def finished() -> dict[str, str]:
+        statuses = {r: env.run(r)["status"] for r in run_ids}
+        assert all(s in ("succeeded", "failed", "cancelled") for s in statuses.values())
+        return statuses
+
+    return assert_eventually(finished, timeout=timeout, interval=0.2)
+
+
+def test_run_level_queue_runs_one_run_per_key_at_a_time(e2e: Env) -> None:
+    start(e2e, coordinators=2, workers=2, concurrency=4)
+    run_ids = [e2e.submit(per_customer("queue", 0.4), {"customer": "acme"}) for _ in range(4)]
+    other = e2e.submit(per_customer("queue", 0.4), {"customer": "globex"})  # another key is not held back
+    assert set(wait_statuses(e2e, [*run_ids, other]).values()) == {"succeeded"}
+    spans = intervals(e2e, "queue")
+    assert len(spans) == 5
+    assert max_overlap(spans) == 2  # acme's four one after the other, globex's beside one of them
+    with e2e.store.connection() as conn:
+        assert conn.execute("SELECT count(*) AS n FROM limit_slots").fetchone()["n"] == 0
+
+
+def test_run_level_cancel_new_cancels_the_new_run_saying_why(e2e: Env) -> None:
+    start(e2e, coordinators=1, workers=1, concurrency=4)
+    first = e2e.submit(per_customer("cancel_new", 2.0), {"customer": "acme"})
+    assert_eventually(lambda: e2e.run(first)["status"] == "running", timeout=20)
+    second = e2e.submit(per_customer("cancel_new", 2.0), {"customer": "acme"})
+    statuses = wait_statuses(e2e, [first, second])
+    assert statuses == {first: "succeeded", second: "cancelled"}
+    error = e2e.run(second)["error"]
+    assert error["type"] == "ConcurrencyLimit"
+    assert "on_limit: cancel_new" in error["message"]
+    assert len(intervals(e2e, "cancel_new")) == 1  # the new run never ran a step
+
+
+def test_run_level_cancel_oldest_cancels_the_running_run_then_starts_the_new(e2e: Env) -> None:
+    start(e2e, coordinators=1, workers=1, concurrency=4)
+    first = e2e.submit(per_customer("cancel_oldest", 30.0), {"customer": "acme"})
+    assert_eventually(lambda: e2e.run(first)["steps"].get("work", {}).get("status") == "running", timeout=20)
+    second = e2e.submit(per_customer("cancel_oldest", 0.2), {"customer": "acme"})
+    statuses = wait_statuses(e2e, [first, second], timeout=60)
+    assert statuses == {first: "cancelled", second: "succeeded"}
+    e2e.rebuild_check()

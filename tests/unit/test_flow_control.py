@@ -19,7 +19,6 @@ from orchestrator.workflow import compile_workflow
 LIMITED = """
 name: llm
 inputs: {customer: {type: string, required: true}}
-concurrency: {key: "${{ inputs.customer }}", limit: 1}
 steps:
   - id: summarise
     handler: builtin.echo
@@ -54,8 +53,9 @@ def test_blocks_compile_in_admission_order() -> None:
     wf = compile_workflow(load_workflow(LIMITED))
     kinds = [(limit.kind, limit.key, limit.limit, limit.per) for limit in wf.steps["summarise"].limits]
     assert kinds == [("concurrency", "openai-${{ item }}", 8, 0.0), ("rate", "openai", 60, 60.0)]
-    assert wf.concurrency is not None
-    assert wf.concurrency.on_limit == "queue"
+    run_level = compile_workflow(load_workflow(RUN_LIMITED)).concurrency
+    assert run_level is not None
+    assert run_level.on_limit == "cancel_new"
     assert show_seconds(60) == "1m"
     assert show_seconds(2) == "2s"
     assert show_seconds(0.25) == "250ms"
@@ -202,3 +202,42 @@ def test_a_run_loaded_mid_fan_out_finishes() -> None:
     for i in range(2):
         loaded.on_result(ok(f"a[{i}]"))
     assert loaded.run.status is RunStatus.SUCCEEDED
+
+
+RUN_LIMITED = """
+name: per-customer
+inputs: {customer: {type: string}}
+concurrency: {key: "customer-${{ inputs.customer }}", limit: 1, on_limit: cancel_new}
+steps:
+  - {id: a, handler: x.y}
+"""
+
+
+def test_a_run_level_limit_keeps_the_run_pending_until_admitted() -> None:
+    engine = make(RUN_LIMITED)
+    engine.start()
+    out = engine.drain()
+    assert engine.run.status is RunStatus.PENDING
+    assert out.dispatches == []
+    assert engine.run.state["throttled"] == {"key": "customer-acme", "limit": 1, "on_limit": "cancel_new", "at": 1000.0}
+    engine.start()  # loaded again while queued: nothing new
+    assert engine.drain().events == []
+    assert engine.throttle.admit_run()
+    assert not engine.throttle.admit_run()
+    out = engine.drain()
+    assert engine.run.status is RunStatus.RUNNING
+    assert [d.message.step for d in out.dispatches] == ["a"]
+
+
+def test_refused_and_cancelled_queued_runs_end_cancelled_saying_why() -> None:
+    refused = make(RUN_LIMITED)
+    refused.start()
+    assert refused.throttle.refuse_run()
+    assert refused.run.status is RunStatus.CANCELLED
+    assert refused.run.state["error"]["type"] == "ConcurrencyLimit"
+    assert "on_limit: cancel_new" in refused.run.state["error"]["message"]
+    queued = make(RUN_LIMITED)
+    queued.start()
+    assert queued.request_cancel()
+    assert queued.run.status is RunStatus.CANCELLED
+    assert not queued.throttle.admit_run()
