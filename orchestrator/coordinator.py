@@ -106,7 +106,6 @@ class Coordinator:
         self._next_lease = 0.0
         self._next_reconcile = 0.0
         self.republisher = Republisher(self.bus, self.hooks)
-        self.limiter = Limiter(LimitStore(store), client, self.keys, clock)  # flow control (§12.2)
         self.delivery = SignalDelivery(store)  # signals and approvals to waiting steps (§12.1)
         self.limiter = Limiter(LimitStore(store), client, self.keys, clock)  # flow control (§12.2)
         self.run_spans: RunSpans | None = None  # set by `steppe coordinator` when tracing is on (§12.7)
