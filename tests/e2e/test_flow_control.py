@@ -159,7 +159,7 @@ def test_limits_status_and_the_run_document_show_holders_and_waiters(e2e: Env) -
     assert "throttled: concurrency solo 1/1" in status
     usage = json.loads(steppe(e2e, "limits", "--json"))["limits"]
     assert [(u["kind"], u["key"], u["in_use"]) for u in usage] == [("concurrency", "solo", 1)]
-    assert 1 <= usage[0]["waiting"] <= 6
+    assert 1 <= usage[0]["waiting"] <= 7
     assert usage[0]["holders"][0]["run_id"] == run_id
     assert "solo" in steppe(e2e, "limits")
     wait_finished(e2e, [run_id], timeout=60)
@@ -220,3 +220,28 @@ def test_run_level_cancel_oldest_cancels_the_running_run_then_starts_the_new(e2e
     statuses = wait_statuses(e2e, [first, second], timeout=60)
     assert statuses == {first: "cancelled", second: "succeeded"}
     e2e.rebuild_check()
+
+
+def test_the_cost_of_a_limit_that_does_not_bind(e2e: Env) -> None:
+    """Same run: 300 items without a limit, then 300 through a limit that never binds (1000)."""
+    start(e2e, coordinators=1, workers=2, concurrency=16)
+    items = list(range(300))
+    run_id = e2e.submit(
+        f"""
+name: cost
+steps:
+  - {{id: free, handler: builtin.noop, for_each: {items}}}
+  - {{id: limited, needs: [free], handler: builtin.noop, for_each: {items}, concurrency: {{key: roomy, limit: 1000}}}}
+"""
+    )
+    wait_finished(e2e, [run_id], timeout=120)
+    with e2e.store.connection() as conn:
+        rows = conn.execute(
+            "SELECT step_key, min(created_at) AS a, max(created_at) AS b FROM workflow_events WHERE run_id = %s"
+            " AND step_key IN ('free', 'limited') GROUP BY step_key",
+            (run_id,),
+        ).fetchall()
+    took = {r["step_key"]: (r["b"] - r["a"]).total_seconds() for r in rows}
+    rates = {k: 300 / v for k, v in took.items()}
+    print(f"cost: unlimited {rates['free']:.0f} steps/s, limited {rates['limited']:.0f} steps/s (same run)")
+    assert rates["limited"] > rates["free"] / 5
