@@ -156,7 +156,10 @@ class Scheduler:
         ref = format_ref(row["workflow"], row["workflow_version"])
         try:
             submitted = submit_ref(
-                self.submitter, ref, inputs=row["inputs"], idempotency_key=tick_key(schedule_id, tick),
+                self.submitter,
+                ref,
+                inputs=row["inputs"],
+                idempotency_key=tick_key(schedule_id, tick),
                 check_handlers=False,
             )
         except (SubmitError, SpecError, TemplateError) as e:

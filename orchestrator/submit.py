@@ -147,10 +147,7 @@ class Submitter:
         self.store.create_runs(rows)
         bus.send(
             self.redis,
-            [
-                (self.keys.control_stream(r.partition), ControlMessage(kind="submitted", run=r.run_id))
-                for r in rows
-            ],
+            [(self.keys.control_stream(r.partition), ControlMessage(kind="submitted", run=r.run_id)) for r in rows],
         )
         return [r.run_id for r in rows]
 

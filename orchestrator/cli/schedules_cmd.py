@@ -199,8 +199,20 @@ def show(schedule_id: str, as_json: bool = typer.Option(False, "--json")) -> Non
     if as_json:
         _echo_json(doc)
         return
-    for key in ("schedule_id", "workflow", "overlap", "catchup", "catchup_window_seconds", "jitter_seconds",
-                "paused", "last_tick_at", "last_run_id", "last_error", "fired", "skipped"):
+    for key in (
+        "schedule_id",
+        "workflow",
+        "overlap",
+        "catchup",
+        "catchup_window_seconds",
+        "jitter_seconds",
+        "paused",
+        "last_tick_at",
+        "last_run_id",
+        "last_error",
+        "fired",
+        "skipped",
+    ):
         console.print(f"{key:>22}: {doc[key]}", highlight=False)
     console.print(f"{'when':>22}: {_when(doc)}", highlight=False)
     console.print(f"{'next fire times':>22}: " + ", ".join(doc["upcoming"]), highlight=False)

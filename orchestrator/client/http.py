@@ -232,9 +232,7 @@ class HttpTransport(_Base):
     def signal(self, run_id: str, name: str, payload: Any, *, idempotency_key: str | None) -> waits.Accepted:
         return waits.accepted(self._send(waits.signal_call(run_id, name, payload, idempotency_key)))
 
-    def decide(
-        self, run_id: str, step: str, *, approve: bool, by: str | None, comment: str | None
-    ) -> waits.Accepted:
+    def decide(self, run_id: str, step: str, *, approve: bool, by: str | None, comment: str | None) -> waits.Accepted:
         call = waits.decision_call(run_id, step, approve=approve, by=by, comment=comment)
         return waits.accepted(self._send(call))
 

@@ -119,9 +119,7 @@ class ScheduleStore:
 
     def resume(self, schedule_id: str, *, next_tick: dt.datetime, next_fire_at: dt.datetime) -> None:
         """Unpause; ticks that passed while paused are not caught up (the next one is after now)."""
-        self._update(
-            schedule_id, "paused = false, next_tick_at = %s, next_fire_at = %s", (next_tick, next_fire_at)
-        )
+        self._update(schedule_id, "paused = false, next_tick_at = %s, next_fire_at = %s", (next_tick, next_fire_at))
 
     def record_trigger(self, schedule_id: str, run_id: str) -> None:
         self._update(schedule_id, "last_run_id = %s, fired_count = fired_count + 1, last_error = NULL", (run_id,))

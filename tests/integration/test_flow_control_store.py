@@ -85,7 +85,10 @@ def test_waiters_follow_step_rows_and_slots_go_with_the_terminal_status(store: R
 
 def test_priority_then_fifo_and_a_second_limit_after_the_first(store: RunStore) -> None:
     k, r = key(), key()
-    limits = [{"kind": "concurrency", "key": k, "limit": 1, "per": 0}, {"kind": "rate", "key": r, "limit": 5, "per": 60}]
+    limits = [
+        {"kind": "concurrency", "key": k, "limit": 1, "per": 0},
+        {"kind": "rate", "key": r, "limit": 5, "per": 60},
+    ]
     run_id = throttled_run(store, 2, limits)
     with store.connection() as conn, conn.transaction():
         conn.execute("UPDATE limit_slots SET priority = 2 WHERE run_id = %s AND step_key = 's[1]'", (run_id,))

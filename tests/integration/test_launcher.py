@@ -86,7 +86,8 @@ def test_up_is_idempotent_and_recorded(home: Path) -> None:
     for secret in ("servers.json", "redis.credentials.json", "postgres.credentials.json"):
         assert oct((home / secret).stat().st_mode & 0o777) == oct(0o600), secret
     shown = steppe(home, "dev", "status").stdout
-    assert "default:***@" in shown and "steppe_app:***@" in shown
+    assert "default:***@" in shown
+    assert "steppe_app:***@" in shown
     assert recorded["redis"]["url"].split("@")[0].split(":")[-1] not in shown  # the password itself
 
 
