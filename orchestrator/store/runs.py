@@ -27,8 +27,8 @@ from psycopg_pool import ConnectionPool
 from orchestrator.errors import ConflictError, DatabaseUnavailableError, RunDataError, RunNotFoundError
 from orchestrator.settings import display_url
 from orchestrator.state import Event, EventType, RunProjection, RunStatus, StepRecord, StepStatus
+from orchestrator.store import batch_write, hook_executions, signal_rows
 from orchestrator.store import dead_letters as dead_letter_rows
-from orchestrator.store import hook_executions, signal_rows
 from orchestrator.store.hook_executions import HookCount, HookExecutionRow
 from patterns.dead_letter import DeadLetter
 
@@ -309,99 +309,14 @@ class RunStore:
         writes = list(writes)
         events = [(w.run_id, e) for w in writes for e in w.events]
         steps = [(w.run_id, key, r) for w in writes for key, r in w.steps.items()]
-        # BEGIN, one array-fed statement per table, the fence and COMMIT go out as one
-        # pipeline: a batch costs a single round trip plus the commit's fsync.
+        # BEGIN, one array-fed statement per table (batch_write.py), the fence and COMMIT go out as
+        # one pipeline: a batch costs a single round trip plus the commit's fsync.
         try:
             with self.connection() as conn, conn.pipeline(), conn.transaction(), conn.cursor() as cur:
-                # Rows travel as one JSON document per table (orjson-encoded, expanded by
-                # jsonb_to_recordset): far cheaper to build than per-row or array parameters.
-                if events:
-                    cur.execute(
-                        "INSERT INTO workflow_events (run_id, seq, type, step_key, attempt, data)"
-                        " SELECT run_id, seq, type, step_key, attempt, data FROM jsonb_to_recordset(%s::jsonb)"
-                        " AS x(run_id text, seq bigint, type text, step_key text, attempt int, data jsonb)",
-                        (
-                            _rows_json(
-                                {
-                                    "run_id": run_id,
-                                    "seq": e.seq,
-                                    "type": e.type,
-                                    "step_key": e.step,
-                                    "attempt": e.attempt,
-                                    "data": e.data,
-                                }
-                                for run_id, e in events
-                            ),
-                        ),
-                    )
-                if steps:
-                    cur.execute(
-                        """
-                        INSERT INTO workflow_steps (run_id, step_key, step_id, status, attempt, output, error,
-                                                    due_at, detail)
-                        SELECT run_id, step_key, step_id, status, attempt, output, error, to_timestamp(due_at), detail
-                        FROM jsonb_to_recordset(%s::jsonb) AS x(run_id text, step_key text, step_id text,
-                             status text, attempt int, output jsonb, error jsonb, due_at double precision,
-                             detail jsonb)
-                        ON CONFLICT (run_id, step_key) DO UPDATE SET
-                            status = EXCLUDED.status, attempt = EXCLUDED.attempt, output = EXCLUDED.output,
-                            error = EXCLUDED.error, due_at = EXCLUDED.due_at, detail = EXCLUDED.detail,
-                            updated_at = now()
-                        """,
-                        (
-                            _rows_json(
-                                {
-                                    "run_id": run_id,
-                                    "step_key": key,
-                                    "step_id": r.step_id,
-                                    "status": r.status,
-                                    "attempt": r.attempt,
-                                    "output": r.output,
-                                    "error": r.error,
-                                    "due_at": r.due_at,
-                                    "detail": r.detail,
-                                }
-                                for run_id, key, r in steps
-                            ),
-                        ),
-                    )
-                if writes:
-                    # The lease check rides on the run update; steppe_fence (migration 0002) raises
-                    # SQLSTATE 40001 when a run changed hands, and the whole batch rolls back.
-                    cur.execute(
-                        """
-                        WITH updated AS (
-                        UPDATE workflow_runs AS r SET status = v.status, state = v.state, last_seq = v.last_seq,
-                            version = r.version + 1, updated_at = now(),
-                            finished_at = CASE WHEN v.finished THEN now() ELSE NULL END
-                        FROM jsonb_to_recordset(%s::jsonb)
-                             AS v(run_id text, expected int, status text, state jsonb, last_seq bigint, finished bool)
-                        WHERE r.run_id = v.run_id AND r.version = v.expected AND EXISTS (
-                            SELECT 1 FROM coordinator_leases l WHERE l.partition = r.partition AND l.owner = %s)
-                        RETURNING r.run_id)
-                        SELECT steppe_fence(%s, (SELECT count(*) FROM updated))
-                        """,
-                        (
-                            _rows_json(
-                                {
-                                    "run_id": w.run_id,
-                                    "expected": w.expected_version,
-                                    "status": w.status,
-                                    "state": w.state,
-                                    "last_seq": w.last_seq,
-                                    "finished": w.finished,
-                                }
-                                for w in writes
-                            ),
-                            owner,
-                            len(writes),
-                        ),
-                    )
-                if processed_commands:
-                    cur.execute(
-                        "UPDATE run_commands SET processed_at = now() WHERE command_id = ANY(%s)",
-                        (list(processed_commands),),
-                    )
+                batch_write.insert_events(cur, events)
+                batch_write.upsert_steps(cur, steps)
+                batch_write.update_runs(cur, writes, owner)
+                batch_write.mark_commands_processed(cur, processed_commands)
                 dead_letter_rows.write(cur, dead_letters)
                 hook_executions.write(cur, hook_rows, hook_counts)
                 signal_rows.mark_consumed(cur, events)  # signals that ended a wait (docs/spec.md §12.1)
@@ -410,13 +325,6 @@ class RunStore:
         except DATA_ERRORS as e:
             detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise RunDataError(f"{type(e).__name__}: {detail}", cause=type(e).__name__) from e
-
-
-def _rows_json(rows: Iterable[dict[str, Any]]) -> str:
-    try:
-        return orjson.dumps(list(rows)).decode()
-    except orjson.JSONEncodeError as e:  # an integer beyond 64 bits, nesting deeper than 254, …
-        raise RunDataError(f"JSONEncodeError: {e}", cause="JSONEncodeError") from e
 
 
 def _step_from_row(row: dict[str, Any]) -> StepRecord:
