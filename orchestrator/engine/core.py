@@ -9,7 +9,8 @@ Messages are built by `orchestrator.messages`. The engine parses each step key o
 enters (a result, a timer, a loaded projection), and passes the `StepKey` along; it delegates to
 two collaborators that act through `EngineOps`: `PatternTransitions` (for_each, swarm, handoff,
 `pre` hooks, child workflows, in `engine.patterns`) and `Unwinding` (failure, cancel and the
-saga, in `engine.unwind`).
+saga, in `engine.unwind`); `Failures` (retry or final failure of a step instance, in
+`engine.failures`), `Throttle` (`engine.limits`) and `Waits` (`engine.waits`) see the engine itself.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from orchestrator.engine.failures import Failures
 from orchestrator.engine.indexes import RunIndexes, status_of
 from orchestrator.engine.limits import Throttle
 from orchestrator.engine.output import EngineOutput, Timer
@@ -30,7 +32,6 @@ from orchestrator.settings import LimitSettings
 from orchestrator.state import (
     IN_FLIGHT_STEP_STATUSES,
     TERMINAL_RUN_STATUSES,
-    TERMINAL_STEP_STATUSES,
     Event,
     EventType,
     RunProjection,
@@ -43,15 +44,12 @@ from orchestrator.wire import ResultMessage
 from orchestrator.workflow import CompiledWorkflow, StepDef
 from patterns.dead_letter import DeadLetter
 from patterns.hierarchical import ChildStart
-from patterns.retry import compute_backoff
 
 __all__ = ["DEFER_DELAY", "RunEngine"]
 
 # Deferred steps (open circuit breaker) are re-offered after this many seconds.
 DEFER_DELAY = 1.0
 
-# How a step's failure names the instance that caused it.
-_CAUSES = {StepRole.ITEM: "item", StepRole.GATE: "gate handler", StepRole.PRE: "pre hook"}
 # What `resume` runs again.
 _RESUMABLE = (StepStatus.FAILED, StepStatus.DEAD_LETTERED, StepStatus.CANCELLED, StepStatus.SKIPPED)
 
@@ -105,6 +103,7 @@ class RunEngine:
         self.unwinding = Unwinding(self)
         self.throttle = Throttle(self)  # flow control (engine.limits)
         self.waits = Waits(self, clock)  # signals, approvals and sleeps (engine.waits)
+        self.failures = Failures(self)  # retry or final failure (engine.failures)
         self._rebuild_indexes()
 
     def _rebuild_indexes(self) -> None:
@@ -216,7 +215,7 @@ class RunEngine:
                 f" + {self.timeout_grace:.0f}s); the attempt is abandoned",
                 "retryable": True,
             }
-            self._on_failure(key, record.attempt, error)
+            self.failures.on_failure(key, record.attempt, error)
         elif timer.kind == WAIT_TIMER and record.status is StepStatus.WAITING:
             self.waits.on_timer(key, record)
         self.advance()
@@ -258,9 +257,9 @@ class RunEngine:
             error = _error_dict(msg) | {"retryable": False}
             self.emit(EventType.STEP_DEAD_LETTERED, step=key, attempt=msg.attempt, error=error)
             self.idx.in_flight.discard(msg.step)
-            self._on_final_failure(key, error)
+            self.failures.on_final_failure(key, error)
         else:  # failed, or cancelled without a cancel request
-            self._on_failure(key, msg.attempt, _error_dict(msg))
+            self.failures.on_failure(key, msg.attempt, _error_dict(msg))
         self.advance()
         return True
 
@@ -410,52 +409,8 @@ class RunEngine:
             self.idx.open.discard(current)
             stack.extend((dep, f"needs {current}, which was skipped") for dep in self.wf.steps[current].dependents)
 
-    def _on_failure(self, key: StepKey, attempt: int, error: dict[str, Any]) -> None:
-        text = str(key)
-        record = self.run.steps[text]
-        policy = self.messages.policy_of(key)
-        failures = int(record.detail.get("failures", 0)) + 1
-        unwinding = self.idx.failing and key.role is not StepRole.COMPENSATE
-        if error.get("retryable", True) and failures < policy.max_attempts and not unwinding:
-            due = round(self.clock() + compute_backoff(failures, policy, self.rng), 3)
-            self.emit(EventType.STEP_RETRY_SCHEDULED, step=text, attempt=attempt, due_at=due, error=error)
-            self.timers.append(Timer(due, self.run.run_id, text, attempt, "retry"))
-            return
-        self.emit(EventType.STEP_FAILED, step=text, attempt=attempt, error=error)
-        self.idx.in_flight.discard(text)
-        self._on_final_failure(key, error)
-
     def fail_now(self, key: StepKey, error: dict[str, Any], **data: Any) -> None:
-        text = str(key)
-        record = self.run.step(text)
-        self.emit(EventType.STEP_FAILED, step=text, attempt=record.attempt, error=error, **data)
-        self.idx.in_flight.discard(text)
-        self._on_final_failure(key, error)
-
-    def _on_final_failure(self, key: StepKey, error: dict[str, Any]) -> None:
-        sid, role = key.step, key.role
-        if role is StepRole.COMPENSATE:
-            record = self.run.steps[str(key)]
-            self.dead_letters.append(
-                DeadLetter.compensation(
-                    run_id=self.run.run_id,
-                    step_key=str(key),
-                    attempt=record.attempt,
-                    queue=self.messages.queue_of(key),
-                    error=error,
-                )
-            )
-            return
-        if role is StepRole.ITEM and self.wf.steps[sid].swarm is not None:
-            self.patterns.replica_failed(sid)
-            return
-        if role in _CAUSES:
-            if status_of(self.run.steps, sid) in TERMINAL_STEP_STATUSES:
-                return
-            message = f"{_CAUSES[role]} {key} failed: {error.get('message', '')}"
-            self.emit(EventType.STEP_FAILED, step=sid, error={**error, "message": message, "item": str(key)})
-        self.after_terminal(sid)
-        self.idx.failing = True
+        self.failures.fail_now(key, error, **data)
 
     # -- helpers ------------------------------------------------------------------------------------
 
