@@ -10,7 +10,7 @@ One iteration (`Coordinator.step`):
 4. only then publish the dispatches (pipelined XADD) and acknowledge the batch (XACK).
 
 A crash between 3 and 4 leaves steps dispatched in PostgreSQL but absent from Redis;
-the reconciler (`_reconcile`) finds and re-publishes them, and attempt fencing keeps
+the reconciler (`orchestrator.reconciler`) finds and re-publishes them, and attempt fencing keeps
 any duplicate execution from being applied twice.
 
 This module keeps the control flow; every Redis call goes through its `CoordinatorBus`
@@ -39,6 +39,7 @@ from orchestrator.hook_runner import HookBatch, HookRunner
 from orchestrator.keys import Keys
 from orchestrator.limiter import Limiter
 from orchestrator.quarantine import BatchSplitter
+from orchestrator.reconciler import Reconciler
 from orchestrator.republish import Republisher
 from orchestrator.retention import Pruner
 from orchestrator.run_loader import RunLoader
@@ -47,7 +48,6 @@ from orchestrator.settings import Settings, check_timing
 from orchestrator.signal_delivery import SignalDelivery
 from orchestrator.state import RunStatus
 from orchestrator.step_keys import StepRole, role_of
-from orchestrator.store.dead_letters import DeadLetterStore
 from orchestrator.store.hooks import HookStore
 from orchestrator.store.leases import LeaseManager
 from orchestrator.store.limits import LimitStore
@@ -106,6 +106,7 @@ class Coordinator:
         self._next_lease = 0.0
         self._next_reconcile = 0.0
         self.republisher = Republisher(self.bus, self.hooks)
+        self.reconciler = Reconciler(self)  # the periodic recovery pass
         self.delivery = SignalDelivery(store)  # signals and approvals to waiting steps (§12.1)
         self.limiter = Limiter(LimitStore(store), client, self.keys, clock)  # flow control (§12.2)
         self.run_spans: RunSpans | None = None  # set by `steppe coordinator` when tracing is on (§12.7)
@@ -432,47 +433,7 @@ class Coordinator:
         metrics.ACTIVE_RUNS.set(len(self.runs))
 
     def _reconcile(self) -> None:
-        """Recover what a crash or a Redis data loss left behind; see the module docstring."""
-        self._next_reconcile = self.clock() + self.cfg.reconcile_interval
-        if not self.partitions:
-            return
-        redis_lost_data = self.bus.data_lost()
-        if redis_lost_data:
-            log.warning("redis_data_loss_detected", action="recreating groups and re-publishing in-flight steps")
-            self.bus.restore(self.partitions)
-        self.hooks.refresh()
-        before = set(self.runs)
-        self._load(set(self.store.active_run_ids(self.partitions)) - before)
-        loaded = set(self.runs) - before
-        self._child_results.extend(self.children.reconcile(t.engine for t in self.runs.values()))
-        self.bus.ensure_queues(q for tracked in self.runs.values() for q in tracked.engine.wf.queues)
-        # Re-publish dispatched attempts that Redis holds nowhere (lost, or never published because a
-        # coordinator died between its commit and its XADD); see orchestrator/republish.py.
-        hooks_due = self.hooks.reload(self.partitions)
-        check = set(self.runs) if redis_lost_data else loaded
-        self._unpublished += self.republisher.due(
-            self.runs, check, self.partitions, hooks_due=hooks_due, redis_lost_data=redis_lost_data
-        )
-        self._start_loaded(loaded)
-        self.limiter.sweep(self.partitions)
-        if self.store.pending_commands(self.partitions):
-            processed = self._apply_commands()
-            self._commit({c[1] for c in processed}, [c[0] for c in processed], [])
-        self.bus.sync_dead_letters(DeadLetterStore(self.store))
-        self.bus.trim(self.partitions)
-        self.bus.export_metrics(live_since=self.clock() - 3 * self.settings.worker.heartbeat_interval)
-        metrics.ACTIVE_RUNS.set(len(self.runs))
-
-    def _start_loaded(self, loaded: set[str]) -> None:
-        """Start the runs just loaded that were still pending (their wake-up was lost) and commit."""
-        touched = set()
-        for run_id in loaded:
-            engine = self.runs[run_id].engine
-            if engine.run.status is RunStatus.PENDING:
-                engine.start()
-                touched.add(run_id)
-        if touched:
-            self._commit(touched, [], [])
+        self.reconciler.run()  # orchestrator/reconciler.py
 
 
 # -- TEST-ONLY fault injection (tests/faults, docs/reliability.md scenario 5) -----------------------------
