@@ -65,6 +65,7 @@ def tool_errors(func: Callable[P, R]) -> Callable[P, R]:
 
 
 def build_server(tools: SteppeTools) -> MCPServer[Any]:
+    # Long on purpose: one short registration per MCP tool, closures over `tools`; kept in one place.
     """The MCP server whose tools call `tools`."""
     from mcp.server.mcpserver import MCPServer
 

@@ -26,6 +26,7 @@ def _split(values: list[str]) -> list[str]:
 
 
 def register(app: typer.Typer) -> None:
+    # Long on purpose: the typer commands are closures registered here, each short on its own.
     @app.command()
     @report_errors
     def coordinator(

@@ -157,6 +157,7 @@ def print_result(doc: dict[str, Any]) -> None:
 
 
 def register(app: typer.Typer) -> None:
+    # Long on purpose: the typer commands are closures registered here, each short on its own.
     @app.command()
     @report_errors
     def submit(
