@@ -97,6 +97,18 @@ name: check-chaos
 steps:
   - {id: long, handler: builtin.sleep, queue: chaos, timeout: 60s, with: {seconds: 3}}
 """,
+    # Two items through one slot, each longer than the check: while the dashboards are evaluated one
+    # holds the slot and one is throttled, so the flow-control series exist (they live while a key is used).
+    "check-limited": """
+name: check-limited
+steps:
+  - id: call
+    handler: builtin.sleep
+    for_each: [1, 2]
+    concurrency: {key: check-api, limit: 1}
+    timeout: 10m
+    with: {seconds: 300}
+""",
 }
 # Deployed and scheduled every second; a run outlasts a tick, so --overlap skip skips some.
 TICKER = """
@@ -163,6 +175,7 @@ class Workload:
         self.assert_alive()
         runs = self.submit(SUBMITS)
         notes = self.schedule_ticks()
+        notes += self.hold_a_limit()
         notes += self.stall_and_reclaim(runs)
         statuses = self.wait_terminal(runs, timeout=self.left(60))
         self.assert_alive()
@@ -231,6 +244,16 @@ class Workload:
             _wait(lambda: "steppe_schedule_ticks_skipped_total{" in self._coordinator_metrics(), self.left(20))
         except TimeoutError:
             return ["the check-tick schedule skipped no tick while its previous run slept"]
+        return []
+
+    def hold_a_limit(self) -> list[str]:
+        """A run whose two items share one slot for longer than the check (never waited for): the
+        slot in use, its capacity and the throttled waiter are exported while the queries run."""
+        self.submit(["check-limited"])
+        try:
+            _wait(lambda: "steppe_steps_throttled{" in self._coordinator_metrics(), self.left(30))
+        except TimeoutError:
+            return ["check-limited: no step was throttled behind the check-api slot"]
         return []
 
     def stall_and_reclaim(self, runs: list[tuple[str, str]]) -> list[str]:
