@@ -131,6 +131,14 @@ class Run:
         return self.client.history(self.id)
 
 
+def _check_arguments(api_url: str | None, token: str | None, settings: Settings | None) -> None:
+    """The transport arguments that contradict each other, for both clients."""
+    if api_url is None and token is not None:
+        raise ConfigError("token= is for the HTTP API: pass api_url= too, or drop the token")
+    if api_url is not None and settings is not None:
+        raise ConfigError("settings= configure the direct transport; with api_url= the server has its own")
+
+
 class Client(SignalMethods):
     """Submit and follow runs from Python; see the module docstring for the two transports."""
 
@@ -143,10 +151,7 @@ class Client(SignalMethods):
         connect_timeout: float = CONNECT_TIMEOUT,
         timeout: float = REQUEST_TIMEOUT,
     ) -> None:
-        if api_url is None and token is not None:
-            raise ConfigError("token= is for the HTTP API: pass api_url= too, or drop the token")
-        if api_url is not None and settings is not None:
-            raise ConfigError("settings= configure the direct transport; with api_url= the server has its own")
+        _check_arguments(api_url, token, settings)
         self.timeout = _timeout(timeout)
         self.transport = _transport(settings, api_url, token, _timeout(connect_timeout), self.timeout)
 
@@ -303,10 +308,7 @@ class AsyncClient(AsyncSignalMethods):
         connect_timeout: float = CONNECT_TIMEOUT,
         timeout: float = REQUEST_TIMEOUT,
     ) -> None:
-        if api_url is None and token is not None:
-            raise ConfigError("token= is for the HTTP API: pass api_url= too, or drop the token")
-        if api_url is not None and settings is not None:
-            raise ConfigError("settings= configure the direct transport; with api_url= the server has its own")
+        _check_arguments(api_url, token, settings)
         self.timeout = _timeout(timeout)
         self.transport = _async_transport(settings, api_url, token, _timeout(connect_timeout), self.timeout)
 
