@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, field_validator
@@ -15,6 +15,36 @@ from orchestrator.errors import ConfigError, InfrastructureError
 
 # Name of the file in STEPPE_HOME where `steppe dev up` records its servers.
 DEV_STATE_FILE = "servers.json"
+
+# STEPPE_DURABILITY: how the engine's own PostgreSQL sessions commit (docs/configuration.md).
+# strict leaves the server's settings alone (synchronous_commit normally on: a commit returns once
+# its WAL is flushed to disk). balanced commits with synchronous_commit=off: a commit returns before
+# the flush (the WAL writer flushes within about 3 x wal_writer_delay, 600 ms by default), so an
+# operating-system crash or power loss of the database host may lose the last few hundred ms of
+# transitions; a crash of PostgreSQL or of any Steppe process loses nothing, and the database stays
+# consistent either way. Migrations (`steppe db upgrade`) always commit strictly.
+Durability = Literal["strict", "balanced"]
+DURABILITY_MODES: tuple[Durability, ...] = ("strict", "balanced")
+# PostgreSQL settings each mode gives the engine's sessions (libpq `options` at connection start).
+DURABILITY_SESSION_SETTINGS: dict[Durability, dict[str, str]] = {
+    "strict": {},
+    "balanced": {"synchronous_commit": "off"},
+}
+
+
+def parse_durability(value: object) -> Durability:
+    """A STEPPE_DURABILITY value (any case, surrounding spaces ignored); ConfigError naming the
+    variable, the value and the allowed values otherwise. A ConfigError, not a ValueError: pydantic
+    lets it through, so a process refuses to start with this message rather than a traceback."""
+    text = value.strip().lower() if isinstance(value, str) else value
+    if text not in DURABILITY_MODES:
+        raise ConfigError(
+            f"STEPPE_DURABILITY is {value!r}; it must be one of {', '.join(DURABILITY_MODES)} "
+            "(strict, the default: every commit waits for PostgreSQL's WAL flush; balanced: "
+            "synchronous_commit=off, an operating-system crash of the database host may lose the last "
+            "few hundred milliseconds of transitions). Unset it or set it to one of these"
+        )
+    return text
 
 
 class RedisSettings(BaseModel):
@@ -111,6 +141,9 @@ class Settings(BaseSettings):
         default_factory=list, description="STEPPE_SECRETS: comma-separated names of environment variables"
     )
     secrets_dir: Path | None = Field(default=None, description="STEPPE_SECRETS_DIR: one file per secret")
+    durability: Durability = Field(
+        default="strict", description="STEPPE_DURABILITY: strict | balanced (synchronous_commit=off)"
+    )
 
     redis: RedisSettings = Field(default_factory=RedisSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
@@ -125,6 +158,11 @@ class Settings(BaseSettings):
     def _split_secret_names(cls, value: Any) -> Any:
         # `STEPPE_SECRETS=API_TOKEN,DB_PASSWORD` (commas and/or spaces), not JSON.
         return value.replace(",", " ").split() if isinstance(value, str) else value
+
+    @field_validator("durability", mode="before")
+    @classmethod
+    def _durability(cls, value: Any) -> Any:
+        return parse_durability(value)
 
     @field_validator("tracing", mode="before")
     @classmethod

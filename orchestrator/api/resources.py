@@ -47,6 +47,7 @@ class Resources:
                     self.database_url,
                     pool_size=self.api.db_pool_size,
                     connect_timeout=self.settings.database.connect_timeout,
+                    durability=self.settings.durability,
                 )
                 store.open(wait_timeout=float(self.settings.database.connect_timeout))
                 self._store = store

@@ -50,7 +50,9 @@ def connect(settings: Settings, *, need_redis: bool = True) -> Iterator[Clients]
 
         client = bus.connect(settings, redis_url)
         bus.ping(client, redis_url)
-    store = RunStore(db_url, pool_size=2, connect_timeout=settings.database.connect_timeout)
+    store = RunStore(
+        db_url, pool_size=2, connect_timeout=settings.database.connect_timeout, durability=settings.durability
+    )
     store.open()
     try:
         yield Clients(settings=settings, redis=client, store=store)

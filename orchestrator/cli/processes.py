@@ -50,6 +50,7 @@ def register(app: typer.Typer) -> None:
             settings.resolved_database_url(),
             pool_size=settings.database.pool_size,
             connect_timeout=settings.database.connect_timeout,
+            durability=settings.durability,
         )
         store.open()
         coord = Coordinator(settings=settings, client=client, store=store)

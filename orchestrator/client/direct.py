@@ -85,7 +85,10 @@ class DirectTransport:
             try:
                 bus.ping(client, redis_url)
                 store = RunStore(
-                    db_url, pool_size=settings.database.pool_size, connect_timeout=round(self.connect_timeout)
+                    db_url,
+                    pool_size=settings.database.pool_size,
+                    connect_timeout=round(self.connect_timeout),
+                    durability=settings.durability,
                 )
                 store.open(wait_timeout=self.connect_timeout)
             except BaseException:

@@ -90,11 +90,12 @@ class ClusterBench:
 
         upgrade(self.settings.resolved_migration_url())
         self.redis: redis.Redis = bus.connect(self.settings)
-        self.store = RunStore(self.settings.resolved_database_url(), pool_size=2)
+        # Built as the coordinator builds its store, so `durability()` sees the engine's sessions.
+        self.store = RunStore(self.settings.resolved_database_url(), pool_size=2, durability=self.settings.durability)
         self.store.open()
         self.submitter = Submitter(settings=self.settings, store=self.store, client=self.redis)
         log = Path(tempfile.gettempdir()) / f"steppe-bench-{uuid.uuid4().hex[:6]}.log"
-        env = {"STEPPE_NAMESPACE": self.settings.namespace}
+        env = {"STEPPE_NAMESPACE": self.settings.namespace, "STEPPE_DURABILITY": self.settings.durability}
         self.cluster = LocalCluster(self.settings, log_path=log, env={**_environ(), **env})
         for _ in range(self.coordinators):
             self.cluster.start_coordinator()
@@ -240,6 +241,8 @@ class ClusterBench:
         return {role: sum(_cpu_seconds(pid) for pid in pids) for role, pids in roles.items()}
 
     def durability(self) -> dict[str, str]:
+        """The durability in force: STEPPE_DURABILITY, and PostgreSQL's fsync and the
+        synchronous_commit of a session opened as the engine opens its own (balanced: off)."""
         with self.store.connection() as conn:
             pg = {
                 name: conn.execute(f"SHOW {name}").fetchone()[name]  # type: ignore[index]
@@ -251,7 +254,8 @@ class ClusterBench:
         aof = node.config_get("appendonly").get("appendonly", "?")
         fsync = node.config_get("appendfsync").get("appendfsync", "?")
         return {
-            "postgresql": f"fsync={pg['fsync']} synchronous_commit={pg['synchronous_commit']}",
+            "steppe": f"STEPPE_DURABILITY={self.store.durability}",
+            "postgresql": f"fsync={pg['fsync']} synchronous_commit={pg['synchronous_commit']} (engine sessions)",
             "redis": f"appendonly={aof} appendfsync={fsync}",
         }
 

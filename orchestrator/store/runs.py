@@ -20,12 +20,13 @@ from typing import Any, Literal
 
 import orjson
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 from psycopg_pool import ConnectionPool
 
 from orchestrator.errors import ConflictError, DatabaseUnavailableError, RunDataError, RunNotFoundError
-from orchestrator.settings import display_url
+from orchestrator.settings import DURABILITY_SESSION_SETTINGS, Durability, display_url
 from orchestrator.state import Event, EventType, RunProjection, RunStatus, StepRecord, StepStatus
 from orchestrator.store import batch_write, hook_executions, signal_rows
 from orchestrator.store import dead_letters as dead_letter_rows
@@ -140,16 +141,39 @@ class StoredRun:
     depth: int = 0
 
 
-class RunStore:
-    """PostgreSQL access for runs, steps, events, commands and dead letters."""
+def session_options(url: str, durability: Durability) -> str | None:
+    """The libpq `options` the engine's sessions start with under `durability` (STEPPE_DURABILITY):
+    the URL's own `options` followed by the mode's settings (`-c synchronous_commit=off` for
+    balanced), or None when the mode adds nothing (strict: the server's settings apply).
 
-    def __init__(self, url: str, *, pool_size: int = 4, connect_timeout: int = 5) -> None:
+    Set at connection start, so every session of the pool has it from its first transaction and
+    after every reconnect, at no extra round trip; the server's configuration is not changed."""
+    settings = DURABILITY_SESSION_SETTINGS[durability]
+    if not settings:
+        return None
+    own = str(conninfo_to_dict(url).get("options") or "")
+    return " ".join([*([own] if own else []), *(f"-c {name}={value}" for name, value in settings.items())])
+
+
+class RunStore:
+    """PostgreSQL access for runs, steps, events, commands and dead letters.
+
+    `durability` (STEPPE_DURABILITY, orchestrator/settings.py) sets how its sessions commit."""
+
+    def __init__(
+        self, url: str, *, pool_size: int = 4, connect_timeout: int = 5, durability: Durability = "strict"
+    ) -> None:
         self.url = url
+        self.durability = durability
+        kwargs: dict[str, Any] = {"connect_timeout": connect_timeout, "row_factory": dict_row}
+        options = session_options(url, durability)
+        if options is not None:
+            kwargs["options"] = options
         self._pool = ConnectionPool(
             url,
             min_size=1,
             max_size=pool_size,
-            kwargs={"connect_timeout": connect_timeout, "row_factory": dict_row},
+            kwargs=kwargs,
             open=False,
             # No per-checkout health check (a round trip per batch): a broken connection
             # surfaces as DatabaseUnavailableError, the coordinator reloads, the pool reconnects.
