@@ -1,8 +1,11 @@
 """Durable waits under coordinator faults (docs/spec.md §12.1, docs/reliability.md I1-I5).
 
-A coordinator is SIGKILLed while 30 runs wait (for a signal, or in a sleep whose timer comes due
-while no coordinator lives), signals are accepted while it is dead, and a second coordinator takes
-the partitions over: every signal is applied once, every timer fires once, no run is stuck.
+A coordinator is SIGKILLed while 50 runs wait (for a signal, or in a sleep whose timer may come due
+while no coordinator lives), signals are accepted while it is dead and while its successor starts, and
+the successor takes the partitions over; a coordinator dies at the SIGNAL_BEFORE_APPLY crash point
+(orchestrator/fault_points.py) with an accepted signal loaded and not applied; a 5 s sleep crosses a
+clean restart, and a takeover by a second live coordinator. Every signal is applied once (one event
+carrying its `signal_id`), every timer fires once and not before it is due, no run is stuck.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections import Counter
 import pytest
 
 from orchestrator.signals import Signaller
+from orchestrator.store.leases import partition_of
 from tests.faults.harness import FaultEnv
 from tests.faults.invariants import (
     check_applied_once,
@@ -51,15 +55,50 @@ def waiting(faults: FaultEnv, run_id: str, step: str) -> bool:
     return record is not None and record["status"] == "waiting"
 
 
+def signal_applications(faults: FaultEnv, run_ids: list[str]) -> dict[int, int]:
+    """signal id -> how many events of its run's log carry it (the event that ended a wait with it)."""
+    with faults.store.connection() as conn:
+        rows = conn.execute(
+            "SELECT s.signal_id, count(e.seq) AS n FROM run_signals s LEFT JOIN workflow_events e"
+            " ON e.run_id = s.run_id AND e.data ? 'signal_id' AND (e.data->>'signal_id')::bigint = s.signal_id"
+            " WHERE s.run_id = ANY(%s) GROUP BY s.signal_id",
+            (run_ids,),
+        ).fetchall()
+    return {int(r["signal_id"]): int(r["n"]) for r in rows}
+
+
+def check_signals_applied_once(faults: FaultEnv, run_ids: list[str]) -> int:
+    """Each stored signal of these runs was applied exactly once: one event of its run's log carries it,
+    and its row is consumed. Returns the number of signals."""
+    applied = signal_applications(faults, run_ids)
+    assert applied, "no signal stored"
+    assert set(applied.values()) == {1}, {k: n for k, n in applied.items() if n != 1}
+    with faults.store.connection() as conn:
+        unconsumed = conn.execute(
+            "SELECT signal_id FROM run_signals WHERE run_id = ANY(%s) AND consumed_by IS NULL", (run_ids,)
+        ).fetchall()
+    assert not unconsumed, unconsumed
+    return len(applied)
+
+
+def ended_once(faults: FaultEnv, run_ids: list[str], step: str) -> None:
+    """The wait step `step` of each run has exactly one step.succeeded in its log."""
+    ended = Counter(
+        r for r in run_ids for e in faults.queries.events(r) if e["step_key"] == step and e["type"] == "step.succeeded"
+    )
+    assert ended == dict.fromkeys(run_ids, 1), ended
+
+
 def test_coordinator_sigkill_while_steps_wait_and_timers_come_due(faults: FaultEnv) -> None:
     victim = faults.start_coordinator()
     faults.start_worker(concurrency=8)
     faults.wait_for_workers(1)
-    signalled = [faults.submit(SIGNALLED) for _ in range(20)]
+    signalled = [faults.submit(SIGNALLED) for _ in range(40)]
     sleeping = [faults.submit(SLEEPING) for _ in range(10)]
+    runs = signalled + sleeping  # 50 runs waiting at once
     assert_eventually(
         lambda: all(waiting(faults, r, "paid") for r in signalled) and all(waiting(faults, r, "nap") for r in sleeping),
-        timeout=30,
+        timeout=90,
         message=faults.log_text,
     )
     sender = Signaller(settings=faults.settings, store=faults.store, client=faults.redis)
@@ -67,13 +106,27 @@ def test_coordinator_sigkill_while_steps_wait_and_timers_come_due(faults: FaultE
         sender.signal(run_id, "go", {"n": n}, idempotency_key=f"go-{run_id}")
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    killed = time.monotonic()
-    for n, run_id in enumerate(signalled):  # while no coordinator lives; the first ten again (same key)
+    killed, killed_at = time.monotonic(), time.time()
+    for n, run_id in enumerate(signalled[:25]):  # while no coordinator lives; the first ten again (same key)
         sender.signal(run_id, "go", {"n": n}, idempotency_key=f"go-{run_id}")
-    faults.start_coordinator()
-    runs = signalled + sleeping
-    wait_terminal(faults, runs, deadline=60)
+    # The sleeps come due while no coordinator lives: the successor starts once the last one is due.
+    last_due = max(
+        float(e["data"]["due_at"])
+        for r in sleeping
+        for e in faults.queries.events(r)
+        if e["step_key"] == "nap" and e["type"] == "step.waiting"
+    )
+    assert killed_at < last_due, "the sleeps ended before the kill"
+    assert_eventually(lambda: time.time() > last_due, timeout=30, interval=0.05)
+    successor_at = time.time()
+    successor = faults.start_coordinator()
+    for n, run_id in enumerate(signalled[25:], start=25):  # while the successor starts and takes over
+        sender.signal(run_id, "go", {"n": n}, idempotency_key=f"go-{run_id}")
+    for n, run_id in enumerate(signalled[:5]):  # a webhook retried once more: stored once
+        assert sender.signal(run_id, "go", {"n": n}, idempotency_key=f"go-{run_id}").duplicate
+    wait_terminal(faults, runs, deadline=120)
     done_s = time.monotonic() - killed
+    assert successor.poll() is None, "the successor coordinator died"
 
     docs = {r: faults.run(r) for r in runs}
     assert {d["status"] for d in docs.values()} == {"succeeded"}, {r: d["status"] for r, d in docs.items()}
@@ -86,28 +139,86 @@ def test_coordinator_sigkill_while_steps_wait_and_timers_come_due(faults: FaultE
             " WHERE run_id = ANY(%s) GROUP BY run_id",
             (signalled,),
         ).fetchall()
+    assert len(rows) == len(signalled), rows
     assert {(r["n"], r["consumed"]) for r in rows} == {(1, 1)}, rows  # one row per key, consumed once
+    applied = check_signals_applied_once(faults, signalled)  # one signal-applied event per signal
+    assert applied == len(signalled)
+    ended_once(faults, signalled, "paid")
+    ended_once(faults, sleeping, "nap")  # each timer fired once
     keys = [f"{r}/s{i}" for r in runs for i in range(2)]
     check_effectively_once(faults, keys, injected=0)
-    check_applied_once(faults, runs)  # no wait ended twice: one step.succeeded per paid and nap
-    ended = Counter(e["step_key"] for r in sleeping for e in faults.queries.events(r) if e["type"] == "step.succeeded")
-    assert ended == {"s0": len(sleeping), "nap": len(sleeping), "s1": len(sleeping)}  # each timer fired once
+    check_applied_once(faults, runs)
     check_event_logs(faults, runs)
     check_nothing_stranded(faults)
     check_dead_letters(faults, [])
     lateness = []
+    due_while_dead = 0
     for run_id in sleeping:
         nap = docs[run_id]["steps"]["nap"]["output"]
-        woke = dt.datetime.fromisoformat(nap["woke_at"]) - dt.datetime.fromisoformat(nap["slept_until"])
+        slept_until = dt.datetime.fromisoformat(nap["slept_until"])
+        woke = dt.datetime.fromisoformat(nap["woke_at"]) - slept_until
+        assert woke.total_seconds() >= 0, nap  # never before its due time
         lateness.append(woke.total_seconds())
+        due_while_dead += killed_at < slept_until.timestamp() < successor_at
     lease_ttl = float(faults.env["STEPPE_COORDINATOR__LEASE_TTL"])
-    assert max(lateness) < lease_ttl + 10, lateness  # woken within the lease TTL (plus start-up) of the due time
+    assert max(lateness) < lease_ttl + 20, lateness  # woken within the lease TTL (plus start-up) of the due time
     report(
         "waits-coordinator-sigkill",
+        runs_waiting=len(runs),
+        signals=applied,
         lease_ttl_s=lease_ttl,
         all_done_s=round(done_s, 2),
+        sleeps_due_while_no_coordinator=due_while_dead,
         sleep_lateness_max_s=round(max(lateness), 3),
         sleep_lateness_median_s=round(statistics.median(lateness), 3),
+    )
+
+
+SIGNAL_CRASH = "SIGNAL_BEFORE_APPLY"
+
+
+def test_signal_accepted_then_coordinator_killed_before_applying_it(faults: FaultEnv) -> None:
+    # Armed at 1: the coordinator exits 137 at its first delivery that loads an accepted signal, before
+    # the engine applies it and before the batch commits the event and the row's consumption.
+    victim = faults.start_coordinator(**{f"STEPPE_FAULT_CRASH_{SIGNAL_CRASH}": "1"})
+    faults.start_worker()
+    faults.wait_for_workers(1)
+    runs = [faults.submit(SIGNALLED) for _ in range(3)]
+    assert_eventually(lambda: all(waiting(faults, r, "paid") for r in runs), timeout=60, message=faults.log_text)
+    assert victim.poll() is None, "the crash point fired before any signal was sent"
+    sender = Signaller(settings=faults.settings, store=faults.store, client=faults.redis)
+    first = sender.signal(runs[0], "go", {"n": 0}, idempotency_key="go-0")
+    assert victim.wait(timeout=60) == 137, "the crash point was never reached"
+    crashed = time.monotonic()
+    for n, run_id in enumerate(runs[1:], start=1):  # accepted while no coordinator lives
+        sender.signal(run_id, "go", {"n": n}, idempotency_key=f"go-{n}")
+
+    # Accepted and durable, not applied: the step still waits, the row is unconsumed, no event carries it.
+    assert waiting(faults, runs[0], "paid")
+    assert signal_applications(faults, [runs[0]]) == {first.signal_id: 0}
+    assert faults.witness("effects").get(f"{runs[0]}/s1") is None
+    faults.start_coordinator()
+    docs = wait_terminal(faults, runs, deadline=60)
+    recovery_s = time.monotonic() - crashed
+    assert sender.signal(runs[0], "go", {"n": 99}, idempotency_key="go-0").duplicate  # the sender retries: once
+
+    assert {d["status"] for d in docs.values()} == {"succeeded"}, {r: d["status"] for r, d in docs.items()}
+    for n, run_id in enumerate(runs):
+        assert docs[run_id]["steps"]["paid"]["output"] == {"n": n}
+        assert docs[run_id]["steps"]["s1"]["output"]["value"] == n
+    assert check_signals_applied_once(faults, runs) == len(runs)
+    ended_once(faults, runs, "paid")
+    keys = [f"{r}/s{i}" for r in runs for i in range(2)]
+    check_effectively_once(faults, keys, injected=0)  # s1 ran once per run: no second effect
+    check_applied_once(faults, runs)
+    check_event_logs(faults, runs)
+    check_nothing_stranded(faults)
+    check_dead_letters(faults, [])
+    report(
+        "waits-signal-crash-before-apply",
+        lease_ttl_s=float(faults.env["STEPPE_COORDINATOR__LEASE_TTL"]),
+        recovery_s=round(recovery_s, 2),
+        signals=len(runs),
     )
 
 
@@ -126,6 +237,101 @@ def test_a_sleep_across_a_coordinator_restart_fires_once(faults: FaultEnv) -> No
     check_effectively_once(faults, [f"{run_id}/s0", f"{run_id}/s1"], injected=0)
     check_event_logs(faults, [run_id])
     check_nothing_stranded(faults)
+
+
+SLEEP_5S = """
+name: fault-sleep-takeover
+steps:
+  - {id: s0, handler: test.witness}
+  - {id: nap, needs: [s0], sleep: 5s}
+  - {id: s1, needs: [nap], handler: test.witness}
+"""
+
+
+def lease_owners(faults: FaultEnv) -> dict[int, str]:
+    """partition -> the coordinator holding its unexpired lease."""
+    with faults.store.connection() as conn:
+        rows = conn.execute(
+            "SELECT partition, owner FROM coordinator_leases WHERE expires_at > now() AND owner IS NOT NULL"
+        ).fetchall()
+    return {int(r["partition"]): str(r["owner"]) for r in rows}
+
+
+def test_a_5s_sleep_across_a_takeover_by_a_second_live_coordinator(faults: FaultEnv) -> None:
+    coordinators = [faults.start_coordinator(), faults.start_coordinator()]
+    faults.start_worker()
+    faults.wait_for_workers(1)
+    partitions = faults.settings.coordinator.partitions
+
+    def split() -> bool:  # both live, each holding a share of the partitions
+        owners = lease_owners(faults)
+        return len(owners) == partitions and all(any(f"-{c.pid}-" in o for o in owners.values()) for c in coordinators)
+
+    assert_eventually(split, timeout=60, message=faults.log_text)
+    # A run on each coordinator's partitions: the victim's is the one under test, the survivor's a control.
+    by_owner: dict[int, str] = {}
+    deadline = time.monotonic() + 60
+    while len(by_owner) < 2 and time.monotonic() < deadline:
+        run_id = faults.submit(SLEEP_5S)
+        owner = lease_owners(faults).get(partition_of(run_id, partitions), "")
+        pid = next((c.pid for c in coordinators if f"-{c.pid}-" in owner), None)
+        if pid is not None:
+            by_owner.setdefault(pid, run_id)
+    assert len(by_owner) == 2, f"no run landed on both coordinators' partitions: {by_owner}"
+    runs = list(by_owner.values())
+    assert_eventually(lambda: all(waiting(faults, r, "nap") for r in runs), timeout=30, message=faults.log_text)
+    victim = coordinators[0]
+    survivor = coordinators[1]
+    run_id = by_owner[victim.pid]
+    partition = partition_of(run_id, partitions)
+    assert f"-{victim.pid}-" in lease_owners(faults).get(partition, ""), "the partitions moved before the kill"
+    waited = next(e for e in faults.queries.events(run_id) if e["step_key"] == "nap" and e["type"] == "step.waiting")
+    due = float(waited["data"]["due_at"])
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed, killed_at = time.monotonic(), time.time()
+    assert killed_at < due, "the sleep came due before its coordinator was killed: nothing was taken over"
+    taken: list[float] = []
+
+    def taken_over() -> bool:
+        if f"-{survivor.pid}-" in lease_owners(faults).get(partition, ""):
+            taken.append(time.monotonic() - killed)
+            return True
+        return False
+
+    assert_eventually(taken_over, timeout=60, interval=0.1, message=faults.log_text)
+    docs = wait_terminal(faults, runs, deadline=60)
+    done_s = time.monotonic() - killed
+    assert survivor.poll() is None, "the survivor died"
+    assert {f"-{survivor.pid}-" in o for o in lease_owners(faults).values()} == {True}
+
+    assert {d["status"] for d in docs.values()} == {"succeeded"}, {r: d["status"] for r, d in docs.items()}
+    ended_once(faults, runs, "nap")  # the timer fired once, by the survivor
+    nap = docs[run_id]["steps"]["nap"]["output"]
+    slept_until = dt.datetime.fromisoformat(nap["slept_until"]).timestamp()
+    woke_at = dt.datetime.fromisoformat(nap["woke_at"]).timestamp()
+    assert slept_until == pytest.approx(due, abs=1e-3), (nap, due)
+    assert woke_at >= slept_until, nap  # not before its due time
+    fired = next(e for e in faults.queries.events(run_id) if e["step_key"] == "nap" and e["type"] == "step.succeeded")
+    assert fired["created_at"].timestamp() >= due, (fired, due)  # committed after the due time too
+    s1 = next(e for e in faults.queries.events(run_id) if e["step_key"] == "s1" and e["type"] == "step.dispatched")
+    assert s1["created_at"].timestamp() >= due
+    lease_ttl = float(faults.env["STEPPE_COORDINATOR__LEASE_TTL"])
+    assert woke_at - due < lease_ttl + 20, (nap, due)  # within the lease TTL (plus start-up), generous on 2 cores
+    keys = [f"{r}/s{i}" for r in runs for i in range(2)]
+    check_effectively_once(faults, keys, injected=0)
+    check_applied_once(faults, runs)
+    check_event_logs(faults, runs)
+    check_nothing_stranded(faults)
+    check_dead_letters(faults, [])
+    report(
+        "waits-sleep-live-takeover",
+        lease_ttl_s=lease_ttl,
+        killed_before_due_s=round(due - killed_at, 2),
+        partition_taken_over_s=round(taken[0], 2),
+        sleep_lateness_s=round(woke_at - due, 3),
+        all_done_s=round(done_s, 2),
+    )
 
 
 LATENCY = """
