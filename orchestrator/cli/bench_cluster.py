@@ -1,12 +1,15 @@
-"""`steppe bench all | scale | scaleout`: cluster benchmarks on private servers."""
+"""`steppe bench all | scale | scaleout`: cluster benchmarks on private servers.
+
+`bench all` measures Steppe's shapes, then the floor program on the same servers (`bench_floor`),
+and with `--vs-peers` both peer harnesses (`bench_peers`) in the same invocation; the ratios
+against the best peer of each kind and the floor, with the goals of issue 21, come from `bench_report`.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -17,28 +20,25 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from orchestrator.cli import bench_floor
 from orchestrator.cli.bench import bench_app
+from orchestrator.cli.bench_peers import run_durable_peers, run_peers
+from orchestrator.cli.bench_report import Ratio, ratio_rows
 from orchestrator.cli.common import console, err_console, load_settings, report_errors
 
-PEERS_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "bench" / "peers"
+DEFAULT_PEERS = "celery:solo dramatiq:t8"  # the fastest Redis rows of the 2026-12-04 run
+DEFAULT_DURABLE_PEERS = "procrastinate:c1 dbos:tuned"  # ~15 minutes at full sizes
 
 
 @contextmanager
-def private_cluster(
-    workers: int,
-    concurrency: int | None,
-    keep_home: Path | None,
-    *,
-    redis_masters: int = 0,
-    coordinators: int = 1,
-    partitions: int | None = None,
-) -> Iterator[Any]:
-    """Fresh embedded servers in a private STEPPE_HOME (so nothing else competes), torn down after.
+def private_servers(
+    keep_home: Path | None, *, redis_masters: int = 0, partitions: int | None = None
+) -> Iterator[tuple[Any, dict[str, list[int]]]]:
+    """Fresh embedded Redis and PostgreSQL in a private STEPPE_HOME (so nothing else competes), torn
+    down after; yields their Settings and pids ({"redis": [...], "postgresql": [postmaster]}).
 
-    `redis_masters` > 0 runs Steppe on a private Redis Cluster of that many masters (no replicas)
-    instead of the embedded Redis; `coordinators` coordinator processes share `partitions`.
-    """
-    from orchestrator.dev.benchmark import ClusterBench
+    `redis_masters` > 0 runs a private Redis Cluster of that many masters (no replicas) instead of
+    the embedded Redis."""
     from orchestrator.dev.launcher import DevServers
     from orchestrator.dev.redis_cluster import LocalRedisCluster
     from orchestrator.settings import Settings
@@ -61,13 +61,12 @@ def private_cluster(
             cluster = LocalRedisCluster.start(home / "redis-cluster", masters=redis_masters, replicas=0)
             os.environ["STEPPE_REDIS_URL"] = cluster.url
             settings = Settings(home=home, namespace=namespace, redis_url=cluster.url)
-        with ClusterBench(settings, workers=workers, concurrency=concurrency, coordinators=coordinators) as bench:
-            state = json.loads(settings.dev_state_path.read_text())
-            bench.server_pids = {
-                "redis": [n.pid for n in cluster.nodes] if cluster else [state["redis"]["pid"]],
-                "postgresql": [state["postgres"]["pid"]],
-            }
-            yield bench
+        state = json.loads(settings.dev_state_path.read_text())
+        pids = {
+            "redis": [n.pid for n in cluster.nodes] if cluster else [state["redis"]["pid"]],
+            "postgresql": [state["postgres"]["pid"]],
+        }
+        yield settings, pids
     finally:
         if cluster is not None:
             cluster.stop()
@@ -77,112 +76,112 @@ def private_cluster(
             shutil.rmtree(home, ignore_errors=True)
 
 
-def _fmt(values: list[float]) -> str:
-    return f"{sorted(values)[len(values) // 2]:.3f} ({min(values):.3f}–{max(values):.3f})"
+@contextmanager
+def steppe_cluster(
+    settings: Any, pids: dict[str, list[int]], workers: int, concurrency: int | None, *, coordinators: int = 1
+) -> Iterator[Any]:
+    """Steppe's coordinator(s) and workers on servers `private_servers` started (a `ClusterBench`)."""
+    from orchestrator.dev.benchmark import ClusterBench
+
+    with ClusterBench(settings, workers=workers, concurrency=concurrency, coordinators=coordinators) as bench:
+        bench.server_pids = pids
+        yield bench
+
+
+@contextmanager
+def private_cluster(
+    workers: int,
+    concurrency: int | None,
+    keep_home: Path | None,
+    *,
+    redis_masters: int = 0,
+    coordinators: int = 1,
+    partitions: int | None = None,
+) -> Iterator[Any]:
+    """Private servers (`private_servers`) with Steppe running on them; `coordinators` coordinator
+    processes share `partitions`."""
+    with (
+        private_servers(keep_home, redis_masters=redis_masters, partitions=partitions) as (settings, pids),
+        steppe_cluster(settings, pids, workers, concurrency, coordinators=coordinators) as bench,
+    ):
+        yield bench
 
 
 def run_shapes(bench: Any, *, throughput: int, chain: int, fanout: int, repeat: int) -> dict[str, Any]:
-    from orchestrator.dev.benchmark import repeat as rep
-
+    """Steppe's shapes, each with CPU per step by role (`bench_floor.measure`)."""
+    measure = bench_floor.measure
     bench.chain(5)  # warm-up: imports, connections, consumer groups
     results: dict[str, Any] = {}
     if throughput:
-        wide = rep(bench.one_wide_workflow, throughput, repeat, "throughput (one wide workflow)")
-        runs = rep(bench.many_one_step_workflows, throughput, repeat, "throughput (one-step workflows)")
-        results["throughput_wide"] = wide.to_json()
-        results["throughput_runs"] = runs.to_json()
+        results["throughput_wide"] = measure(bench, bench.one_wide_workflow, throughput, repeat, "one wide workflow")
+        results["throughput_runs"] = measure(
+            bench, bench.many_one_step_workflows, throughput, repeat, "one-step workflows"
+        )
     if chain:
-        results["chain"] = rep(bench.chain, chain, repeat, "chain").to_json()
+        results["chain"] = measure(bench, bench.chain, chain, repeat, "chain")
     if fanout:
-        results["fanout"] = rep(bench.fanout, fanout, repeat, "fan-out + join").to_json()
+        results["fanout"] = measure(bench, bench.fanout, fanout, repeat, "fan-out + join")
     results["peak_rss_mib"] = bench.peak_rss_mib()
     results["durability"] = bench.durability()
     return results
 
 
-def print_results(results: dict[str, Any], peers: dict[str, Any] | None = None) -> None:
+def print_results(report: dict[str, Any]) -> None:
+    """The tables of `bench all`: Steppe's shapes, the floor's, CPU per step, durability, ratios."""
+    steppe = report["steppe"]
     table = Table(title="steppe bench (median of runs, min–max in brackets)")
-    for col in ("shape", "size", "seconds", "figure"):
+    for col in ("program", "shape", "size", "seconds", "figure"):
         table.add_column(col)
-    for key in ("throughput_wide", "throughput_runs"):
-        if key in results:
-            r = results[key]
-            table.add_row(key.replace("_", " "), str(r["size"]), _fmt(r["seconds"]), f"{r['per_second']:,.0f} steps/s")
-    if "chain" in results:
-        r = results["chain"]
-        table.add_row("chain", str(r["size"]), _fmt(r["seconds"]), f"{1000 * r['median_s'] / r['size']:.2f} ms/hop")
-    if "fanout" in results:
-        r = results["fanout"]
-        table.add_row("fan-out + join", str(r["size"]), _fmt(r["seconds"]), f"{r['median_s']:.3f} s")
+    for who in ("steppe", "floor"):
+        for row in bench_floor.shape_rows(report.get(who) or {}):
+            table.add_row(who, *row)
     console.print(table)
-    rss = results.get("peak_rss_mib", {})
+    rss = steppe.get("peak_rss_mib", {})
     console.print(f"peak RSS: coordinator {rss.get('coordinator', 0):.0f} MiB, workers {rss.get('workers', 0):.0f} MiB")
-    for name, value in results.get("durability", {}).items():
+    for name, value in steppe.get("durability", {}).items():
         console.print(f"durability ({name}): {value}")
-    if peers:
-        print_ratios(results, peers)
+    parts = {"steppe": steppe, **({"floor": report["floor"]} if report.get("floor") else {})}
+    bench_floor.print_cpu("CPU milliseconds per step, by process role", parts)
+    for kind, title in (("peers", "Redis peers"), ("durable_peers", "durable peers")):
+        if report.get(kind):
+            print_peers(title, report[kind])
+    if report.get("ratios"):
+        print_ratios([Ratio(**r) for r in report["ratios"]])
 
 
-def print_ratios(results: dict[str, Any], peers: dict[str, Any]) -> None:
-    table = Table(title="Steppe against the best peer measured in the same run")
-    for col in ("figure", "steppe", "best peer", "ratio", "goal"):
+def print_peers(title: str, peers: dict[str, Any]) -> None:
+    table = Table(title=f"{title}, medians (same invocation)")
+    for col in ("row", "throughput", "chain", "fan-out + join"):
         table.add_column(col)
-    tp = max(peers.items(), key=lambda kv: kv[1].get("throughput") or 0, default=None)
-    if tp and "throughput_runs" in results:
-        for key in ("throughput_wide", "throughput_runs"):
-            ours = results[key]["per_second"]
-            table.add_row(
-                key.replace("_", " "),
-                f"{ours:,.0f}/s",
-                f"{tp[0]} {tp[1]['throughput']:,.0f}/s",
-                f"{ours / tp[1]['throughput']:.1f}×",
-                "≥ 10×",
-            )
-    for key, goal in (("chain", "≤ 0.5×"), ("fanout", "≤ 0.2×")):
-        best = min(((n, p[key]) for n, p in peers.items() if p.get(key)), key=lambda kv: kv[1], default=None)
-        if best and key in results:
-            ours = results[key]["median_s"]
-            table.add_row(key, f"{ours:.3f} s", f"{best[0]} {best[1]:.3f} s", f"{ours / best[1]:.2f}×", goal)
+    for name, p in peers.items():
+        tp = f"{p['throughput']:,.0f}/s" if p.get("throughput") else "—"
+        if p.get("throughput_form"):
+            tp += f" ({p['throughput_form']})"
+        hop = f"{p['chain_ms_per_hop']:.2f} ms/hop" if p.get("chain_ms_per_hop") else "—"
+        if p.get("chain_form"):
+            hop += f" ({p['chain_form']})"
+        fan = f"{p['fanout']:.3f} s ({p.get('fanout_size', '?')} wide)" if p.get("fanout") else "—"
+        table.add_row(name, tp, hop, fan)
     console.print(table)
 
 
-def run_peers(peers: str, results_dir: Path) -> dict[str, Any]:
-    """Run the peer harness (same machine, same invocation) and read its medians."""
-    script = PEERS_DIR / "run_all.sh"
-    if not script.exists():
-        raise typer.BadParameter(f"peer harness not found at {script}")
-    env = dict(os.environ, PEERS=peers, SKIP_LIMITS="1", PEERS_RESULTS=str(results_dir))
-    redis7 = Path(__file__).resolve().parents[2] / ".steppe-tools" / "redis7"
-    if shutil.which("redis-server") is None and (redis7 / "usr/bin/redis-server").exists():
-        # The Makefile unpacks Debian's redis-server 7 here; the harness wants one on PATH.
-        env["PATH"] = f"{redis7 / 'usr/bin'}{os.pathsep}{env.get('PATH', '')}"
-        libs = [str(p) for p in (redis7 / "usr/lib").glob("*-linux-gnu")]
-        env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, env.get("LD_LIBRARY_PATH", "")])
-    err_console.print(f"running the peer harness for {peers} (this takes minutes)…")
-    # The harness reports on stdout; keep ours (possibly --json) clean.
-    subprocess.run(["bash", str(script)], env=env, check=False, stdout=sys.stderr)
-    out: dict[str, Any] = {}
-    for path in sorted(results_dir.glob("*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except ValueError:
-            continue
-        if not isinstance(data, dict) or "peer" not in data:
-            continue
-        out[f"{data['peer']}/{data.get('variant', '')}"] = _peer_medians(data)
-    return out
-
-
-def _peer_medians(data: dict[str, Any]) -> dict[str, float | None]:
-    import statistics
-
-    def med(scenario: str) -> float | None:
-        runs = [r["seconds"] for r in data.get("runs", {}).get(scenario, []) if r.get("ok") and r.get("seconds")]
-        return statistics.median(runs) if runs else None
-
-    tp = med("throughput")
-    size = data.get("params", {}).get("n", 20000)
-    return {"throughput": (size / tp) if tp else None, "chain": med("chain"), "fanout": med("fanout")}
+def print_ratios(rows: list[Ratio]) -> None:
+    table = Table(title="Steppe against the best of each kind measured in the same run")
+    for col in ("shape", "against", "steppe", "best", "ratio", "goal", "met"):
+        table.add_column(col)
+    for r in rows:
+        fmt = "{:,.0f}" if r.unit == "steps/s" else "{:.3f}"
+        met = "—" if r.met is None else ("yes" if r.met else "NO")
+        table.add_row(
+            r.shape.replace("_", " "),
+            r.against,
+            f"{fmt.format(r.steppe)} {r.unit}",
+            f"{r.other_name} {fmt.format(r.other)} {r.unit}",
+            f"{r.ratio:.2f}×",
+            r.goal or "—",
+            met,
+        )
+    console.print(table)
 
 
 @bench_app.command("all")
@@ -194,21 +193,45 @@ def bench_all(
     repeat: int = typer.Option(3, help="Repetitions; the median is reported"),
     workers: int = typer.Option(2, help="Worker processes"),
     concurrency: int | None = typer.Option(None, help="Steps per worker at once"),
-    vs_peers: bool = typer.Option(False, "--vs-peers", help="Also run shared/bench/peers and print ratios"),
-    peers: str = typer.Option(
-        "celery:prefork celery:solo rq:simple dramatiq:t1 dramatiq:t8", help="Peer variants to run (peer:variant …)"
+    floor: bool = typer.Option(True, "--floor/--no-floor", help="Also run the floor program (`bench floor`)"),
+    vs_peers: bool = typer.Option(
+        False, "--vs-peers", help="Also run both peer harnesses (Redis peers, durable peers) and print every ratio"
+    ),
+    peers: str = typer.Option(DEFAULT_PEERS, help="Redis peer rows (peer:variant …, shared/bench/peers); '' for none"),
+    durable_peers: str = typer.Option(
+        DEFAULT_DURABLE_PEERS,
+        help="Durable peer rows (dbos:default dbos:tuned procrastinate:c1 procrastinate:c8 prefect:default);"
+        " '' for none",
+    ),
+    peers_quick: bool = typer.Option(
+        False, "--peers-quick", help="Peers at the harnesses' small sizes (--quick: 2,000 / 50 / 200, one repetition)"
     ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Throughput, chain and fan-out/fan-in on a private cluster (one coordinator, N workers)."""
+    """Throughput, chain and fan-out/fan-in on a private cluster (one coordinator, N workers), the floor, peers."""
     load_settings()
-    with private_cluster(workers, concurrency, None) as bench:
-        results = run_shapes(bench, throughput=throughput, chain=chain, fanout=fanout, repeat=repeat)
-    peer_results = run_peers(peers, Path(tempfile.mkdtemp(prefix="steppe-peers-"))) if vs_peers else None
+    report: dict[str, Any] = {}
+    with private_servers(None) as (settings, pids):
+        with steppe_cluster(settings, pids, workers, concurrency) as bench:
+            report["steppe"] = run_shapes(bench, throughput=throughput, chain=chain, fanout=fanout, repeat=repeat)
+        if floor:  # after Steppe's processes stopped: same servers, nothing else running
+            report["floor"] = bench_floor.run_floor(settings, pids, throughput=throughput, chain=chain, repeat=repeat)
+    if vs_peers and peers.strip():
+        report["peers"] = run_peers(peers, Path(tempfile.mkdtemp(prefix="steppe-peers-")), quick=peers_quick)
+    if vs_peers and durable_peers.strip():
+        durable_dir = Path(tempfile.mkdtemp(prefix="steppe-durable-peers-"))
+        report["durable_peers"] = run_durable_peers(durable_peers, durable_dir, quick=peers_quick)
+    rows = ratio_rows(
+        report["steppe"],
+        redis_peers=report.get("peers"),
+        durable_peers=report.get("durable_peers"),
+        floor=report.get("floor"),
+    )
+    report["ratios"] = [r.to_json() for r in rows]
     if as_json:
-        typer.echo(json.dumps({"steppe": results, "peers": peer_results}, indent=2))
+        typer.echo(json.dumps(report, indent=2))
     else:
-        print_results(results, peer_results)
+        print_results(report)
 
 
 @bench_app.command("scale")

@@ -209,13 +209,7 @@ class ClusterBench:
         """Outside the timing: vacuum and checkpoint, so that one shape's WAL, dead rows and
         autovacuum do not land inside the next shape's measurement. As the tables' owner: the
         application role may not vacuum them (`steppe dev up` lets the owner checkpoint)."""
-        import psycopg
-
-        with psycopg.connect(self.settings.resolved_migration_url(), autocommit=True) as conn:
-            for table in ("workflow_events", "workflow_steps", "workflow_runs"):
-                conn.execute(f"VACUUM ANALYZE {table}")
-            conn.execute("CHECKPOINT")
-        time.sleep(1.0)
+        settle_database(self.settings)
 
     def peak_rss_mib(self) -> dict[str, float]:
         assert self.cluster is not None
@@ -264,10 +258,22 @@ def repeat(fn: Callable[[int], float], size: int, times: int, shape: str) -> Sha
     result = ShapeResult(shape=shape, size=size)
     bench = getattr(fn, "__self__", None)
     for _ in range(times):
-        if isinstance(bench, ClusterBench):
-            bench.settle()
+        settle = getattr(bench, "settle", None)  # ClusterBench's, the floor's
+        if callable(settle):
+            settle()
         result.seconds.append(fn(size))
     return result
+
+
+def settle_database(settings: Settings) -> None:
+    """VACUUM ANALYZE the run tables and CHECKPOINT, as their owner, then let the server settle 1 s."""
+    import psycopg
+
+    with psycopg.connect(settings.resolved_migration_url(), autocommit=True) as conn:
+        for table in ("workflow_events", "workflow_steps", "workflow_runs"):
+            conn.execute(f"VACUUM ANALYZE {table}")
+        conn.execute("CHECKPOINT")
+    time.sleep(1.0)
 
 
 def _name(kind: str) -> str:
