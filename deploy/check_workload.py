@@ -4,8 +4,9 @@ A coordinator and two workers (with --metrics-port) run as the least-privilege R
 PostgreSQL users; a third, unscraped "victim" worker serves the `chaos` queue. The workload uses
 builtin handlers only and is chosen so that every series of orchestrator/metrics.py appears:
 successes, retries, a permanent failure, a saga that compensates, an opening circuit breaker,
-hooks, a deployed workflow scheduled every second (ticks started and skipped by overlap), and a
-step whose worker stalls (SIGSTOP): its message is reclaimed by another worker and
+hooks, a deployed workflow scheduled every second (ticks started and skipped by overlap), a run
+that waits (a signal, delivered; an approval and a sleep that outlast the check), and a step
+whose worker stalls (SIGSTOP): its message is reclaimed by another worker and
 dead-lettered (max_deliveries=1), and the stalled worker's late result, once resumed, is
 suppressed as a duplicate.
 """
@@ -109,6 +110,15 @@ steps:
     timeout: 10m
     with: {seconds: 300}
 """,
+    # Durable waits: `paid` gets its signal from `signal_a_wait` (signal latency, signals consumed);
+    # `review` and `nap` wait for longer than the check (waiting steps by kind).
+    "check-waits": """
+name: check-waits
+steps:
+  - {id: paid, wait: {signal: check-paid, timeout: 1h}}
+  - {id: review, needs: [paid], approval: {timeout: 1h}}
+  - {id: nap, sleep: 1h}
+""",
 }
 # Deployed and scheduled every second; a run outlasts a tick, so --overlap skip skips some.
 TICKER = """
@@ -176,6 +186,7 @@ class Workload:
         runs = self.submit(SUBMITS)
         notes = self.schedule_ticks()
         notes += self.hold_a_limit()
+        notes += self.signal_a_wait()
         notes += self.stall_and_reclaim(runs)
         statuses = self.wait_terminal(runs, timeout=self.left(60))
         self.assert_alive()
@@ -254,6 +265,40 @@ class Workload:
             _wait(lambda: "steppe_steps_throttled{" in self._coordinator_metrics(), self.left(30))
         except TimeoutError:
             return ["check-limited: no step was throttled behind the check-api slot"]
+        return []
+
+    def signal_a_wait(self) -> list[str]:
+        """A run that waits (never waited for): once its first step waits, `steppe signal` ends that
+        wait, so the latency histogram has an observation; its next steps keep waiting."""
+        [(run_id, _)] = self.submit(["check-waits"])
+
+        def waiting(step: str) -> bool:
+            with psycopg.connect(self.database_url) as conn:
+                row = conn.execute(
+                    "SELECT status FROM workflow_steps WHERE run_id = %s AND step_key = %s", (run_id, step)
+                ).fetchone()
+            return row is not None and row[0] == "waiting"
+
+        try:
+            _wait(lambda: waiting("paid"), self.left(30))
+        except TimeoutError:
+            return ["check-waits: step paid never waited for its signal"]
+        done = subprocess.run(
+            [*steppe_argv(), "signal", run_id, "check-paid", "--data", '{"amount": 1}'],
+            env=self.coordinator_env,
+            capture_output=True,
+            text=True,
+            cwd=self.workdir,
+            timeout=self.left(60),
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"`steppe signal` failed ({done.returncode}): {done.stderr[-800:]}")
+        try:
+            _wait(lambda: "steppe_signal_latency_seconds_count{" in self._coordinator_metrics(), self.left(30))
+            _wait(lambda: waiting("review"), self.left(30))
+        except TimeoutError:
+            return ["check-waits: the check-paid signal was not applied to step paid"]
         return []
 
     def stall_and_reclaim(self, runs: list[tuple[str, str]]) -> list[str]:

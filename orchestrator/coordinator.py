@@ -55,6 +55,7 @@ from orchestrator.store.runs import RunStore
 from orchestrator.submit import Submitter
 from orchestrator.timer_queue import TimerQueue
 from orchestrator.tracing import RunSpans
+from orchestrator.wait_metrics import WaitMetrics
 from orchestrator.wire import ResultMessage
 from patterns.dead_letter import DeadLetter
 from patterns.hooks import HOOKS_QUEUE
@@ -107,7 +108,8 @@ class Coordinator:
         self._next_reconcile = 0.0
         self.republisher = Republisher(self.bus, self.hooks)
         self.reconciler = Reconciler(self)  # the periodic recovery pass
-        self.delivery = SignalDelivery(store)  # signals and approvals to waiting steps (§12.1)
+        self.wait_metrics = WaitMetrics()  # steppe_waiting_steps, steppe_signal_latency_seconds (§12.1)
+        self.delivery = SignalDelivery(store, self.wait_metrics)  # signals and approvals to waiting steps
         self.limiter = Limiter(LimitStore(store), client, self.keys, clock)  # flow control (§12.2)
         self.run_spans: RunSpans | None = None  # set by `steppe coordinator` when tracing is on (§12.7)
         # Schedules of this coordinator's partitions (orchestrator/scheduler.py), submitted as any run is.
@@ -262,6 +264,7 @@ class Coordinator:
             self.runs[tracked.engine.run.run_id] = tracked
             self.timers.push(tracked.engine.drain().timers)  # a freshly loaded engine holds only its timers
         self.delivery.on_loaded(self.runs, wanted)  # signals accepted before, kept until a step waits
+        self.wait_metrics.recount(self.runs, wanted)
 
     def _apply_commands(self) -> list[tuple[int, str]]:
         done: list[tuple[int, str]] = []
@@ -374,6 +377,7 @@ class Coordinator:
             self._on_finished(tracked)
         if self.run_spans is not None and batch.finished:
             self.run_spans.finished([t.engine.run.run_id for t in batch.finished])
+        self.wait_metrics.committed(batch.writes, self.runs)  # after finished runs were dropped
 
     def _admit_throttled(self, *, woken: bool = False) -> None:
         """Flow control after a commit: admit what freed slots and new waiters allow, commit those
@@ -407,6 +411,7 @@ class Coordinator:
         self._unpublished.clear()  # the reconciler re-publishes what Redis lacks once runs reload
         self.bus.forget()  # replay unacknowledged entries; write inputs keys again with the steps
         self.hooks.forget()
+        self.wait_metrics.sync(self.runs)
         self._next_reconcile = 0.0
 
     # -- leases and reconciliation --------------------------------------------------------------------
@@ -431,6 +436,7 @@ class Coordinator:
         self.bus.hand_back(lost)  # what it read of them, unacknowledged, to their new owner (and earlier leftovers)
         self._next_lease = self.clock() + self.cfg.lease_ttl / 3
         metrics.ACTIVE_RUNS.set(len(self.runs))
+        self.wait_metrics.sync(self.runs)  # the waits of runs on partitions it lost are no longer its own
 
     def _reconcile(self) -> None:
         self.reconciler.run()  # orchestrator/reconciler.py

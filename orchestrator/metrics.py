@@ -47,6 +47,19 @@ LIMIT_IN_USE = Gauge(
     "steppe_limit_in_use", "Concurrency slots held, or starts within the rate window, per key", ["kind", "key"]
 )
 LIMIT_CAPACITY = Gauge("steppe_limit_capacity", "The limit of a key as its rows declare it", ["kind", "key"])
+# Durable waits (docs/spec.md §12.1; set by orchestrator/wait_metrics.py from what the coordinator tracks).
+WAITING_STEPS = Gauge(
+    "steppe_waiting_steps", "Steps waiting for a signal, an approval or a timer, of this coordinator's runs", ["kind"]
+)
+SIGNALS_CONSUMED = Counter(
+    "steppe_signals_consumed_total", "Signals and approval decisions that ended a wait (committed)", ["kind"]
+)
+SIGNAL_LATENCY = Histogram(
+    "steppe_signal_latency_seconds",
+    "From a signal's acceptance (or its step starting to wait, if later) to the commit of the wait it ended",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 HOOKS = Counter("steppe_hook_executions_total", "Hook executions", ["kind", "status"])
 RETENTION_PRUNED = Counter("steppe_retention_pruned_rows_total", "Rows deleted by retention", ["table"])
 RETENTION_OLDEST_FINISHED = Gauge(

@@ -182,6 +182,39 @@ OVERVIEW: dict[str, list[P]] = {
             "they hold no worker slot. `steppe limits` names holders and waiters",
         ),
     ],
+    "Durable waits": [
+        P(
+            "Waiting steps by kind",
+            (Q(f"sum by (kind) (steppe_waiting_steps{{{COORD}}})", "{{kind}}"),),
+            width=8,
+            stack=True,
+            description="Steps waiting for a signal, an approval or a sleep's timer (`steppe runs --status "
+            "waiting`), summed over coordinators: each counts the runs of the partitions it owns. "
+            "They hold no worker slot",
+        ),
+        P(
+            "Signal latency",
+            tuple(
+                Q(
+                    f"histogram_quantile({q / 100}, sum by (le, kind) "
+                    f"(rate(steppe_signal_latency_seconds_bucket{{{COORD}}}[{RATE}])))",
+                    f"p{q} {{{{kind}}}}",
+                )
+                for q in (50, 99)
+            ),
+            unit="s",
+            width=8,
+            description="From a signal's or decision's acceptance in PostgreSQL (or its step starting to wait, "
+            "for one sent early) to the commit of the event that ended the wait",
+        ),
+        P(
+            "Signals and decisions consumed",
+            (Q(f"sum by (kind) (rate(steppe_signals_consumed_total{{{COORD}}}[{RATE}]))", "{{kind}}"),),
+            unit="ops",
+            width=8,
+            description="Signals (kind signal) and approval decisions (approve, reject) that ended a wait",
+        ),
+    ],
     "Schedules": [
         P(
             "Schedule lag",
