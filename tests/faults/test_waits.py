@@ -11,6 +11,7 @@ carrying its `signal_id`), every timer fires once and not before it is due, no r
 from __future__ import annotations
 
 import datetime as dt
+import math
 import signal
 import statistics
 import time
@@ -263,38 +264,45 @@ def test_a_5s_sleep_across_a_takeover_by_a_second_live_coordinator(faults: Fault
     faults.wait_for_workers(1)
     partitions = faults.settings.coordinator.partitions
 
-    def split() -> bool:  # both live, each holding a share of the partitions
-        owners = lease_owners(faults)
-        return len(owners) == partitions and all(any(f"-{c.pid}-" in o for o in owners.values()) for c in coordinators)
+    def split() -> bool:  # both live, each holding its fair share (the rebalance is over)
+        held = Counter(
+            next((c.pid for c in coordinators if f"-{c.pid}-" in o), 0) for o in lease_owners(faults).values()
+        )
+        return set(held) == {c.pid for c in coordinators} and set(held.values()) == {math.ceil(partitions / 2)}
 
     assert_eventually(split, timeout=60, message=faults.log_text)
-    # A run on each coordinator's partitions: the victim's is the one under test, the survivor's a control.
-    by_owner: dict[int, str] = {}
+    victim, survivor = coordinators
+    # Runs on both coordinators' partitions: the victim's are under test, the survivor's a control.
+    owned_by: dict[str, int] = {}  # run id -> pid of the coordinator owning its partition
     deadline = time.monotonic() + 60
-    while len(by_owner) < 2 and time.monotonic() < deadline:
+    while set(owned_by.values()) != {c.pid for c in coordinators} or len(owned_by) < 4:
+        assert time.monotonic() < deadline, f"no run landed on both coordinators' partitions: {owned_by}"
         run_id = faults.submit(SLEEP_5S)
         owner = lease_owners(faults).get(partition_of(run_id, partitions), "")
-        pid = next((c.pid for c in coordinators if f"-{c.pid}-" in owner), None)
-        if pid is not None:
-            by_owner.setdefault(pid, run_id)
-    assert len(by_owner) == 2, f"no run landed on both coordinators' partitions: {by_owner}"
-    runs = list(by_owner.values())
+        owned_by[run_id] = next((c.pid for c in coordinators if f"-{c.pid}-" in owner), 0)
+        assert owned_by[run_id], f"partition of {run_id} without a live lease: {lease_owners(faults)}"
+    runs = list(owned_by)
     assert_eventually(lambda: all(waiting(faults, r, "nap") for r in runs), timeout=30, message=faults.log_text)
-    victim = coordinators[0]
-    survivor = coordinators[1]
-    run_id = by_owner[victim.pid]
-    partition = partition_of(run_id, partitions)
-    assert f"-{victim.pid}-" in lease_owners(faults).get(partition, ""), "the partitions moved before the kill"
-    waited = next(e for e in faults.queries.events(run_id) if e["step_key"] == "nap" and e["type"] == "step.waiting")
-    due = float(waited["data"]["due_at"])
+    owners = lease_owners(faults)
+    assert all(f"-{owned_by[r]}-" in owners.get(partition_of(r, partitions), "") for r in runs), "partitions moved"
+    taken_runs = [r for r in runs if owned_by[r] == victim.pid]
+    victim_partitions = {partition_of(r, partitions) for r in taken_runs}
+    due: dict[str, float] = {}
+    for run_id in runs:
+        waited = next(
+            e for e in faults.queries.events(run_id) if e["step_key"] == "nap" and e["type"] == "step.waiting"
+        )
+        due[run_id] = float(waited["data"]["due_at"])
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     killed, killed_at = time.monotonic(), time.time()
-    assert killed_at < due, "the sleep came due before its coordinator was killed: nothing was taken over"
+    first_due = min(due[r] for r in taken_runs)
+    assert killed_at < first_due, "a sleep came due before its coordinator was killed: nothing left to take over"
     taken: list[float] = []
 
     def taken_over() -> bool:
-        if f"-{survivor.pid}-" in lease_owners(faults).get(partition, ""):
+        owners = lease_owners(faults)
+        if all(f"-{survivor.pid}-" in owners.get(p, "") for p in victim_partitions):
             taken.append(time.monotonic() - killed)
             return True
         return False
@@ -306,18 +314,23 @@ def test_a_5s_sleep_across_a_takeover_by_a_second_live_coordinator(faults: Fault
     assert {f"-{survivor.pid}-" in o for o in lease_owners(faults).values()} == {True}
 
     assert {d["status"] for d in docs.values()} == {"succeeded"}, {r: d["status"] for r, d in docs.items()}
-    ended_once(faults, runs, "nap")  # the timer fired once, by the survivor
-    nap = docs[run_id]["steps"]["nap"]["output"]
-    slept_until = dt.datetime.fromisoformat(nap["slept_until"]).timestamp()
-    woke_at = dt.datetime.fromisoformat(nap["woke_at"]).timestamp()
-    assert slept_until == pytest.approx(due, abs=1e-3), (nap, due)
-    assert woke_at >= slept_until, nap  # not before its due time
-    fired = next(e for e in faults.queries.events(run_id) if e["step_key"] == "nap" and e["type"] == "step.succeeded")
-    assert fired["created_at"].timestamp() >= due, (fired, due)  # committed after the due time too
-    s1 = next(e for e in faults.queries.events(run_id) if e["step_key"] == "s1" and e["type"] == "step.dispatched")
-    assert s1["created_at"].timestamp() >= due
+    ended_once(faults, runs, "nap")  # each timer fired once (the victim's runs' by the survivor)
+    lateness: list[float] = []
+    for run_id in runs:
+        nap = docs[run_id]["steps"]["nap"]["output"]
+        slept_until = dt.datetime.fromisoformat(nap["slept_until"]).timestamp()
+        woke_at = dt.datetime.fromisoformat(nap["woke_at"]).timestamp()
+        assert slept_until == pytest.approx(due[run_id], abs=1e-3), (nap, due[run_id])
+        assert woke_at >= slept_until, nap  # not before its due time
+        events = faults.queries.events(run_id)
+        fired = next(e for e in events if e["step_key"] == "nap" and e["type"] == "step.succeeded")
+        assert fired["created_at"].timestamp() >= due[run_id], (fired, due[run_id])  # committed after it, too
+        s1 = next(e for e in events if e["step_key"] == "s1" and e["type"] == "step.dispatched")
+        assert s1["created_at"].timestamp() >= due[run_id], (s1, due[run_id])
+        if run_id in taken_runs:
+            lateness.append(woke_at - due[run_id])
     lease_ttl = float(faults.env["STEPPE_COORDINATOR__LEASE_TTL"])
-    assert woke_at - due < lease_ttl + 20, (nap, due)  # within the lease TTL (plus start-up), generous on 2 cores
+    assert max(lateness) < lease_ttl + 20, lateness  # within the lease TTL (plus start-up), generous on 2 cores
     keys = [f"{r}/s{i}" for r in runs for i in range(2)]
     check_effectively_once(faults, keys, injected=0)
     check_applied_once(faults, runs)
@@ -327,9 +340,11 @@ def test_a_5s_sleep_across_a_takeover_by_a_second_live_coordinator(faults: Fault
     report(
         "waits-sleep-live-takeover",
         lease_ttl_s=lease_ttl,
-        killed_before_due_s=round(due - killed_at, 2),
-        partition_taken_over_s=round(taken[0], 2),
-        sleep_lateness_s=round(woke_at - due, 3),
+        runs=len(runs),
+        taken_over_runs=len(taken_runs),
+        killed_before_due_s=round(first_due - killed_at, 2),
+        partitions_taken_over_s=round(taken[0], 2),
+        sleep_lateness_max_s=round(max(lateness), 3),
         all_done_s=round(done_s, 2),
     )
 
