@@ -19,10 +19,11 @@ DEV_STATE_FILE = "servers.json"
 # STEPPE_DURABILITY: how the engine's own PostgreSQL sessions commit (docs/configuration.md).
 # strict leaves the server's settings alone (synchronous_commit normally on: a commit returns once
 # its WAL is flushed to disk). balanced commits with synchronous_commit=off: a commit returns before
-# the flush (the WAL writer flushes within about 3 x wal_writer_delay, 600 ms by default), so an
-# operating-system crash or power loss of the database host may lose the last few hundred ms of
-# transitions; a crash of PostgreSQL or of any Steppe process loses nothing, and the database stays
-# consistent either way. Migrations (`steppe db upgrade`) always commit strictly.
+# its WAL is written (the WAL writer writes and flushes it within 3 x wal_writer_delay, 600 ms by
+# default), so a crash of the database host (operating system, power) or of PostgreSQL itself
+# (an immediate shutdown, a backend killed by the OOM killer) may lose the transitions of that
+# window; a crash of any Steppe process loses nothing, and the database stays consistent either
+# way (whole transactions are lost, never parts). Migrations (`steppe db upgrade`) commit strictly.
 Durability = Literal["strict", "balanced"]
 DURABILITY_MODES: tuple[Durability, ...] = ("strict", "balanced")
 # PostgreSQL settings each mode gives the engine's sessions (libpq `options` at connection start).
@@ -41,8 +42,8 @@ def parse_durability(value: object) -> Durability:
         raise ConfigError(
             f"STEPPE_DURABILITY is {value!r}; it must be one of {', '.join(DURABILITY_MODES)} "
             "(strict, the default: every commit waits for PostgreSQL's WAL flush; balanced: "
-            "synchronous_commit=off, an operating-system crash of the database host may lose the last "
-            "few hundred milliseconds of transitions). Unset it or set it to one of these"
+            "synchronous_commit=off, a crash of PostgreSQL or of its host may lose the last few hundred "
+            "milliseconds of transitions). Unset it or set it to one of these"
         )
     return text
 
