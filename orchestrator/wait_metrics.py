@@ -1,7 +1,8 @@
 """Durable waits' series (docs/spec.md §12.1): waiting steps by kind, signal latency, signals consumed.
 
-`steppe_waiting_steps{kind}` counts the waiting steps of the runs this coordinator tracks. A run
-is recounted when a commit wrote it (`committed`) or a load brought it in (`recount`); the runs
+`steppe_waiting_steps{kind}` counts the waiting steps of the runs this coordinator tracks. The
+steps a commit wrote are looked at again (`committed`: only those, so a for_each of many items
+costs nothing more per result), a run a load brought in is counted whole (`recount`); the runs
 the coordinator stopped tracking (finished, on a partition it lost, or dropped after a failed
 write to be reloaded) are dropped by `sync`, so a coordinator that loses a partition stops
 counting its waits and the new owner counts them: dashboards sum over coordinators. The three
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from orchestrator.batch import Tracked
 from orchestrator.engine.waits import APPROVE, REJECT, SIGNAL, Signal
 from orchestrator.metrics import SIGNAL_LATENCY, SIGNALS_CONSUMED, WAITING_STEPS
-from orchestrator.state import EventType, StepStatus
+from orchestrator.state import EventType, StepRecord, StepStatus
 from orchestrator.store.runs import RunWrite
 
 __all__ = ["KINDS", "WaitMetrics"]
@@ -44,7 +45,7 @@ class WaitMetrics:
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock  # the wall clock: acceptance times are PostgreSQL's
-        self._of_run: dict[str, Counter[str]] = {}  # run id → its waiting steps by kind (runs with some)
+        self._of_run: dict[str, dict[str, str]] = {}  # run id → its waiting steps' keys → kind (runs with some)
         self._totals: Counter[str] = Counter()
         self._offered: dict[int, _Offered] = {}  # signal id → what was read of it, until consumed
         self._export()
@@ -56,11 +57,13 @@ class WaitMetrics:
                 self._offered[signal.signal_id] = _Offered(run_id, signal.kind, signal.at)
 
     def committed(self, writes: Iterable[RunWrite], runs: Mapping[str, Tracked]) -> None:
-        """A batch committed: observe the signals its events consumed, recount the runs it wrote."""
+        """A batch committed: observe the signals its events consumed, look again at the steps it wrote."""
         now = self.clock()
-        written = []
         for write in writes:
-            written.append(write.run_id)
+            if write.run_id not in runs:  # finished (or dropped): none of its steps is this coordinator's
+                self._drop(write.run_id)
+            else:
+                self._update(write.run_id, write.steps)
             for event in write.events:
                 signal_id = event.data.get("signal_id")
                 if signal_id is None or event.step is None:
@@ -76,23 +79,15 @@ class WaitMetrics:
                 start = max(offered.accepted, float(since)) if isinstance(since, int | float) else offered.accepted
                 kind = "signal" if decision == SIGNAL else "approval"
                 SIGNAL_LATENCY.labels(kind=kind).observe(max(0.0, now - start))
-        self.recount(runs, written)
+        self._export()
 
     def recount(self, runs: Mapping[str, Tracked], run_ids: Collection[str]) -> None:
         """Count the waiting steps of these runs again (a run not tracked any more counts none)."""
         for run_id in run_ids:
-            self._totals.subtract(self._of_run.pop(run_id, Counter()))
+            self._drop(run_id)
             tracked = runs.get(run_id)
-            if tracked is None:
-                continue
-            counts = Counter(
-                str((r.detail.get("wait") or {}).get("kind", "signal"))
-                for r in tracked.engine.run.steps.values()
-                if r.status is StepStatus.WAITING
-            )
-            if counts:
-                self._of_run[run_id] = counts
-                self._totals.update(counts)
+            if tracked is not None:
+                self._update(run_id, tracked.engine.run.steps)
         self._export()
 
     def sync(self, runs: Mapping[str, Tracked]) -> None:
@@ -100,6 +95,22 @@ class WaitMetrics:
         self.recount(runs, [run_id for run_id in self._of_run if run_id not in runs])
         for signal_id in [s for s, o in self._offered.items() if o.run_id not in runs]:
             del self._offered[signal_id]
+
+    def _update(self, run_id: str, steps: Mapping[str, StepRecord]) -> None:
+        waiting = self._of_run.setdefault(run_id, {})
+        for key, record in steps.items():
+            was = waiting.pop(key, None)
+            if was is not None:
+                self._totals[was] -= 1
+            if record.status is StepStatus.WAITING:
+                kind = waiting[key] = str((record.detail.get("wait") or {}).get("kind", "signal"))
+                self._totals[kind] += 1
+        if not waiting:
+            del self._of_run[run_id]
+
+    def _drop(self, run_id: str) -> None:
+        for kind in self._of_run.pop(run_id, {}).values():
+            self._totals[kind] -= 1
 
     def waiting(self) -> dict[str, int]:
         """Waiting steps by kind, as exported."""
