@@ -86,7 +86,8 @@ _NEW_RUN_FIELDS = tuple(f.name for f in fields(NewRun))
 Conflict = Literal["idempotency_key", "run_id"] | None
 _ON_CONFLICT = {
     None: "",
-    "idempotency_key": "ON CONFLICT (idempotency_key) DO NOTHING",
+    # The unique index is partial (migration 0010): the conflict target names its predicate.
+    "idempotency_key": "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
     "run_id": "ON CONFLICT (run_id) DO NOTHING",
 }
 # The run rows and their `run.submitted` events in one statement; returns the ids inserted.

@@ -59,10 +59,16 @@ workflow_runs = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("finished_at", DateTime(timezone=True), nullable=True),
     Column("workflow_version", Integer, nullable=True),  # the deployed version it started from (0006)
-    UniqueConstraint("idempotency_key"),
+    # Partial (0010): runs without a key or a parent, most of them, add no index entry on each write.
+    Index(
+        "uq_workflow_runs_idempotency_key",
+        "idempotency_key",
+        unique=True,
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+    ),
     Index("ix_workflow_runs_status_created_at", "status", "created_at"),
     Index("ix_workflow_runs_partition_active", "partition", postgresql_where=text("finished_at IS NULL")),
-    Index("ix_workflow_runs_parent_run_id", "parent_run_id"),
+    Index("ix_workflow_runs_parent_run_id", "parent_run_id", postgresql_where=text("parent_run_id IS NOT NULL")),
     # Retention's scan: finished top-level runs, oldest first (steppe_prune_finished_runs).
     Index(
         "ix_workflow_runs_finished_roots",
@@ -126,8 +132,7 @@ workflow_events = Table(
     Column("attempt", Integer, nullable=True),
     Column("data", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    PrimaryKeyConstraint("run_id", "seq"),
-    Index("ix_workflow_events_type_created_at", "type", "created_at"),
+    PrimaryKeyConstraint("run_id", "seq"),  # the only index: the log is read by run and seq (0010)
 )
 
 workflow_hooks = Table(
