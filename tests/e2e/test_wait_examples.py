@@ -5,6 +5,7 @@ process (its own coordinator and workers, on this test's Redis and PostgreSQL) w
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -59,9 +60,15 @@ class SteppeRun:
         return self.output
 
     def stop(self) -> None:
+        """Ctrl-C, as in a terminal: `steppe run` then stops the coordinator and workers it started
+        (SIGTERM would kill it without that, leaving them running)."""
         if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.communicate(timeout=30)
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.communicate(timeout=10)
 
 
 Start = Callable[..., SteppeRun]
