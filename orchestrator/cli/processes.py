@@ -123,6 +123,9 @@ def register(app: typer.Typer) -> None:
         settings = load_settings()
         values = read_inputs(input_, inputs_file)
         _ensure_servers(settings)
+        # SIGTERM (a supervisor, `timeout`, `kill`) unwinds like Ctrl-C does, so that leaving the
+        # `with` below stops the coordinator and workers it started instead of orphaning them.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         code = 1
         with (
             connect(settings) as clients,
@@ -146,6 +149,10 @@ def register(app: typer.Typer) -> None:
             print_result(doc)
             code = exit_code_for(doc["status"])
         raise typer.Exit(code)
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _run_async(coro: object) -> None:
