@@ -80,6 +80,10 @@ def _spread(values: list[float]) -> str:
     return f"{sorted(values)[len(values) // 2]:.3f} ({min(values):.3f}–{max(values):.3f})"
 
 
+SHAPE_LABELS = {"throughput_wide": "wide", "throughput_runs": "runs", "chain": "chain", "fanout": "fan-out"}
+ROLE_LABELS = {"coordinators": "coord.", "postgresql": "pg", "producer": "prod."}
+
+
 def print_cpu(title: str, parts: dict[str, dict[str, Any]]) -> None:
     """CPU ms per step by role: one row per (who, shape) that has `cpu_ms_per_step`."""
     rows = [
@@ -92,10 +96,12 @@ def print_cpu(title: str, parts: dict[str, dict[str, Any]]) -> None:
         return
     roles = list(rows[0][2])
     table = Table(title=title)
-    for col in ("program", "shape", *roles):
-        table.add_column(col, justify="left" if col in ("program", "shape") else "right")
+    table.add_column("program")
+    table.add_column("shape")
+    for role in roles:
+        table.add_column(ROLE_LABELS.get(role, role), justify="right")
     for who, shape, cpu in rows:
-        table.add_row(who, shape.replace("_", " "), *(f"{cpu.get(role, 0):.3f}" for role in roles))
+        table.add_row(who, SHAPE_LABELS.get(shape, shape), *(f"{cpu.get(role, 0):.3f}" for role in roles))
     console.print(table)
 
 

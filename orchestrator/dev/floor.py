@@ -17,10 +17,12 @@ Per one-step workflow (the 20,000-runs shape), exactly:
   streams, COUNT 500), the run read back (one `SELECT … FROM workflow_runs WHERE run_id = ANY`
   per batch), then in the batch's ONE transaction: events `run.started` + `step.dispatched`, the
   step row (`dispatched`) and the run row (version-checked, fenced by the partition lease);
-  after the commit, in one pipeline: XADD of the step message to `{ns:q:default}:normal` and XACK
-  of the entries read;
+  after the commit, in one pipeline: XADD of the step message to `{ns:q:default}:normal`, XACK
+  of the entries read, and the next XREADGROUP without BLOCK (only an empty one is followed by a
+  blocking XREADGROUP: one round trip per batch while there is a backlog);
 - worker: XREADGROUP over the queue's three priority streams (COUNT = 16 slots), then per read
-  one MULTI/EXEC: XADD of each result to `{ns:pP}:results` and one XACK of the entries;
+  one MULTI/EXEC: XADD of each result to `{ns:pP}:results`, one XACK of the entries, and the next
+  XREADGROUP without BLOCK (as the coordinator's);
 - coordinator, finishing: the result read (same XREADGROUP), then in the batch's ONE transaction:
   events `step.succeeded` + `run.succeeded`, the step row (`succeeded`) and the run row
   (`finished_at` set); after the commit, one pipeline with the XACK of the entries read.
@@ -150,13 +152,18 @@ class FloorCoordinator:
         for p in range(self.partitions):
             wanted[self.keys.control_stream(p)] = ">"
             wanted[self.keys.results_stream(p)] = ">"
+        reply: Any = None
         while True:
-            reply = self.redis.xreadgroup(COORDINATOR_GROUP, self.consumer, wanted, count=self.batch_size, block=1000)
+            if not reply:
+                reply = self.redis.xreadgroup(
+                    COORDINATOR_GROUP, self.consumer, wanted, count=self.batch_size, block=1000
+                )
             if reply:
-                self.batch(reply)
+                reply = self.batch(reply, wanted)
 
-    def batch(self, reply: Any) -> None:
-        """One read: admit and apply, ONE commit, then one pipeline of the dispatches and the XACKs."""
+    def batch(self, reply: Any, wanted: dict[str, str]) -> Any:
+        """One read: admit and apply, ONE commit, then one pipeline of the dispatches, the XACKs and the
+        next read (without blocking; an empty one is followed by a blocking read). Returns that read."""
         acks, submitted, results = _sort(reply)
         events: list[dict[str, Any]] = []
         steps: list[dict[str, Any]] = []
@@ -184,7 +191,8 @@ class FloorCoordinator:
             pipe.xadd(self.keys.queue_stream(QUEUE), {FIELD: encode(message)})
         for stream, ids in acks.items():
             pipe.xack(stream, COORDINATOR_GROUP, *ids)
-        pipe.execute()
+        pipe.xreadgroup(COORDINATOR_GROUP, self.consumer, wanted, count=self.batch_size)
+        return pipe.execute()[-1]
 
     def _admit(
         self,
@@ -303,12 +311,15 @@ def _step_row(run_id: str, step: str, status: str, output: Any) -> dict[str, Any
 
 
 def worker_forever(settings: Settings, keys: Keys, *, concurrency: int) -> None:
-    """Read up to `concurrency` step messages, then one MULTI: their results XADDed, the entries XACKed."""
+    """Read up to `concurrency` step messages, then one MULTI: their results XADDed, the entries XACKed,
+    and the next read (without blocking; an empty one is followed by a blocking read)."""
     client = bus.connect(settings)
     worker = f"floor-worker-{os.getpid()}"
     wanted = dict.fromkeys(keys.queue_streams(QUEUE), ">")
+    reply: Any = None
     while True:
-        reply = client.xreadgroup(WORKER_GROUP, worker, wanted, count=concurrency, block=1000)
+        if not reply:
+            reply = client.xreadgroup(WORKER_GROUP, worker, wanted, count=concurrency, block=1000)
         if not reply:
             continue
         pipe = client.pipeline(transaction=True)
@@ -327,7 +338,8 @@ def worker_forever(settings: Settings, keys: Keys, *, concurrency: int) -> None:
                 )
                 pipe.xadd(keys.results_stream(step.partition), {FIELD: encode(result)})
             pipe.xack(stream, WORKER_GROUP, *[entry_id for entry_id, _ in entries])
-        pipe.execute()
+        pipe.xreadgroup(WORKER_GROUP, worker, wanted, count=concurrency)
+        reply = pipe.execute()[-1]
 
 
 # -- the producer: this process -------------------------------------------------------------------
