@@ -221,6 +221,9 @@ def bench_all(
     if vs_peers and durable_peers.strip():
         durable_dir = Path(tempfile.mkdtemp(prefix="steppe-durable-peers-"))
         report["durable_peers"] = run_durable_peers(durable_peers, durable_dir, quick=peers_quick)
+    for kind, label in (("peers", "Redis peer"), ("durable_peers", "durable peer")):
+        if kind in report and not report[kind]:
+            err_console.print(f"the {label} harness produced no results; its output above says why")
     rows = ratio_rows(
         report["steppe"],
         redis_peers=report.get("peers"),
