@@ -56,6 +56,15 @@ _UPDATE_RUNS = """
     """
 
 
+# The run update's plan does not depend on its parameters (rows come in a JSON document, the lease
+# table is tiny), but its cost grows with workflow_runs: a prepared statement whose first custom plans
+# were costed on small tables (a coordinator started on a young database) then compares every later
+# generic plan with that stale average, loses, and is planned again on every batch (seen in the bench:
+# one planning per call, the batch's most expensive statement in a chain). The batch's statements
+# after it are array-fed writes by key as well, for which the generic plan is the plan.
+_GENERIC_PLANS = "SET LOCAL plan_cache_mode = force_generic_plan"
+
+
 def rows_json(rows: Iterable[dict[str, Any]]) -> str:
     try:
         return orjson.dumps(list(rows)).decode()
@@ -108,6 +117,7 @@ def update_runs(cur: Cursor, writes: Sequence[RunWrite], owner: str) -> None:
         }
         for w in writes
     )
+    cur.execute(_GENERIC_PLANS)
     cur.execute(_UPDATE_RUNS, (rows_json(rows), owner, len(writes)))
 
 
