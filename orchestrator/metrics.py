@@ -7,6 +7,7 @@ Run ids and step ids never become label values.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -125,8 +126,22 @@ def count_step_events(
         if record is not None and record.detail.get("items") is not None:
             continue
         queue, handler = labels_of(event.step)
-        STEPS.labels(queue=queue, handler=handler, status=status).inc()
+        child(STEPS, queue, handler, status).inc()
         if event.type is EventType.STEP_RETRY_SCHEDULED:
-            RETRIES.labels(queue=queue, handler=handler).inc()
+            child(RETRIES, queue, handler).inc()
         if event.step.endswith(":compensate") and status in ("succeeded", "failed", "dead_lettered"):
-            COMPENSATIONS.labels(status=status).inc()
+            child(COMPENSATIONS, status).inc()
+
+
+_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)`, looked up once per label values (`labels` costs microseconds, and the
+    loops ask per step). Only for series never removed: those of bounded labels (see the module
+    docstring), which is every per-step series."""
+    key = (id(metric), values)
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = _CHILDREN[key] = metric.labels(*values)
+    return found

@@ -261,9 +261,8 @@ class Worker:
             entry.finished = True
             self._executing -= 1
             self._slots.set()
-        metrics.STEP_DURATION.labels(
-            queue=self.keys.queue_of_stream(entry.stream), handler=entry.message.handler
-        ).observe(result.duration)
+        queue = self.keys.queue_of_stream(entry.stream)
+        metrics.child(metrics.STEP_DURATION, queue, entry.message.handler).observe(result.duration)
         self._post(Outgoing(entry.stream, entry.entry_id, entry.message.partition, result))
 
     # -- reporting -----------------------------------------------------------------------------------
