@@ -340,9 +340,9 @@ class RunEngine:
                 self.timers.extend([timer] if timer is not None else [])
                 return
         except (TemplateError, ValueError) as e:  # RunLimitError included; a sleep's `until` that is no time
-            self.fail_now(StepKey(step.id), {"type": type(e).__name__, "message": str(e), "retryable": False})
+            self.fail_now(StepKey.parse(step.id), {"type": type(e).__name__, "message": str(e), "retryable": False})
             return
-        self.dispatch(StepKey(step.id))
+        self.dispatch(StepKey.parse(step.id))  # parsed keys are shared: no validation per run
 
     def dispatch(self, key: StepKey, *, admitted: bool = False) -> None:
         """Dispatch the next attempt of a step, item, replica, compensation, gate or pre check; a step
@@ -374,6 +374,24 @@ class RunEngine:
         """Messages of every dispatched (and, unless `started=False`, running) attempt, to re-publish
         what Redis lost. Child runs are not messages: see `child_starts`."""
         return self.messages.in_flight(started=started)
+
+    def dispatched_attempts(self) -> list[tuple[str, int, str]]:
+        """(step key, attempt, queue) of each attempt `in_flight_dispatches(started=False)` lists, without
+        building its message: the reconciler builds only those Redis lost (`dispatch_of`)."""
+        out = []
+        for key, record in self.run.steps.items():
+            detail = record.detail
+            if record.status is StepStatus.DISPATCHED and detail.get("items") is None and "child_run" not in detail:
+                out.append((key, record.attempt, self.messages.queue_of(StepKey.parse(key))))
+        return out
+
+    def dispatch_of(self, key: str, attempt: int) -> Dispatch | None:
+        """The message of one dispatched attempt again (None if it no longer renders: it cannot happen
+        for an attempt dispatched with the same inputs)."""
+        try:
+            return self.messages.message(StepKey.parse(key), attempt)
+        except TemplateError:
+            return None
 
     def _on_success(self, key: StepKey) -> None:
         sid = key.step

@@ -153,7 +153,7 @@ class PatternTransitions:
         rejections = int(record.detail.get("rejections", 0)) + 1
         if verdict.problem is None and rejections < gate.max_attempts and not self.idx.failing:
             self.engine.emit(EventType.STEP_REJECTED, step=sid, attempt=record.attempt, feedback=verdict.feedback)
-            self.engine.dispatch(StepKey(sid))
+            self.engine.dispatch(StepKey.parse(sid))
             return
         error = verdict.error(gate.handler, rejections, gate.max_attempts)
         self.engine.emit(EventType.STEP_FAILED, step=sid, attempt=record.attempt, error=error)

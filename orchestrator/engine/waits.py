@@ -59,7 +59,7 @@ class Waits:
         """Step `step` starts waiting; returns its timer, if it has one. A pending signal ends it at once."""
         wait = step.wait
         assert wait is not None
-        key = StepKey(step.id)
+        key = StepKey.parse(step.id)
         attempt = self.run.step(step.id).attempt + 1
         now = self.clock()
         due: float | None = None
