@@ -68,6 +68,9 @@ class StepRunner:
         self.inputs: InputsCache | None = None
         # Set by `steppe worker` when tracing is on (orchestrator/tracing.py); None costs nothing.
         self.spans: StepSpans | None = None
+        self._handler_log: Any = None  # the `steppe.handler` logger, bound on the first step
+        # What binding said per handler and argument names (`_check_arguments`).
+        self._bound: dict[tuple[str, tuple[str, ...]], tuple[Handler, str | None]] = {}
 
     async def run(
         self,
@@ -93,7 +96,9 @@ class StepRunner:
         cancelled: asyncio.Event,
     ) -> ResultMessage:
         started = time.perf_counter()
-        log = structlog.get_logger("steppe.handler").bind(
+        if self._handler_log is None:  # bound once logging is configured; binding a proxy per step costs more
+            self._handler_log = structlog.get_logger("steppe.handler").bind()
+        log = self._handler_log.bind(
             run_id=message.run, step=message.step, attempt=message.attempt, handler=message.handler
         )
         redacted: list[str] = []
@@ -147,14 +152,16 @@ class StepRunner:
                 f"handler {message.handler!r} is not registered on worker {self.worker_id}; start a worker "
                 "with --import for the module that defines it"
             )
-        # Only the secrets this worker exposes (SecretNotExposedError otherwise: no retries).
-        values = self.secrets.lookup(_secret_names(message.args), worker=self.worker_id)
-        self.redactor.add(values)
-        try:
-            # Always the second stage: it also turns escaped `$${{` from upstream outputs back into `${{`.
-            args = resolve_secrets(message.args, values)
-        except TemplateError as e:
-            raise NonRetryableStepError(str(e)) from e
+        args = message.args
+        if _has_template(args):  # most steps have none: no scan, no render
+            # Only the secrets this worker exposes (SecretNotExposedError otherwise: no retries).
+            values = self.secrets.lookup(_secret_names(args), worker=self.worker_id)
+            self.redactor.add(values)
+            try:
+                # Always the second stage: it also turns escaped `$${{` from upstream outputs back into `${{`.
+                args = resolve_secrets(args, values)
+            except TemplateError as e:
+                raise NonRetryableStepError(str(e)) from e
         inputs = await inputs_of(message, self.inputs)  # InputsUnavailableError: retried
         ctx = StepContext(
             run_id=message.run,
@@ -171,10 +178,7 @@ class StepRunner:
             _on_heartbeat=on_heartbeat,
             _cancelled=cancelled,
         )
-        try:
-            entry.signature.bind(ctx, **args)
-        except TypeError as e:
-            raise NonRetryableStepError(f"handler {message.handler!r} cannot take these arguments: {e}") from e
+        self._check_arguments(entry, ctx, args)
         invoke = functools.partial(self._invoke, entry, ctx, args, message.timeout)
         breaker = self._breaker_of(message)
         output = await (invoke() if breaker is None else _guarded(breaker, invoke, lease=message.timeout))
@@ -184,9 +188,28 @@ class StepRunner:
             log.warning("step_output_redacted", secrets=found, marker=REDACTED)
         return redacted, found
 
+    def _check_arguments(self, entry: Handler, ctx: StepContext, args: dict[str, Any]) -> None:
+        """NonRetryableStepError unless the handler takes these arguments. Binding looks only at their
+        names, so its outcome is kept per handler and names (a bounded cache, emptied when it fills)."""
+        key = (entry.name, tuple(args))
+        known = self._bound.get(key)
+        if known is None or known[0] is not entry:  # not seen, or the name was registered again
+            try:
+                entry.signature.bind(ctx, **args)
+                problem = None
+            except TypeError as e:
+                problem = str(e)
+            if len(self._bound) >= BIND_CACHE_SIZE:
+                self._bound.clear()
+            known = self._bound[key] = (entry, problem)
+        problem = known[1]
+        if problem is not None:
+            raise NonRetryableStepError(f"handler {entry.name!r} cannot take these arguments: {problem}")
+
     async def _invoke(self, entry: Handler, ctx: StepContext, args: dict[str, Any], timeout: float) -> Any:
         if entry.is_async:
-            return await asyncio.wait_for(entry.func(ctx, **args), timeout=timeout)
+            async with asyncio.timeout(timeout):  # in this task: wait_for would start one more per step
+                return await entry.func(ctx, **args)
         loop = asyncio.get_running_loop()
         call = functools.partial(contextvars.copy_context().run, entry.func, ctx, **args)
         # A sync handler that ignores the timeout keeps its thread; the slot is freed anyway.
@@ -238,6 +261,16 @@ async def _guarded(breaker: SharedBreaker, invoke: Callable[[], Awaitable[Any]],
 
 class UnknownHandlerError(StepError):
     """This worker does not serve the handler; another worker (or a retry) may."""
+
+
+# Distinct (handler, argument names) whose binding `_check_arguments` remembers.
+BIND_CACHE_SIZE = 4096
+
+
+def _has_template(args: dict[str, Any]) -> bool:
+    """Whether any key or value holds `${{` (which `$${{`, the escaped form, contains too). Messages
+    come from JSON, so their encoding shows every string as written."""
+    return bool(args) and b"${{" in dumps(args)
 
 
 def _secret_names(args: Any) -> set[str]:
