@@ -149,6 +149,9 @@ def print_results(report: dict[str, Any]) -> None:
         print_ratios([Ratio(**r) for r in report["ratios"]])
 
 
+FORMS = {"throughput": "one by one", "throughput_batch": "batched", "chain": "in-process", "chain_queued": "queued"}
+
+
 def print_peers(title: str, peers: dict[str, Any]) -> None:
     table = Table(title=f"{title}, medians (same invocation)")
     for col in ("row", "throughput", "chain", "fan-out + join"):
@@ -156,10 +159,10 @@ def print_peers(title: str, peers: dict[str, Any]) -> None:
     for name, p in peers.items():
         tp = f"{p['throughput']:,.0f}/s" if p.get("throughput") else "—"
         if p.get("throughput_form"):
-            tp += f" ({p['throughput_form']})"
+            tp += f" ({FORMS.get(p['throughput_form'], p['throughput_form'])})"
         hop = f"{p['chain_ms_per_hop']:.2f} ms/hop" if p.get("chain_ms_per_hop") else "—"
         if p.get("chain_form"):
-            hop += f" ({p['chain_form']})"
+            hop += f" ({FORMS.get(p['chain_form'], p['chain_form'])})"
         fan = f"{p['fanout']:.3f} s ({p.get('fanout_size', '?')} wide)" if p.get("fanout") else "—"
         table.add_row(name, tp, hop, fan)
     console.print(table)
@@ -167,16 +170,17 @@ def print_peers(title: str, peers: dict[str, Any]) -> None:
 
 def print_ratios(rows: list[Ratio]) -> None:
     table = Table(title="Steppe against the best of each kind measured in the same run")
-    for col in ("shape", "against", "steppe", "best", "ratio", "goal", "met"):
-        table.add_column(col)
+    for col in ("shape", "vs", "steppe", "best", "ratio", "goal", "met"):
+        table.add_column(col, justify="right" if col in ("steppe", "ratio") else "left")
     for r in rows:
-        fmt = "{:,.0f}" if r.unit == "steps/s" else "{:.3f}"
+        fmt = "{:,.0f}" if r.unit == "steps/s" else "{:.2f}" if r.unit == "ms/hop" else "{:.3f}"
         met = "—" if r.met is None else ("yes" if r.met else "NO")
+        shape = f"{bench_floor.SHAPE_LABELS.get(r.shape, r.shape)} {r.unit.replace('steps/s', '/s')}"
         table.add_row(
-            r.shape.replace("_", " "),
+            shape,
             r.against,
-            f"{fmt.format(r.steppe)} {r.unit}",
-            f"{r.other_name} {fmt.format(r.other)} {r.unit}",
+            fmt.format(r.steppe),
+            f"{r.other_name} {fmt.format(r.other)}",
             f"{r.ratio:.2f}×",
             r.goal or "—",
             met,
