@@ -55,6 +55,7 @@ def run_floor(
             )
         if chain:
             results["chain"] = measure(floor, floor.chain, chain, repeat, "chain")
+        results["durability"] = floor.durability()
     return results
 
 
@@ -128,4 +129,6 @@ def bench_floor(
     for row in shape_rows(results):
         table.add_row(*row)
     console.print(table)
+    for name, value in results.get("durability", {}).items():
+        console.print(f"durability ({name}): {value}")
     print_cpu("CPU milliseconds per step, by process role", {"floor": results})

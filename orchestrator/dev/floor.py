@@ -494,6 +494,18 @@ class FloorBench:
         """As `ClusterBench.settle`: vacuum and checkpoint outside the timing."""
         settle_database(self.settings)
 
+    def durability(self) -> dict[str, str]:
+        """STEPPE_DURABILITY, PostgreSQL's fsync and the floor sessions' synchronous_commit, Redis's AOF."""
+        with self.store.connection() as conn:
+            pg = {n: str(conn.execute(f"SHOW {n}").fetchone()[n]) for n in ("fsync", "synchronous_commit")}  # type: ignore[index]
+        aof = self.redis.config_get("appendonly").get("appendonly", "?")
+        fsync = self.redis.config_get("appendfsync").get("appendfsync", "?")
+        return {
+            "steppe": f"STEPPE_DURABILITY={self.settings.durability}",
+            "postgresql": f"fsync={pg['fsync']} synchronous_commit={pg['synchronous_commit']} (floor sessions)",
+            "redis": f"appendonly={aof} appendfsync={fsync}",
+        }
+
     def cpu_by_role(self) -> dict[str, float]:
         """CPU seconds used so far by each part (as `ClusterBench.cpu_by_role`)."""
         postgres = [p for root in self.server_pids.get("postgresql", []) for p in (root, *_descendants(root))]

@@ -30,7 +30,8 @@ def test_floor_reports_every_shape_and_writes_steppes_rows(
 
     results = run_floor(settings, pids, throughput=200, chain=10, repeat=1)
 
-    assert set(results) == {"throughput_wide", "throughput_runs", "chain"}
+    assert set(results) == {"throughput_wide", "throughput_runs", "chain", "durability"}
+    assert results.pop("durability")["steppe"] == f"STEPPE_DURABILITY={settings.durability}"
     for shape, r in results.items():
         assert r["size"] == (10 if shape == "chain" else 200)
         assert len(r["seconds"]) == 1, shape
