@@ -166,6 +166,9 @@ def print_peers(title: str, peers: dict[str, Any]) -> None:
         fan = f"{p['fanout']:.3f} s ({p.get('fanout_size', '?')} wide)" if p.get("fanout") else "—"
         table.add_row(name, tp, hop, fan)
     console.print(table)
+    for name, p in peers.items():
+        if p.get("durability"):
+            console.print(f"durability ({name}): PostgreSQL {p['durability']}")
 
 
 def print_ratios(rows: list[Ratio]) -> None:

@@ -89,7 +89,9 @@ def durable_medians(data: dict[str, Any]) -> dict[str, Any]:
     tp_form = max(rates, key=lambda k: rates[k], default=None)
     hop_form = min(hops, key=lambda k: hops[k], default=None)
     fanout = _median_ok(runs.get("fanout", []))
+    pg = data.get("postgresql") or {}
     return {
+        "durability": f"fsync={pg.get('fsync', '?')} synchronous_commit={pg.get('synchronous_commit', '?')}",
         "throughput": rates[tp_form] if tp_form else None,
         "throughput_form": tp_form,
         "chain_ms_per_hop": hops[hop_form] if hop_form else None,

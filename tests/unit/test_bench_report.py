@@ -49,6 +49,7 @@ def test_durable_medians_keep_the_best_form_of_each_shape() -> None:
         "peer": "dbos",
         "variant": "tuned",
         "params": {"n": 20000, "chain": 200, "chain_queued": 50, "fanout": 1000},
+        "postgresql": {"fsync": "on", "synchronous_commit": "on", "shared_buffers": "128MB"},
         "runs": {
             "throughput": _runs(100.0),  # 200/s
             "throughput_batch": _runs(50.0),  # 400/s: the better form
@@ -62,6 +63,7 @@ def test_durable_medians_keep_the_best_form_of_each_shape() -> None:
     assert (m["chain_ms_per_hop"], m["chain_form"]) == (pytest.approx(5.0), "chain")
     assert m["fanout"] == pytest.approx(15.0)
     assert m["fanout_size"] == 1000
+    assert m["durability"] == "fsync=on synchronous_commit=on"
 
 
 def test_best_skips_missing_figures_and_fanouts_of_another_size() -> None:
