@@ -317,6 +317,7 @@ class Coordinator:
     def _collect(self, touched: set[str], dead_letters: list[DeadLetter]) -> Batch:
         """Drain each touched run's engine into one batch; its events also count and trigger hooks."""
         batch = Batch(dead_letters=dead_letters)
+        counts = metrics.StepCounts()
         for run_id in touched:
             tracked = self.runs.get(run_id)
             if tracked is None:
@@ -324,7 +325,7 @@ class Coordinator:
             engine = tracked.engine
             out = engine.drain()
             if batch.add(tracked, out):
-                metrics.count_step_events(out.events, engine.run.steps, engine.messages.labels_of)
+                counts.add(out.events, engine.run.steps, engine.messages.labels_of)
                 self.hooks.on_events(
                     run_id=run_id,
                     partition=engine.partition,
@@ -332,6 +333,7 @@ class Coordinator:
                     inputs=engine.inputs,
                     events=out.events,
                 )
+        counts.flush()
         return batch
 
     def _write(self, batch: Batch, commands: list[int], hooks: HookBatch) -> bool:

@@ -118,19 +118,44 @@ def count_step_events(
     events: Iterable[Event], steps: Mapping[str, StepRecord], labels_of: Callable[[str], tuple[str, str]]
 ) -> None:
     """Step metrics by queue, handler and status (for_each parents are not counted twice)."""
-    for event in events:
-        status = _COUNTED.get(event.type)
-        if status is None or event.step is None:
-            continue
-        record = steps.get(event.step)
-        if record is not None and record.detail.get("items") is not None:
-            continue
-        queue, handler = labels_of(event.step)
-        child(STEPS, queue, handler, status).inc()
-        if event.type is EventType.STEP_RETRY_SCHEDULED:
-            child(RETRIES, queue, handler).inc()
-        if event.step.endswith(":compensate") and status in ("succeeded", "failed", "dead_lettered"):
-            child(COMPENSATIONS, status).inc()
+    counts = StepCounts()
+    counts.add(events, steps, labels_of)
+    counts.flush()
+
+
+class StepCounts:
+    """The step metrics of one coordinator batch, tallied by series and added once per series (`flush`):
+    a batch of 500 results of one queue and handler is one increment, not 500."""
+
+    def __init__(self) -> None:
+        self._tally: dict[tuple[Any, tuple[str, ...]], int] = {}
+
+    def add(
+        self, events: Iterable[Event], steps: Mapping[str, StepRecord], labels_of: Callable[[str], tuple[str, str]]
+    ) -> None:
+        """Count one run's events (for_each parents are not counted twice)."""
+        tally = self._tally
+        for event in events:
+            status = _COUNTED.get(event.type)
+            if status is None or event.step is None:
+                continue
+            record = steps.get(event.step)
+            if record is not None and record.detail.get("items") is not None:
+                continue
+            queue, handler = labels_of(event.step)
+            key: tuple[Any, tuple[str, ...]] = (STEPS, (queue, handler, status))
+            tally[key] = tally.get(key, 0) + 1
+            if event.type is EventType.STEP_RETRY_SCHEDULED:
+                key = (RETRIES, (queue, handler))
+                tally[key] = tally.get(key, 0) + 1
+            if event.step.endswith(":compensate") and status in ("succeeded", "failed", "dead_lettered"):
+                key = (COMPENSATIONS, (status,))
+                tally[key] = tally.get(key, 0) + 1
+
+    def flush(self) -> None:
+        for (metric, values), n in self._tally.items():
+            child(metric, *values).inc(n)
+        self._tally.clear()
 
 
 _CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
