@@ -40,7 +40,8 @@ The statements are Steppe's own (`orchestrator.store.batch_write`, `orchestrator
 the same JSON documents; the messages are Steppe's wire structs (`orchestrator.wire`). Left out
 as engine logic, not durable work: the coordinator's read of a new run's (empty) step rows, its
 leases' renewal (the floor holds every partition for the whole benchmark), heartbeats, reconcile
-passes and metrics. The producer waits for the end the way `ClusterBench` does (polling PostgreSQL).
+passes and metrics. The producer waits for the end the way `ClusterBench` does (polling PostgreSQL: the run's status,
+or the oldest 500 pending run ids of the one-step workflows).
 """
 
 from __future__ import annotations
@@ -426,6 +427,7 @@ class FloorBench:
         definition, plan = definition_of(name, 1, chain=False)
         partitions = self.settings.coordinator.partitions
         started = time.perf_counter()
+        run_ids: list[str] = []
         for offset in range(0, n, SUBMIT_BATCH):
             rows = []
             for _ in range(min(SUBMIT_BATCH, n - offset)):
@@ -433,7 +435,8 @@ class FloorBench:
                 rows.append(NewRun(run_id, name, partition_of(run_id, partitions), definition, {}, plan))
             self.store.create_runs(rows)
             self._notify(rows)
-        self._wait_workflow(name, n, timeout=max(120, n / 50))
+            run_ids += [r.run_id for r in rows]
+        self._wait_runs(run_ids, timeout=max(120, n / 50))
         return time.perf_counter() - started
 
     def one_wide_workflow(self, n: int) -> float:
@@ -468,18 +471,25 @@ class FloorBench:
             time.sleep(POLL)
         raise InfrastructureError(f"floor run {run_id} did not finish within {timeout:.0f}s")
 
-    def _wait_workflow(self, name: str, count: int, *, timeout: float) -> None:
+    def _wait_runs(self, run_ids: list[str], *, timeout: float, chunk: int = 500) -> None:
+        """As `ClusterBench._wait_runs`: at most `chunk` of the oldest pending ids looked up per poll."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        pending = list(run_ids)
+        while pending and time.monotonic() < deadline:
+            ask = pending[:chunk]
             with self.store.connection() as conn:
-                row = conn.execute(
-                    "SELECT count(*) AS n FROM workflow_runs WHERE workflow = %s AND finished_at IS NOT NULL", (name,)
-                ).fetchone()
-            if row and row["n"] >= count:
-                return
-            self._check_alive()
-            time.sleep(POLL * 5)
-        raise InfrastructureError(f"{count} floor runs of {name} did not finish within {timeout:.0f}s")
+                rows = conn.execute(
+                    "SELECT run_id FROM workflow_runs WHERE run_id = ANY(%s) AND finished_at IS NOT NULL", (ask,)
+                ).fetchall()
+            done = {r["run_id"] for r in rows}
+            pending = [run_id for run_id in ask if run_id not in done] + pending[chunk:]
+            if len(done) < len(ask):
+                self._check_alive()
+                time.sleep(POLL * 5)
+        if pending:
+            raise InfrastructureError(
+                f"{len(pending)} of {len(run_ids)} floor runs did not finish within {timeout:.0f}s"
+            )
 
     def _check_alive(self) -> None:
         dead = [p for p in self._all() if p.poll() is not None]
