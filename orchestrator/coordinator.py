@@ -406,6 +406,7 @@ class Coordinator:
         self.children.report(run.run_id, run.status, run.state)
         self.bus.run_finished(run.run_id, tracked.engine.partition, has_inputs=bool(tracked.engine.inputs))
         self.runs.pop(run.run_id, None)
+        tracked.engine.release()  # freed by reference counting, not left to the cyclic GC
 
     def _forget_all(self) -> None:
         """Drop in-memory state after a failed write; it is reloaded from PostgreSQL."""

@@ -119,6 +119,13 @@ class RunEngine:
             elif record.status is StepStatus.WAITING and record.due_at is not None:
                 self.timers.append(Timer(record.due_at, self.run.run_id, key, record.attempt, WAIT_TIMER))
 
+    def release(self) -> None:
+        """Break the engine's reference cycles (each collaborator holds the engine) when the coordinator
+        drops the run: reference counting then frees the run's objects at once, instead of the cyclic
+        garbage collector later, after scanning them in every collection until then. The engine's
+        transitions are not to be called after; its `run` stays readable."""
+        del self.patterns, self.unwinding, self.throttle, self.waits, self.failures
+
     @property
     def finished(self) -> bool:
         return self.run.status in TERMINAL_RUN_STATUSES
