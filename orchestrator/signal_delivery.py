@@ -48,8 +48,9 @@ class SignalDelivery:
         """Runs just loaded hold the signals accepted before, without a transition: a loaded engine must
         not decide anything the coordinator does not commit and publish in order (the reconciler
         compares what it holds with Redis). A step that starts waiting consumes them, and so does
-        the `signal` command of one accepted while no coordinator ran (`deliver`)."""
-        wanted = [r for r in run_ids if r in runs]
+        the `signal` command of one accepted while no coordinator ran (`deliver`). Runs of workflows
+        without a wait step are not asked about: no step of theirs can consume a signal."""
+        wanted = [r for r in run_ids if r in runs and runs[r].engine.wf.has_waits]
         if not wanted:
             return
         found = self.signals.unconsumed(wanted)

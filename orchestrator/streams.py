@@ -8,8 +8,8 @@ asyncio pipelines do alike; only the caller's `execute()` (awaited or not) diffe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import msgspec
 import orjson
@@ -20,9 +20,6 @@ from orchestrator import metrics, redis_clients
 from orchestrator.keys import COORDINATOR_GROUP, WORKER_GROUP, Keys
 from orchestrator.wire import FIELD, decode_result, decode_step
 from patterns.dead_letter import unreadable_entry
-
-if TYPE_CHECKING:
-    from orchestrator.messages import Dispatch
 
 log = structlog.get_logger(__name__)
 # A results or control entry the coordinator will not apply: (stream, id, fields, reason, error).
@@ -165,36 +162,6 @@ def claim_backlog(client: redis.Redis, keys: Keys, partitions: Iterable[int], *,
                 cursor = reply[0]
                 if cursor in (b"0-0", "0-0") or not reply[1]:
                     break
-
-
-class LostMessages:
-    """Finds step messages that PostgreSQL says are dispatched but Redis holds nowhere.
-
-    A single message can vanish while Redis keeps the rest (failover to a replica that missed
-    the write, an operator's XDEL). Only attempts absent at two checks in a row count as lost,
-    which leaves time for entries in transit; attempt fencing makes a needless re-publish
-    harmless. Above `limit` dispatched attempts the check is skipped: scanning every queue
-    stream each time would cost too much.
-    """
-
-    def __init__(self, limit: int = 20_000) -> None:
-        self.limit = limit
-        self._absent_before: set[tuple[str, str, int]] = set()
-
-    def check(
-        self,
-        dispatched: Iterable[Dispatch],
-        present_in: Callable[[set[str]], set[tuple[str, str, int]]],
-    ) -> list[Dispatch]:
-        """The dispatches to publish again; `present_in(queues)` lists the attempts Redis holds."""
-        candidates = {(d.message.run, d.message.step, d.message.attempt): d for d in dispatched}
-        if not candidates or len(candidates) > self.limit:
-            self._absent_before = set()
-            return []
-        absent = set(candidates) - present_in({d.queue for d in candidates.values()})
-        lost = absent & self._absent_before
-        self._absent_before = absent - lost
-        return [candidates[k] for k in sorted(lost)]
 
 
 def dead_letter_unreadable(client: redis.Redis, keys: Keys, entries: list[Unreadable], *, by: str) -> None:

@@ -104,6 +104,7 @@ class CompiledWorkflow:
     hooks: tuple[HookSpec, ...] = ()  # the `hooks:` entries of the document
     children: dict[str, dict[str, Any]] = field(default_factory=dict)  # child workflow name → definition
     concurrency: RunConcurrencySpec | None = None  # run-level flow control (docs/spec.md §12.2)
+    has_waits: bool = False  # a step waits for a signal, an approval or a time (docs/spec.md §12.1)
 
     def handlers(self) -> set[str]:
         names: set[str] = set()
@@ -153,6 +154,7 @@ def compile_workflow(spec: WorkflowSpec) -> CompiledWorkflow:
         hooks=tuple(spec.hooks),
         children=dict(spec.workflows),
         concurrency=spec.concurrency,
+        has_waits=any(s.wait is not None for s in steps.values()),
     )
 
 
