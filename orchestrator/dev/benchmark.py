@@ -144,7 +144,7 @@ class ClusterBench:
         run_ids: list[str] = []
         for offset in range(0, n, batch):
             run_ids += self.submitter.submit_many(spec, [{}] * min(batch, n - offset), check_handlers=False)
-        self._wait_runs(run_ids, timeout=max(120, n / 50))
+        wait_runs_finished(self.store, run_ids, timeout=max(120, n / 50))
         return time.perf_counter() - started
 
     def chain(self, length: int) -> float:
@@ -173,32 +173,6 @@ class ClusterBench:
                 raise InfrastructureError(f"benchmark run {run_id} ended {status}")
             time.sleep(POLL)
         raise InfrastructureError(f"benchmark run {run_id} did not finish within {timeout:.0f}s")
-
-    def _wait_runs(self, run_ids: list[str], *, timeout: float, chunk: int = 500) -> None:
-        """Wait until every run finished, looking up at most `chunk` of them by id per poll.
-
-        Runs finish roughly in submission order, so the oldest pending ids are the ones asked about;
-        a poll costs a few hundred primary-key lookups, not a scan of every run of the workflow (a
-        `count(*)` every poll was a third of PostgreSQL's statement time in this shape).
-        """
-        deadline = time.monotonic() + timeout
-        pending = list(run_ids)
-        while pending and time.monotonic() < deadline:
-            ask = pending[:chunk]
-            with self.store.connection() as conn:
-                rows = conn.execute(
-                    "SELECT run_id, status FROM workflow_runs WHERE run_id = ANY(%s) AND finished_at IS NOT NULL",
-                    (ask,),
-                ).fetchall()
-            failed = [r["run_id"] for r in rows if r["status"] != "succeeded"]
-            if failed:
-                raise InfrastructureError(f"benchmark run {failed[0]} did not succeed")
-            done = {r["run_id"] for r in rows}
-            pending = [run_id for run_id in ask if run_id not in done] + pending[chunk:]
-            if len(done) < len(ask):
-                time.sleep(POLL * 5)
-        if pending:
-            raise InfrastructureError(f"{len(pending)} of {len(run_ids)} runs did not finish within {timeout:.0f}s")
 
     def active_runs_memory(self, n: int) -> float:
         """Coordinator resident memory (MiB) while it holds `n` active runs (long sleeps)."""
@@ -238,15 +212,9 @@ class ClusterBench:
         PostgreSQL counts the postmaster and every backend and helper under it; the producer is
         this process (it loads, validates, plans and submits)."""
         assert self.cluster is not None
-        postgres = [p for root in self.server_pids.get("postgresql", []) for p in (root, *_descendants(root))]
-        roles = {
-            "coordinators": [p.pid for p in self.cluster.coordinators],
-            "workers": [p.pid for p in self.cluster.workers],
-            "redis": self.server_pids.get("redis", []),
-            "postgresql": postgres,
-            "producer": [os.getpid()],
-        }
-        return {role: sum(_cpu_seconds(pid) for pid in pids) for role, pids in roles.items()}
+        return cpu_by_role(
+            [p.pid for p in self.cluster.coordinators], [p.pid for p in self.cluster.workers], self.server_pids
+        )
 
     def durability(self) -> dict[str, str]:
         """The durability in force: STEPPE_DURABILITY, and PostgreSQL's fsync and the
@@ -266,6 +234,42 @@ class ClusterBench:
             "postgresql": f"fsync={pg['fsync']} synchronous_commit={pg['synchronous_commit']} (engine sessions)",
             "redis": f"appendonly={aof} appendfsync={fsync}",
         }
+
+
+def wait_runs_finished(
+    store: RunStore,
+    run_ids: list[str],
+    *,
+    timeout: float,
+    chunk: int = 500,
+    between_polls: Callable[[], None] = lambda: None,
+) -> None:
+    """Wait until every run succeeded, looking up at most `chunk` of them by id per poll.
+
+    Runs finish roughly in submission order, so the oldest pending ids are the ones asked about; a
+    poll costs a few hundred primary-key lookups, not a scan of every run of the workflow (a
+    `count(*)` every poll was a third of PostgreSQL's statement time in the one-step shape).
+    `between_polls` runs before each wait (the floor checks its processes are alive there).
+    """
+    deadline = time.monotonic() + timeout
+    pending = list(run_ids)
+    while pending and time.monotonic() < deadline:
+        ask = pending[:chunk]
+        with store.connection() as conn:
+            rows = conn.execute(
+                "SELECT run_id, status FROM workflow_runs WHERE run_id = ANY(%s) AND finished_at IS NOT NULL",
+                (ask,),
+            ).fetchall()
+        failed = [r["run_id"] for r in rows if r["status"] != "succeeded"]
+        if failed:
+            raise InfrastructureError(f"benchmark run {failed[0]} did not succeed")
+        done = {r["run_id"] for r in rows}
+        pending = [run_id for run_id in ask if run_id not in done] + pending[chunk:]
+        if len(done) < len(ask):
+            between_polls()
+            time.sleep(POLL * 5)
+    if pending:
+        raise InfrastructureError(f"{len(pending)} of {len(run_ids)} runs did not finish within {timeout:.0f}s")
 
 
 def repeat(fn: Callable[[int], float], size: int, times: int, shape: str) -> ShapeResult:
@@ -319,7 +323,21 @@ def _environ() -> dict[str, str]:
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_by_role(coordinators: list[int], workers: list[int], server_pids: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds used so far by each role (user + system, from /proc): PostgreSQL counts the
+    postmaster and every backend and helper under it; the producer is this process."""
+    postgres = [p for root in server_pids.get("postgresql", []) for p in (root, *process_descendants(root))]
+    roles = {
+        "coordinators": coordinators,
+        "workers": workers,
+        "redis": server_pids.get("redis", []),
+        "postgresql": postgres,
+        "producer": [os.getpid()],
+    }
+    return {role: sum(cpu_seconds(pid) for pid in pids) for role, pids in roles.items()}
+
+
+def cpu_seconds(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
@@ -327,7 +345,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def _descendants(root: int) -> list[int]:
+def process_descendants(root: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:

@@ -60,7 +60,7 @@ from typing import Any
 import redis
 
 from orchestrator import bus
-from orchestrator.dev.benchmark import POLL, _cpu_seconds, _descendants, settle_database
+from orchestrator.dev.benchmark import POLL, cpu_by_role, settle_database, wait_runs_finished
 from orchestrator.errors import InfrastructureError
 from orchestrator.keys import COORDINATOR_GROUP, WORKER_GROUP, Keys
 from orchestrator.settings import Settings
@@ -436,7 +436,7 @@ class FloorBench:
             self.store.create_runs(rows)
             self._notify(rows)
             run_ids += [r.run_id for r in rows]
-        self._wait_runs(run_ids, timeout=max(120, n / 50))
+        wait_runs_finished(self.store, run_ids, timeout=max(120, n / 50), between_polls=self._check_alive)
         return time.perf_counter() - started
 
     def one_wide_workflow(self, n: int) -> float:
@@ -471,26 +471,6 @@ class FloorBench:
             time.sleep(POLL)
         raise InfrastructureError(f"floor run {run_id} did not finish within {timeout:.0f}s")
 
-    def _wait_runs(self, run_ids: list[str], *, timeout: float, chunk: int = 500) -> None:
-        """As `ClusterBench._wait_runs`: at most `chunk` of the oldest pending ids looked up per poll."""
-        deadline = time.monotonic() + timeout
-        pending = list(run_ids)
-        while pending and time.monotonic() < deadline:
-            ask = pending[:chunk]
-            with self.store.connection() as conn:
-                rows = conn.execute(
-                    "SELECT run_id FROM workflow_runs WHERE run_id = ANY(%s) AND finished_at IS NOT NULL", (ask,)
-                ).fetchall()
-            done = {r["run_id"] for r in rows}
-            pending = [run_id for run_id in ask if run_id not in done] + pending[chunk:]
-            if len(done) < len(ask):
-                self._check_alive()
-                time.sleep(POLL * 5)
-        if pending:
-            raise InfrastructureError(
-                f"{len(pending)} of {len(run_ids)} floor runs did not finish within {timeout:.0f}s"
-            )
-
     def _check_alive(self) -> None:
         dead = [p for p in self._all() if p.poll() is not None]
         if dead:
@@ -518,15 +498,9 @@ class FloorBench:
 
     def cpu_by_role(self) -> dict[str, float]:
         """CPU seconds used so far by each part (as `ClusterBench.cpu_by_role`)."""
-        postgres = [p for root in self.server_pids.get("postgresql", []) for p in (root, *_descendants(root))]
-        roles = {
-            "coordinators": [p.pid for p in self.procs["coordinators"]],
-            "workers": [p.pid for p in self.procs["workers"]],
-            "redis": self.server_pids.get("redis", []),
-            "postgresql": postgres,
-            "producer": [os.getpid()],
-        }
-        return {role: sum(_cpu_seconds(pid) for pid in pids) for role, pids in roles.items()}
+        return cpu_by_role(
+            [p.pid for p in self.procs["coordinators"]], [p.pid for p in self.procs["workers"]], self.server_pids
+        )
 
 
 def main(argv: list[str]) -> None:
