@@ -240,17 +240,7 @@ class Workload:
             ["workflows", "deploy", str(path)],
             ["schedules", "add", "check-tick", "--workflow", "check-tick", "--every", "1s"],
         ):
-            done = subprocess.run(
-                [*steppe_argv(), *args],
-                env=self.coordinator_env,
-                capture_output=True,
-                text=True,
-                cwd=self.workdir,
-                timeout=self.left(60),
-                check=False,
-            )
-            if done.returncode != 0:
-                raise RuntimeError(f"`steppe {' '.join(args[:2])}` failed ({done.returncode}): {done.stderr[-800:]}")
+            self._steppe(args)
         try:
             _wait(lambda: "steppe_schedule_ticks_skipped_total{" in self._coordinator_metrics(), self.left(20))
         except TimeoutError:
@@ -266,6 +256,20 @@ class Workload:
         except TimeoutError:
             return ["check-limited: no step was throttled behind the check-api slot"]
         return []
+
+    def _steppe(self, args: list[str]) -> None:
+        """Run one `steppe` command against the cluster; a failure stops the check with its stderr."""
+        done = subprocess.run(
+            [*steppe_argv(), *args],
+            env=self.coordinator_env,
+            capture_output=True,
+            text=True,
+            cwd=self.workdir,
+            timeout=self.left(60),
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"`steppe {' '.join(args[:2])}` failed ({done.returncode}): {done.stderr[-800:]}")
 
     def signal_a_wait(self) -> list[str]:
         """A run that waits (never waited for): once its first step waits, `steppe signal` ends that
@@ -283,17 +287,7 @@ class Workload:
             _wait(lambda: waiting("paid"), self.left(30))
         except TimeoutError:
             return ["check-waits: step paid never waited for its signal"]
-        done = subprocess.run(
-            [*steppe_argv(), "signal", run_id, "check-paid", "--data", '{"amount": 1}'],
-            env=self.coordinator_env,
-            capture_output=True,
-            text=True,
-            cwd=self.workdir,
-            timeout=self.left(60),
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"`steppe signal` failed ({done.returncode}): {done.stderr[-800:]}")
+        self._steppe(["signal", run_id, "check-paid", "--data", '{"amount": 1}'])
         try:
             _wait(lambda: "steppe_signal_latency_seconds_count{" in self._coordinator_metrics(), self.left(30))
             _wait(lambda: waiting("review"), self.left(30))
