@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Collection, Sequence
-from typing import Any
 
 import orjson
 import structlog
@@ -55,7 +54,7 @@ class RunLoader:
         self.hooks = hooks
         self.splitter = splitter
         self.on_compiled = on_compiled
-        self._compiled: dict[bytes, CompiledWorkflow] = {}
+        self._compiled: dict[str, CompiledWorkflow] = {}
 
     def load(self, run_ids: Sequence[str], partitions: Collection[int], *, finished_too: bool) -> list[Tracked]:
         """The runs of these ids in `partitions`, finished ones only with `finished_too` (late results of
@@ -74,7 +73,7 @@ class RunLoader:
     def engine(self, stored: StoredRun) -> RunEngine | None:
         """The run's engine, or None when its definition no longer loads (see the module docstring)."""
         try:
-            workflow = self.compile(stored.definition)
+            workflow = self.compile(stored.definition_text)
         except (ValueError, SteppeError) as e:  # it validated at submit; validation became stricter since
             self.splitter.fail_unloadable(stored.run_id, e)
             return None
@@ -95,13 +94,14 @@ class RunLoader:
             pre_checks=self.hooks.pre_checks(workflow),
         )
 
-    def compile(self, definition: dict[str, Any]) -> CompiledWorkflow:
-        cache_key = orjson.dumps(definition, option=orjson.OPT_SORT_KEYS)
-        compiled = self._compiled.get(cache_key)
+    def compile(self, definition: str) -> CompiledWorkflow:
+        """The compiled workflow of a definition, as PostgreSQL's text of its jsonb (`StoredRun`):
+        equal contents have equal texts, so the text is the cache key and is decoded only on a miss."""
+        compiled = self._compiled.get(definition)
         if compiled is None:
-            compiled = compile_workflow(WorkflowSpec.model_validate(definition))
-            if len(self._compiled) > COMPILED_CACHE_SIZE:
+            compiled = compile_workflow(WorkflowSpec.model_validate(orjson.loads(definition)))
+            if len(self._compiled) >= COMPILED_CACHE_SIZE:
                 self._compiled.clear()
-            self._compiled[cache_key] = compiled
+            self._compiled[definition] = compiled
             self.on_compiled(compiled)
         return compiled

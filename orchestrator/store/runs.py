@@ -128,18 +128,27 @@ class RunWrite:
 
 @dataclass(slots=True)
 class StoredRun:
-    """A run row as the coordinator needs it."""
+    """A run row as the coordinator needs it.
+
+    The definition comes as PostgreSQL's text of the jsonb (one text for one content: jsonb keeps
+    its keys sorted and deduplicated), decoded only on demand: the coordinator compiles a definition
+    once per text (`RunLoader`), so the runs of one workflow cost no JSON decoding of it."""
 
     run_id: str
     workflow: str
     partition: int
-    definition: dict[str, Any]
+    definition_text: str
     inputs: dict[str, Any]
     version: int
     projection: RunProjection
     created_at: dt.datetime | None = None
     parent_run_id: str | None = None
     depth: int = 0
+
+    @property
+    def definition(self) -> dict[str, Any]:
+        value: dict[str, Any] = orjson.loads(self.definition_text)
+        return value
 
 
 def session_options(url: str, durability: Durability) -> str | None:
@@ -274,8 +283,8 @@ class RunStore:
             return []
         with self.connection() as conn:
             runs = conn.execute(
-                "SELECT run_id, workflow, partition, definition, inputs, status, state, version, last_seq,"
-                " created_at, parent_run_id, depth FROM workflow_runs WHERE run_id = ANY(%s)",
+                "SELECT run_id, workflow, partition, definition::text AS definition, inputs, status, state, version,"
+                " last_seq, created_at, parent_run_id, depth FROM workflow_runs WHERE run_id = ANY(%s)",
                 (list(run_ids),),
             ).fetchall()
             steps = conn.execute(
@@ -291,7 +300,7 @@ class RunStore:
                 run_id=r["run_id"],
                 workflow=r["workflow"],
                 partition=r["partition"],
-                definition=r["definition"],
+                definition_text=r["definition"],
                 inputs=r["inputs"],
                 version=r["version"],
                 created_at=r["created_at"],
