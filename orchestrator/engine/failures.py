@@ -27,6 +27,8 @@ _CAUSES = {StepRole.ITEM: "item", StepRole.GATE: "gate handler", StepRole.PRE: "
 class Failures:
     """Retry or final failure of one run's step instances."""
 
+    __slots__ = ("engine",)
+
     def __init__(self, engine: RunEngine) -> None:
         self.engine = engine
 

@@ -44,6 +44,8 @@ class LimitRequest:
 class Throttle:
     """The run engine's flow-control collaborator."""
 
+    __slots__ = ("engine", "requests")
+
     def __init__(self, engine: RunEngine) -> None:
         self.engine = engine
         self.requests: list[LimitRequest] = []  # drained with the engine's output

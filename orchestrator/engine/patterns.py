@@ -26,6 +26,8 @@ from patterns.swarm import count_votes
 class PatternTransitions:
     """for_each items and swarm replicas, handoff gates, `pre` hook checks and child runs."""
 
+    __slots__ = ("engine", "idx", "limits", "messages", "pre_checks", "run", "wf")
+
     def __init__(self, engine: EngineOps) -> None:
         self.engine = engine
         self.idx = engine.idx

@@ -19,6 +19,8 @@ from patterns.saga import compensation_blockers, ready_compensations
 class Unwinding:
     """Failure, cancel and compensation of one run."""
 
+    __slots__ = ("engine", "idx", "run", "wf")
+
     def __init__(self, engine: EngineOps) -> None:
         self.engine = engine
         self.idx = engine.idx

@@ -46,6 +46,8 @@ class Signal:
 class Waits:
     """Start waits, deliver signals and decisions, and fire their timers, for one run."""
 
+    __slots__ = ("clock", "consumed", "engine", "pending", "run")
+
     def __init__(self, engine: EngineOps, clock: Callable[[], float]) -> None:
         self.engine = engine
         self.clock = clock
