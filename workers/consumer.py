@@ -8,6 +8,13 @@ idle past the visibility timeout from dead workers. Entries delivered more than
 `max_deliveries` times, undecodable, of an unknown schema version or trimmed ones are
 dead-lettered. SIGTERM drains: no more reads, in-flight steps finish (bounded), their results
 are published, the registry entry is removed.
+
+Read-ahead: while the last read came back full (a backlog), the read loop leaves reading to the
+flush loop, whose MULTI/EXEC carries the next XREADGROUP (without BLOCK, COUNT = the slots free
+once the batch is acknowledged, minus those reserved by a read still under way): one round trip
+per batch reports and reads. What it returns is accepted exactly as a read's entries; a short
+read hands reading back to the read loop (and its blocking read). No read-ahead once stopping;
+the drain waits for one under way, whose entries it runs like any other in-flight step.
 """
 
 from __future__ import annotations
@@ -98,6 +105,9 @@ class Worker:
         self._stopping = asyncio.Event()
         self._crashed = False
         self._executing = 0  # handlers running now (in-flight entries minus those awaiting their flush)
+        self._reserved = 0  # slots asked for by reads under way (the read loop's, a flush's read-ahead)
+        self._ahead = False  # the last read came back full: the next flush carries the next read
+        self._flushing = False
         self._last_beat = 0.0  # monotonic time of the last heartbeat attempt (0: none yet)
         self._beat_ok: float | None = None  # ... of the last heartbeat that succeeded (None: none yet)
         self._reclaim_after = 0.0  # no reclaim before this monotonic time (see `_after_outage`)
@@ -166,8 +176,8 @@ class Worker:
         reader, flusher, liveness = tasks
         reader.cancel()
         deadline = time.monotonic() + self.cfg.drain_timeout
-        while self.inflight and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        while (self.inflight or self._flushing) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # a read-ahead under way brings steps to run like the others
         drained = not self.inflight
         finish_by = deadline + 5
         while self._outbox and time.monotonic() < finish_by:
@@ -191,13 +201,12 @@ class Worker:
     async def _read_loop(self) -> None:
         outage = redis_clients.Outage("worker_redis_unavailable", log, fields={"worker": self.id})
         while not self._stopping.is_set():
-            # A slot frees when its handler finishes, not when its result is flushed, so reading
-            # overlaps reporting; results awaiting a flush are bounded by another `concurrency`.
-            free = min(self.concurrency - self._executing, 2 * self.concurrency - len(self.inflight))
-            if free <= 0:
-                self._slots.clear()
+            free = self._free(finishing=0)
+            if free <= 0 or (self._ahead and (self._outbox or self._flushing)):
+                self._slots.clear()  # set again when a slot frees or a flush ends
                 await self._slots.wait()
                 continue
+            self._reserved += free
             try:
                 deliveries = await self.io.read(count=free, block=self.settings.redis.block_ms)
                 outage.succeeded()
@@ -213,8 +222,21 @@ class Worker:
                     await self.io.recreate_groups()
                 await asyncio.sleep(delay)
                 continue
+            finally:
+                self._reserved -= free
+            self._ahead = len(deliveries) >= free
             for d in deliveries:  # highest priority first
                 self._accept(d)
+
+    def _free(self, *, finishing: int) -> int:
+        """Slots a read may fill once `finishing` in-flight entries are acknowledged.
+
+        A slot frees when its handler finishes, not when its result is flushed, so reading
+        overlaps reporting; results awaiting a flush are bounded by another `concurrency`.
+        """
+        executing = self.concurrency - self._executing
+        unflushed = 2 * self.concurrency - (len(self.inflight) - finishing)
+        return min(executing, unflushed) - self._reserved
 
     def _accept(self, d: Delivery, *, reclaimed: bool = False) -> None:
         """Start the entry's step, or dead-letter the entry (trimmed, undecodable, unknown schema
@@ -291,13 +313,31 @@ class Worker:
                     await asyncio.sleep(outage.failed(e, trouble))
 
     async def _flush(self, batch: list[Outgoing]) -> None:
-        await self.io.flush(batch)  # raises, having acknowledged nothing, unless all was published
+        ahead = 0
+        if self._ahead and self.io.reads_ahead and not self._stopping.is_set():
+            finishing = sum(1 for out in batch if out.finishes and (out.stream, out.entry_id) in self.inflight)
+            ahead = max(self._free(finishing=finishing), 0)
+        self._flushing = True
+        self._reserved += ahead
+        try:
+            # Raises, having acknowledged nothing, unless all was published.
+            deliveries = await self.io.flush(batch, read_ahead=ahead)
+        except BaseException:
+            self._ahead = False  # the read loop reads (and repairs) on its own meanwhile
+            raise
+        finally:
+            self._reserved -= ahead
+            self._flushing = False
+            self._slots.set()
         for out in batch:
             if out.finishes:
                 self.inflight.pop((out.stream, out.entry_id), None)
                 self.processed += 1
+        if ahead:
+            self._ahead = deliveries is not None and len(deliveries) >= ahead
+            for d in deliveries or ():  # highest priority first, as the read loop's
+                self._accept(d)
         metrics.WORKER_INFLIGHT.set(len(self.inflight))
-        self._slots.set()
 
     def _dead_letter(self, d: Delivery, refused: Refused) -> None:
         queue = self.keys.queue_of_stream(d.stream)

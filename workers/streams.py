@@ -4,10 +4,13 @@
 Reading: one XREADGROUP over the queues' priority streams (high, normal, low) with COUNT = the
 worker's free slots; entries come back highest priority first (against a Redis Cluster, one
 XREADGROUP per queue: each queue is its own slot). Reporting (`flush`): against one Redis each
-batch of results, dead letters and XACKs is one MULTI/EXEC; against a cluster, where those keys
-live in different slots, the XADDs are written first and the XACKs only once every XADD
-succeeded. Either way a result is never acknowledged without being published (a crash in
-between leaves a duplicate result, which the coordinator fences by attempt). Liveness: the
+batch of results, dead letters and XACKs is one MULTI/EXEC, which may carry the worker's next
+read (XREADGROUP without BLOCK, COUNT = the slots free once the batch is acknowledged): while
+there is a backlog, one round trip per batch both reports and reads. Against a cluster, where
+those keys live in different slots, the XADDs are written first and the XACKs only once every
+XADD succeeded, and nothing is read ahead. Either way a result is never acknowledged without
+being published (a crash in between leaves a duplicate result, which the coordinator fences by
+attempt). Liveness: the
 registry heartbeat (`heartbeat`, with the eviction of dead workers' entries by the rules of
 `workers.registry`), lease extension of in-flight entries (`extend`: XCLAIM … JUSTID resets
 their idle time), the cancel set (`cancelled`) and the reclaim of entries idle past the
@@ -111,6 +114,9 @@ class WorkerStreams:
     async def read(self, *, count: int, block: int) -> list[Delivery]:
         """New entries for this worker (at most `count`), highest priority first; [] after `block` ms."""
         reply = await self._reader.aread(self.client, dict.fromkeys(self.streams, ">"), count=count, block=block)
+        return self._deliveries(reply)
+
+    def _deliveries(self, reply: Any) -> list[Delivery]:
         if not reply:
             return []
         by_stream = {(s.decode() if isinstance(s, bytes) else s): entries for s, entries in reply}
@@ -122,10 +128,21 @@ class WorkerStreams:
 
     # -- reporting -------------------------------------------------------------------------------
 
-    async def flush(self, batch: Sequence[Outgoing]) -> None:
+    @property
+    def reads_ahead(self) -> bool:
+        """Whether `flush` can carry the next read (one Redis: yes; a cluster: no)."""
+        return not self.cluster
+
+    async def flush(self, batch: Sequence[Outgoing], *, read_ahead: int = 0) -> list[Delivery] | None:
         """Publish the batch's results and dead letters and acknowledge what they finish (see the
         module docstring). Raises, having acknowledged nothing, unless every XADD succeeded: the
-        caller keeps the batch and flushes it again."""
+        caller keeps the batch and flushes it again.
+
+        With `read_ahead` > 0 (and `reads_ahead`), the same MULTI/EXEC ends with an XREADGROUP
+        without BLOCK of at most that many new entries: returns them as `read` would, or None if
+        that read failed (NOGROUP…) while the batch itself went through; the caller then reads on
+        its own, which repairs what needs repairing.
+        """
         pipe = self.client.pipeline(transaction=not self.cluster)
         acks: dict[str, list[bytes]] = {}
         for out in batch:
@@ -140,7 +157,17 @@ class WorkerStreams:
             pipe = self.client.pipeline(transaction=False)
         for stream, ids in acks.items():
             pipe.xack(stream, WORKER_GROUP, *ids)
-        await pipe.execute()
+        if read_ahead <= 0 or self.cluster:
+            await pipe.execute()
+            return []
+        pipe.xreadgroup(WORKER_GROUP, self.worker_id, dict.fromkeys(self.streams, ">"), count=read_ahead)
+        replies = await pipe.execute(raise_on_error=False)
+        for reply in replies[:-1]:
+            if isinstance(reply, Exception):
+                raise reply  # inside MULTI, what else ran is a duplicate result at worst (fenced by attempt)
+        if isinstance(replies[-1], Exception):
+            return None
+        return self._deliveries(replies[-1])
 
     # -- liveness --------------------------------------------------------------------------------
 
