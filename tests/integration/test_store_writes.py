@@ -55,6 +55,21 @@ def test_a_submission_is_a_pending_row_with_its_submitted_event(store: RunStore)
     assert (stored.version, stored.projection.last_seq, stored.projection.state) == (0, 1, {"workflow": "w"})
 
 
+def test_runs_of_one_definition_load_with_one_definition_text(store: RunStore) -> None:
+    """The coordinator compiles a definition once per stored text: the same content written with its
+    keys in another order must load as the same text, and that text must decode to the definition."""
+    definition = {"name": "w", "steps": [{"id": "a", "handler": "h.a", "with": {"x": 1, "b": [1, 2]}}]}
+    reordered = {"steps": [{"with": {"b": [1, 2], "x": 1}, "handler": "h.a", "id": "a"}], "name": "w"}
+    first, second, other = a_run(definition=definition), a_run(definition=reordered), a_run()
+    for run in (first, second, other):
+        store.create_run(run)
+    loaded = {r.run_id: r for r in store.load_runs([first.run_id, second.run_id, other.run_id])}
+    assert loaded[first.run_id].definition_text == loaded[second.run_id].definition_text
+    assert loaded[first.run_id].definition == definition
+    assert loaded[other.run_id].definition_text != loaded[first.run_id].definition_text
+    assert loaded[other.run_id].definition == other.definition
+
+
 def test_a_repeated_idempotency_key_returns_the_first_run(store: RunStore) -> None:
     key = f"k-{uuid.uuid4().hex}"
     first = a_run(idempotency_key=key)
