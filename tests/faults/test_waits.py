@@ -90,6 +90,18 @@ def ended_once(faults: FaultEnv, run_ids: list[str], step: str) -> None:
     assert ended == dict.fromkeys(run_ids, 1), ended
 
 
+def check_invariants(faults: FaultEnv, runs: list[str]) -> None:
+    """I1-I5 for runs of two effect steps (s0, s1) and no injected duplicate: each effect once (s1
+    ran once per run), each result applied once, gapless logs folding to the stored state,
+    nothing stranded, no dead letter."""
+    keys = [f"{r}/s{i}" for r in runs for i in range(2)]
+    check_effectively_once(faults, keys, injected=0)
+    check_applied_once(faults, runs)
+    check_event_logs(faults, runs)
+    check_nothing_stranded(faults)
+    check_dead_letters(faults, [])
+
+
 def test_coordinator_sigkill_while_steps_wait_and_timers_come_due(faults: FaultEnv) -> None:
     victim = faults.start_coordinator()
     faults.start_worker(concurrency=8)
@@ -146,12 +158,7 @@ def test_coordinator_sigkill_while_steps_wait_and_timers_come_due(faults: FaultE
     assert applied == len(signalled)
     ended_once(faults, signalled, "paid")
     ended_once(faults, sleeping, "nap")  # each timer fired once
-    keys = [f"{r}/s{i}" for r in runs for i in range(2)]
-    check_effectively_once(faults, keys, injected=0)
-    check_applied_once(faults, runs)
-    check_event_logs(faults, runs)
-    check_nothing_stranded(faults)
-    check_dead_letters(faults, [])
+    check_invariants(faults, runs)
     lateness = []
     due_while_dead = 0
     for run_id in sleeping:
@@ -209,12 +216,7 @@ def test_signal_accepted_then_coordinator_killed_before_applying_it(faults: Faul
         assert docs[run_id]["steps"]["s1"]["output"]["value"] == n
     assert check_signals_applied_once(faults, runs) == len(runs)
     ended_once(faults, runs, "paid")
-    keys = [f"{r}/s{i}" for r in runs for i in range(2)]
-    check_effectively_once(faults, keys, injected=0)  # s1 ran once per run: no second effect
-    check_applied_once(faults, runs)
-    check_event_logs(faults, runs)
-    check_nothing_stranded(faults)
-    check_dead_letters(faults, [])
+    check_invariants(faults, runs)
     report(
         "waits-signal-crash-before-apply",
         lease_ttl_s=float(faults.env["STEPPE_COORDINATOR__LEASE_TTL"]),
@@ -331,12 +333,7 @@ def test_a_5s_sleep_across_a_takeover_by_a_second_live_coordinator(faults: Fault
             lateness.append(woke_at - due[run_id])
     lease_ttl = float(faults.env["STEPPE_COORDINATOR__LEASE_TTL"])
     assert max(lateness) < lease_ttl + 20, lateness  # within the lease TTL (plus start-up), generous on 2 cores
-    keys = [f"{r}/s{i}" for r in runs for i in range(2)]
-    check_effectively_once(faults, keys, injected=0)
-    check_applied_once(faults, runs)
-    check_event_logs(faults, runs)
-    check_nothing_stranded(faults)
-    check_dead_letters(faults, [])
+    check_invariants(faults, runs)
     report(
         "waits-sleep-live-takeover",
         lease_ttl_s=lease_ttl,
